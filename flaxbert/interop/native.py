@@ -1,0 +1,67 @@
+"""flaxbert's own model directory: flaxbert_config.json + params/ (an Orbax checkpoint) [+ vocab.txt].
+
+Parameters are stored exactly (dtype and bits), as training checkpoints store them.
+"""
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from flaxbert.config import BertConfig, read_json, write_json
+from flaxbert.errors import InputError
+from flaxbert.heads import build_model, param_shapes
+from flaxbert.interop.tensors import check_params
+
+CONFIG = "flaxbert_config.json"
+FORMAT_VERSION = 1
+
+
+def is_native(path: Path) -> bool:
+  return (path / CONFIG).is_file()
+
+
+def read_header(path: Path) -> tuple[BertConfig, bool, bool]:
+  header = read_json(path / CONFIG)
+  source = str(path / CONFIG)
+  if header.get("format") != "flaxbert" or header.get("format_version") != FORMAT_VERSION:
+    raise InputError(f"{source}: expected format 'flaxbert' version {FORMAT_VERSION}, got "
+                     f"{header.get('format')!r} version {header.get('format_version')!r}")
+  for key, kind in (("heads", bool), ("pooler", bool), ("config", dict)):
+    if not isinstance(header.get(key), kind):
+      raise InputError(f"{source}: field {key!r} must be a {kind.__name__}, got {header.get(key)!r}")
+  return BertConfig.from_dict(header["config"], f"{source}: config"), header["heads"], header["pooler"]
+
+
+def restore_params(directory: Path, source: str) -> dict:
+  """Restores an Orbax params tree to host numpy arrays."""
+  if not directory.is_dir():
+    raise InputError(f"{directory}: missing; expected the Orbax checkpoint of the parameters")
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(directory).item_metadata.tree
+    target = _tree_map(lambda m: np.zeros(m.shape, m.dtype), metadata)
+    return checkpointer.restore(directory, target)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise InputError(f"{source}: cannot restore parameters from {directory} ({e.__class__.__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _tree_map(fn, tree):
+  if isinstance(tree, dict):
+    return {k: _tree_map(fn, v) for k, v in tree.items()}
+  return fn(tree)
+
+
+def read(path: Path) -> tuple[BertConfig, dict, bool, bool]:
+  config, heads, pooler = read_header(path)
+  params = restore_params(path / "params", str(path))
+  check_params(params, param_shapes(build_model(config, heads, pooler)), str(path))
+  return config, params, heads, pooler
+
+
+def write(dst: Path, config: BertConfig, params: dict, heads: bool, pooler: bool) -> None:
+  write_json(dst / CONFIG, {"format": "flaxbert", "format_version": FORMAT_VERSION, "heads": heads,
+                            "pooler": pooler, "config": config.to_dict()})
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save((dst / "params").absolute(), params)
+  checkpointer.wait_until_finished()

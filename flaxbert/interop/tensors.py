@@ -1,0 +1,114 @@
+"""Params tree ⇄ flat dicts of named tensors in HF or TF1 layout, with strict checking.
+
+Import accepts what real checkpoints hold: HF keys with or without the `bert.` prefix, old
+`LayerNorm.gamma/beta` names, the tied decoder copy, TF1 optimizer slots. Tensors of other
+heads (classifiers, QA) are dropped and reported; anything else under `bert`/`cls` that this
+config does not have, a missing tensor or a wrong shape stops the import with the name.
+"""
+import logging
+import re
+
+import numpy as np
+
+from flaxbert.config import BertConfig
+from flaxbert.errors import InputError
+from flaxbert.heads import build_model, param_shapes
+from flaxbert.interop import names
+
+log = logging.getLogger("flaxbert")
+
+# Present in real checkpoints, carrying nothing the model needs.
+_IGNORED = {
+    "hf": re.compile(r"^bert\.embeddings\.position_ids$|^cls\.predictions\.decoder\.(weight|bias)$"),
+    "tf": re.compile(r"(^|/)(adam_m|adam_v|global_step|good_steps|bad_steps|loss_scale|"
+                     r"current_loss_scale)$|/(adam_m|adam_v)$"),
+}
+_SEP = {"hf": ".", "tf": "/"}
+
+
+def export_tensors(params: dict, config: BertConfig, fmt: str, heads: bool, pooler: bool
+                   ) -> dict[str, np.ndarray]:
+  """params → {name: array} in `fmt` ("hf" or "tf") layout."""
+  out = {}
+  for e in names.entries(config, heads, pooler):
+    out[e.hf if fmt == "hf" else e.tf] = names.to_external(np.asarray(names.get_path(params, e.path)),
+                                                           e.kind, fmt)
+  return out
+
+
+def normalize_hf_keys(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """HF BertModel keys (no prefix) and pre-2020 LayerNorm.gamma/beta → BertForPreTraining names."""
+  out = {}
+  for key, value in tensors.items():
+    if key.startswith(("embeddings.", "encoder.", "pooler.")):
+      key = "bert." + key
+    key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
+    key = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
+    out[key] = value
+  return out
+
+
+def detect_layout(keys, fmt: str) -> tuple[bool, bool]:
+  """(heads, pooler) present among the tensor names."""
+  sep = _SEP[fmt]
+  heads = any(k.startswith(f"cls{sep}") and not _IGNORED[fmt].search(k) for k in keys)
+  pooler = any(k.startswith(f"bert{sep}pooler{sep}") for k in keys)
+  return heads, pooler
+
+
+def import_tensors(tensors: dict[str, np.ndarray], config: BertConfig, fmt: str, source: str
+                   ) -> tuple[dict, bool, bool]:
+  """{name: array} in `fmt` layout → (params, heads, pooler); strict about names and shapes."""
+  if fmt == "hf":
+    tensors = normalize_hf_keys(tensors)
+  heads, pooler = detect_layout(tensors, fmt)
+  if heads and not pooler:
+    raise InputError(f"{source}: has pretraining heads (cls…) but no pooler; the NSP head needs it")
+  shapes = param_shapes(build_model(config, heads, pooler))
+  params, expected = {}, set()
+  for e in names.entries(config, heads, pooler):
+    name = e.hf if fmt == "hf" else e.tf
+    expected.add(name)
+    if name not in tensors:
+      raise InputError(f"{source}: missing tensor {name!r} (expected shape "
+                       f"{names.external_shape(names.get_path(shapes, e.path).shape, e.kind, fmt)})")
+    shape = names.get_path(shapes, e.path).shape
+    names.set_path(params, e.path, names.from_external(tensors[name], e.kind, fmt, shape, name, source))
+  _check_extra(tensors, expected, params, config, fmt, source)
+  return params, heads, pooler
+
+
+def _check_extra(tensors, expected, params, config, fmt, source):
+  sep = _SEP[fmt]
+  dropped = []
+  for name in sorted(set(tensors) - expected):
+    if _IGNORED[fmt].search(name):
+      continue
+    if name.startswith((f"bert{sep}", f"cls{sep}")):
+      raise InputError(f"{source}: unexpected tensor {name!r} with shape {tuple(np.shape(tensors[name]))}: "
+                       f"not part of a BERT with {config.num_hidden_layers} layers, hidden size "
+                       f"{config.hidden_size}; does the config match the weights?")
+    dropped.append(name)
+  if fmt == "hf" and "cls.predictions.decoder.weight" in tensors:
+    table = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    if not np.array_equal(np.asarray(tensors["cls.predictions.decoder.weight"]), table):
+      raise InputError(f"{source}: cls.predictions.decoder.weight differs from the word embeddings; "
+                       "BERT ties them and untied decoders are not supported")
+  if dropped:
+    log.warning("%s: dropped %d tensor(s) of other heads: %s", source, len(dropped), ", ".join(dropped))
+
+
+def check_params(params: dict, shapes: dict, source: str) -> None:
+  """Same tree, shapes and floating dtypes as the model expects; names the first offending path."""
+  import jax  # pylint: disable=import-outside-toplevel
+  got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  want = dict(jax.tree_util.tree_flatten_with_path(shapes)[0])
+  fmt = jax.tree_util.keystr
+  for path in sorted(set(want) - set(got), key=fmt):
+    raise InputError(f"{source}: missing parameter {fmt(path)} (shape {want[path].shape})")
+  for path in sorted(set(got) - set(want), key=fmt):
+    raise InputError(f"{source}: unexpected parameter {fmt(path)} (shape {np.shape(got[path])})")
+  for path, leaf in want.items():
+    if tuple(np.shape(got[path])) != tuple(leaf.shape):
+      raise InputError(f"{source}: parameter {fmt(path)} has shape {tuple(np.shape(got[path]))}, "
+                       f"expected {tuple(leaf.shape)}")

@@ -1,0 +1,222 @@
+"""The BERT encoder in flax.linen: embeddings, post-LN Transformer layers, BertModel.
+
+Parameters carry logical axis names (see `AXES`) through `nn.with_logical_partitioning`, so a
+sharding module can place them with a short rules list; this file knows nothing about meshes.
+The parameter tree mirrors HF transformers' names (bert/embeddings/word_embeddings, …,
+encoder/layer_{i}/attention/query) so conversion is a rename plus reshapes.
+"""
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flaxbert.config import BertConfig
+
+# Logical axis names used on parameters (and activations):
+#   vocab, position, type   rows of the three embedding tables
+#   embed                   the model width H
+#   embed_out               the output side of square H×H projections (pooler, MLM transform)
+#   heads, kv               attention heads and the per-head width
+#   mlp                     the feed-forward width
+#   classes                 a small output head (NSP, task labels)
+#   batch, length           activations only
+AXES = ("vocab", "position", "type", "embed", "embed_out", "heads", "kv", "mlp", "classes",
+        "batch", "length")
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  return _ACTIVATIONS[name]
+
+
+def truncated_normal(stddev: float):
+  """The original BERT initializer: N(0, stddev²) cut at ±2 stddev (tf.truncated_normal_initializer).
+
+  Unlike `jax.nn.initializers.truncated_normal`, the samples are not rescaled after cutting,
+  exactly as TF1 did.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32).astype(dtype) * stddev
+  return init
+
+
+class Dense(nn.Module):
+  """y = x·W + b, contracting the last `contract` dims of x; W and b carry logical axis names."""
+  features: Sequence[int]
+  kernel_axes: Sequence[str]  # names for W's dims: contracted input dims, then `features`
+  contract: int = 1
+  initializer_range: float = 0.02
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = tuple(self.features)
+    shape = x.shape[x.ndim - self.contract:] + features
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        truncated_normal(self.initializer_range), tuple(self.kernel_axes)), shape, self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(
+        nn.initializers.zeros_init(), tuple(self.kernel_axes[self.contract:])), features,
+        self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return jnp.tensordot(x, kernel, axes=self.contract) + bias
+
+
+def layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=config.layer_norm_eps, dtype=config.dtype, param_dtype=config.param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)), name=name)
+
+
+def dense(config: BertConfig, features, kernel_axes, name: str, contract: int = 1) -> Dense:
+  features = (features,) if isinstance(features, int) else tuple(features)
+  return Dense(features=features, kernel_axes=kernel_axes, contract=contract,
+               initializer_range=config.initializer_range, dtype=config.dtype,
+               param_dtype=config.param_dtype, name=name)
+
+
+def attention(q, k, v, mask, *, dropout_rate: float, deterministic: bool, dropout_rng=None):
+  """Multi-head attention on [B, T, N, D] inputs with a [B, 1, T, S] boolean mask.
+
+  Without attention dropout (inference, or a rate of 0 as in MosaicBERT/cramming) this is
+  `jax.nn.dot_product_attention` (cuDNN flash attention on GPU, XLA elsewhere); with it, the
+  same computation written out so the probabilities can be dropped.
+  """
+  if deterministic or dropout_rate == 0.0:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("btnd,bsnd->bnts", q, k).astype(jnp.float32) * scale
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+  probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v.dtype)
+  return jnp.einsum("bnts,bsnd->btnd", probs, v)
+
+
+class SelfAttention(nn.Module):
+  """BERT's attention block: Q/K/V projections, attention, output projection, residual, LayerNorm."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    cfg = self.config
+    heads = (cfg.num_attention_heads, cfg.head_dim)
+    q, k, v = (dense(cfg, heads, ("embed", "heads", "kv"), name)(x) for name in ("query", "key", "value"))
+    dropout_rng = None
+    if not deterministic and cfg.attention_probs_dropout_prob > 0:
+      dropout_rng = self.make_rng("dropout")
+    y = attention(q, k, v, mask, dropout_rate=cfg.attention_probs_dropout_prob,
+                  deterministic=deterministic, dropout_rng=dropout_rng)
+    y = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "output", contract=2)(y)
+    y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
+    return layer_norm(cfg, "LayerNorm")(y + x)
+
+
+class EncoderLayer(nn.Module):
+  """One post-LN Transformer layer: attention, then GELU feed-forward with residual + LayerNorm."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    cfg = self.config
+    x = SelfAttention(cfg, name="attention")(x, mask, deterministic)
+    h = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x)
+    h = activation(cfg.hidden_act)(h)
+    h = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h)
+    h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+    x = layer_norm(cfg, "LayerNorm")(h + x)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class Embeddings(nn.Module):
+  """Word + learned position + segment embeddings, LayerNorm, dropout."""
+  config: BertConfig
+
+  def setup(self):
+    cfg = self.config
+    init = truncated_normal(cfg.initializer_range)
+
+    def embed(num, axis):
+      return nn.Embed(num, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                      embedding_init=nn.with_logical_partitioning(init, (axis, "embed")))
+    self.word_embeddings = embed(cfg.vocab_size, "vocab")
+    self.position_embeddings = embed(cfg.max_position_embeddings, "position")
+    self.token_type_embeddings = embed(cfg.type_vocab_size, "type")
+    self.LayerNorm = layer_norm(cfg, "LayerNorm")  # pylint: disable=invalid-name
+    self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+  def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+    x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+         + self.token_type_embeddings(token_type_ids))
+    x = self.dropout(self.LayerNorm(x), deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def attend(self, x):
+    """Logits against the word-embedding table (the MLM decoder, tied)."""
+    return self.word_embeddings.attend(x)
+
+
+class Pooler(nn.Module):
+  """tanh(W·h[CLS] + b)."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, hidden):
+    return jnp.tanh(dense(self.config, self.config.hidden_size, ("embed", "embed_out"), "dense")(hidden[:, 0]))
+
+
+class BertModel(nn.Module):
+  """Embeddings → L encoder layers → pooler. Returns (last_hidden_state, pooled_output)."""
+  config: BertConfig
+  add_pooling_layer: bool = True
+
+  def setup(self):
+    cfg = self.config
+    self.embeddings = Embeddings(cfg)
+    self.encoder = Encoder(cfg)
+    if self.add_pooling_layer:
+      self.pooler = Pooler(cfg)
+
+  def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
+               deterministic: bool = True):
+    input_ids = jnp.asarray(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if position_ids is None:
+      position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+    x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+    mask = jnp.asarray(attention_mask, bool)[:, None, None, :]  # [B, 1, 1(query), S]
+    x = self.encoder(x, mask, deterministic)
+    pooled = self.pooler(x) if self.add_pooling_layer else None
+    return x, pooled
+
+  def attend(self, x):
+    return self.embeddings.attend(x)
+
+
+class Encoder(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x, mask, deterministic: bool):
+    for i in range(self.config.num_hidden_layers):
+      x = EncoderLayer(self.config, name=f"layer_{i}")(x, mask, deterministic)
+    return x
+
+
+def gather_positions(x: jax.Array, positions: Optional[jax.Array]) -> jax.Array:
+  """x[b, positions[b, p]] for every b, p: [B, T, H] → [B, P, H]; all of x when positions is None."""
+  if positions is None:
+    return x
+  return jnp.take_along_axis(x, jnp.asarray(positions)[..., None].astype(jnp.int32), axis=1)

