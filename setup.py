@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.3,<0.3",
     "ml_collections>=1.1.0,<1.2",
     "numpy>=2.4,<2.5",
+    "ml-dtypes>=0.5,<0.7",
     "protobuf>=6.31.1,<8",
     "safetensors>=0.6,<0.9",
 ]

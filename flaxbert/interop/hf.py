@@ -13,6 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from flaxbert.config import BertConfig, read_json, write_json
 from flaxbert.errors import InputError
+from flaxbert.interop import torch_bin
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -43,7 +44,6 @@ def _load(f: Path) -> dict[str, np.ndarray]:
   if not f.is_file():
     raise InputError(f"{f}: weight file not found")
   if f.suffix == ".bin":
-    from flaxbert.interop import torch_bin  # pylint: disable=import-outside-toplevel
     return torch_bin.load_torch_state_dict(f)
   try:
     return load_file(f)

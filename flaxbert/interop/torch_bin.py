@@ -11,6 +11,7 @@ torch 2.13 output): `collections.OrderedDict`, `torch._utils._rebuild_tensor_v2`
 Each maps to a local, immutable stand-in; any other global (`posix.system`, `builtins.eval`, a
 pickled nn.Module's class) stops the load with an InputError before anything is called.
 """
+import _compat_pickle
 import collections
 import os
 import pickle
@@ -54,11 +55,8 @@ class _Storage(NamedTuple):
   dtype: np.dtype
 
 
-def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, state=None):
-  del requires_grad, backward_hooks, state  # a Parameter's data is all a state dict needs
-  if not isinstance(data, np.ndarray):
-    raise TypeError(f"nn.Parameter of {type(data).__name__}, not of a tensor")
-  return data
+def _rebuild_parameter(data, _requires_grad=None, _backward_hooks=None, _state=None):
+  return data  # a Parameter's data is all a state dict needs
 
 
 class _Unpickler(pickle.Unpickler):
@@ -78,14 +76,16 @@ class _Unpickler(pickle.Unpickler):
         **{f"torch.{k}": _Dtype(np.dtype(v)) for k, v in {**_STORAGES, **_V3_DTYPES}.items()}}
 
   def find_class(self, module: str, name: str) -> Any:
+    # As pickle does for protocols < 3: Python 2 names (`__builtin__.eval`) → Python 3 ones.
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
     qualname = f"{module}.{name}"
     if qualname in self._globals:
       return self._globals[qualname]
     if module.split(".")[0] in ("torch", "__torch__"):
-      raise InputError(f"{self._path}: unsupported global '{qualname}': only a state dict of dense "
-                       f"tensors ({', '.join(sorted(_STORAGES))} or {', '.join(_V3_DTYPES)}) can be read, "
-                       "not a pickled nn.Module, TorchScript, quantized or sparse tensors; save "
-                       "model.state_dict() instead")
+      raise InputError(f"{self._path}: unsupported global '{qualname}': only a state dict of dense real "
+                       "tensors can be read, not a pickled nn.Module, TorchScript, quantized, sparse or "
+                       "complex tensors; save model.state_dict() instead")
     raise InputError(f"{self._path}: refusing to unpickle global '{qualname}': pytorch_model.bin may only "
                      "contain tensors (possible code-execution payload); convert it to safetensors with "
                      "a trusted tool")
@@ -106,22 +106,20 @@ class _Unpickler(pickle.Unpickler):
                        f"{numel} × {storage_type.dtype}")
     return _Storage(key, storage_type.dtype)
 
-  def _rebuild_tensor_v2(self, storage, offset, size, stride, requires_grad, backward_hooks,
+  def _rebuild_tensor_v2(self, storage, offset, size, stride, _requires_grad, _backward_hooks,
                          metadata=None):
-    del requires_grad, backward_hooks
-    if not isinstance(storage, _Storage):
-      raise TypeError(f"tensor of {type(storage).__name__}, not of a storage")
-    return self._tensor(storage, storage.dtype, offset, size, stride, metadata)
+    return self._tensor(storage, None, offset, size, stride, metadata)
 
-  def _rebuild_tensor_v3(self, storage, offset, size, stride, requires_grad, backward_hooks, dtype,
+  def _rebuild_tensor_v3(self, storage, offset, size, stride, _requires_grad, _backward_hooks, dtype,
                          metadata=None):
-    del requires_grad, backward_hooks
-    if not isinstance(storage, _Storage) or not isinstance(dtype, _Dtype):
-      raise TypeError("tensor_v3 record without a storage and a dtype")
-    return self._tensor(storage, dtype.dtype, offset, size, stride, metadata)
+    return self._tensor(storage, dtype, offset, size, stride, metadata)
 
-  def _tensor(self, storage: _Storage, dtype: np.dtype, offset, size, stride, metadata) -> np.ndarray:
-    """torch's `empty(0).set_(storage, offset, size, stride)`, bounds-checked, as a C-contiguous copy."""
+  def _tensor(self, storage, dtype, offset, size, stride, metadata) -> np.ndarray:
+    """torch's `empty(0).set_(storage, offset, size, stride)`, bounds-checked, C-contiguous."""
+    if not isinstance(storage, _Storage) or not isinstance(dtype, (_Dtype, type(None))):
+      raise InputError(f"{self._path}: malformed tensor in data.pkl: storage {storage!r:.50}, "
+                       f"dtype {dtype!r:.50}")
+    dtype = storage.dtype if dtype is None else dtype.dtype  # _v2: the storage's; _v3: its own
     size, stride = tuple(size), tuple(stride)
     if (len(size) != len(stride) or type(offset) is not int or offset < 0
         or any(type(n) is not int or n < 0 for n in size + stride)):
@@ -134,8 +132,10 @@ class _Unpickler(pickle.Unpickler):
     if last >= data.size:
       raise InputError(f"{self._path}: tensor of size {size} (offset {offset}, stride {stride}) runs "
                        f"past the end of storage '{storage.key}' ({data.size} × {dtype})")
-    view = np.lib.stride_tricks.as_strided(data[offset:], size, [s * dtype.itemsize for s in stride])
-    out = np.asarray(view, order="C")
+    # Strided through unsigned ints: as_strided cannot rebuild ml_dtypes' float8 from its typestr.
+    bits = data[offset:].view(f"u{dtype.itemsize}")
+    out = np.asarray(np.lib.stride_tricks.as_strided(bits, size, [s * dtype.itemsize for s in stride]),
+                     order="C").view(dtype)
     if isinstance(metadata, dict) and metadata.get("neg"):  # torch._neg_view: data holds -value
       out = np.negative(out)
     return out
