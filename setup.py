@@ -18,6 +18,11 @@ INSTALL_REQUIRES = [
     "ml-dtypes>=0.5,<0.7",
     "protobuf>=6.31.1,<8",
     "safetensors>=0.6,<0.9",
+    # WordPiece's fast path; the list of characters it gets wrong (wordpiece_rules) is for 0.23.
+    "tokenizers>=0.23.3,<0.24",
+    # tensorflow-datasets imports it when a builder lives in a package (data_prep.builder) but
+    # does not declare it.
+    "importlib_resources>=6.0",
 ]
 
 EXTRAS_REQUIRE = {

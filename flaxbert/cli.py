@@ -1,6 +1,8 @@
 """The `flaxbert` command: parses arguments and calls the library; no work happens here."""
 import argparse
+import json
 import logging
+import os
 import sys
 
 from flaxbert.errors import InputError
@@ -15,6 +17,49 @@ def _convert(args: argparse.Namespace) -> None:
         f"{', vocab.txt copied' if loaded.vocab else ''})")
 
 
+# Plain flags of `prepare`, each a field of configs/prepare.py (also reachable as --config.FIELD=…).
+_PREPARE_FLAGS = {
+    "input": dict(nargs="+", help="text files or folders"),
+    "vocab": dict(help="vocab.txt or sentencepiece .model (omit to train one on the corpus)"),
+    "output_dir": dict(help="the dataset folder to write"),
+    "input_format": dict(choices=("sentence_per_line", "document_per_file")),
+    "max_seq_length": dict(type=int), "max_predictions_per_seq": dict(type=int),
+    "masked_lm_prob": dict(type=float), "short_seq_prob": dict(type=float),
+    "dupe_factor": dict(type=int), "seed": dict(type=int), "num_workers": dict(type=int),
+    "masking": dict(choices=("static", "dynamic")),
+    "whole_word_mask": dict(action=argparse.BooleanOptionalAction),
+    "lower_case": dict(action=argparse.BooleanOptionalAction),
+    "random_next_sentence": dict(action=argparse.BooleanOptionalAction),
+    "overwrite": dict(action=argparse.BooleanOptionalAction),
+}
+
+
+def _config(args: argparse.Namespace, default: str, flags: dict):
+  """The --config file (or the default), then plain flags, then --config.key=value overrides."""
+  from flaxbert import config_flags  # pylint: disable=import-outside-toplevel
+  config = config_flags.load_config(args.config or default)
+  for name in flags:
+    value = getattr(args, name)
+    if value is not None:
+      config[name] = tuple(value) if isinstance(value, list) else value
+  return config_flags.apply_overrides(config, args.overrides)
+
+
+def _prepare(args: argparse.Namespace) -> None:
+  from data_prep.builder import prepare  # pylint: disable=import-outside-toplevel
+  config = _config(args, _packaged("prepare.py"), _PREPARE_FLAGS)
+  output, metadata = prepare(config)
+  splits = json.loads((output / "dataset_info.json").read_text())["splits"]
+  counts = ", ".join(f"{s['name']} {sum(int(n) for n in s['shardLengths'])} examples in "
+                     f"{len(s['shardLengths'])} shards" for s in splits)
+  print(f"prepared {output}: {counts}; {metadata['tokens']} tokens")
+  print(f"sources: {metadata['sources_summary']}")
+
+
+def _packaged(name: str) -> str:
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="flaxbert", description="BERT in JAX/Flax.")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -26,13 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--to", required=True, choices=("flaxbert", "hf", "tf1"))
   p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (only once DST is complete)")
   p.set_defaults(run=_convert)
+
+  p = commands.add_parser("prepare", help="build a masked-LM / sentence-pair TFDS dataset from text",
+                          description="Tokenizes a corpus and writes BERT pretraining examples "
+                                      "(create_pretraining_data.py's algorithm) as a TFDS dataset. "
+                                      "Settings: configs/prepare.py; --config.KEY=VALUE overrides any.")
+  p.add_argument("--config", help="configs/prepare.py[:original|dynamic|tiny] (default: configs/prepare.py)")
+  for name, kwargs in _PREPARE_FLAGS.items():
+    p.add_argument(f"--{name}", **kwargs)
+  p.set_defaults(run=_prepare)
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args, unknown = parser.parse_known_args(argv)
+  args.overrides = [a[len("--config."):] for a in unknown if a.startswith("--config.")]
+  rest = [a for a in unknown if not a.startswith("--config.")]
+  if rest:
+    parser.error(f"unrecognized arguments: {' '.join(rest)}")
   try:
     args.run(args)
   except InputError as e:

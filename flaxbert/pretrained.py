@@ -5,18 +5,16 @@ Source kinds:
   hf        a directory with config.json + model.safetensors | pytorch_model.bin (interop.hf)
   tf1       bert_config.json + bert_model.ckpt.* (a folder or the prefix) (interop.tf1)
 """
-import contextlib
 import dataclasses
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import flax.linen as nn
 import numpy as np
 
+from flaxbert.atomic import atomic_directory
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
 from flaxbert.heads import build_model, describe, param_shapes
@@ -94,7 +92,7 @@ def from_pretrained(path: str | os.PathLike) -> tuple[nn.Module, dict]:
 def save_pretrained(directory: str | os.PathLike, model: nn.Module, params: dict,
                     format: str = "flaxbert", vocab: str | os.PathLike | None = None,  # pylint: disable=redefined-builtin
                     overwrite: bool = False) -> Path:
-  """Writes `model`/`params` as a flaxbert, HF or TF1 directory; atomically (see `atomic_directory`)."""
+  """Writes `model`/`params` as a flaxbert, HF or TF1 directory, atomically (flaxbert.atomic)."""
   if format not in FORMATS:
     raise InputError(f"format must be one of {FORMATS}, got {format!r}")
   heads, pooler = describe(model)
@@ -122,31 +120,3 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, overwrite: 
   save_pretrained(dst, loaded.model, loaded.params, format=to, vocab=loaded.vocab, overwrite=overwrite)
   return loaded
 
-
-@contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-  """Yields a fresh temporary sibling folder that becomes `directory` only if the block succeeds.
-
-  A failure removes the temporary folder and leaves `directory` as it was. An existing
-  non-empty `directory` is an error unless `overwrite`, in which case it is replaced only
-  after the new content is complete.
-  """
-  directory = Path(directory)
-  if directory.exists() and not directory.is_dir():
-    raise InputError(f"{directory}: exists and is not a directory")
-  if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-    raise InputError(f"{directory}: exists and is not empty; choose a new path or pass overwrite")
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
-  try:
-    yield tmp
-    old = None
-    if directory.exists():
-      old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-      directory.rename(old)
-    tmp.rename(directory)
-    if old is not None:
-      shutil.rmtree(old)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)

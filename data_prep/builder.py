@@ -1,0 +1,278 @@
+"""The TFDS dataset builder for BERT pretraining examples, and `prepare(config)` around it.
+
+    flaxbert prepare --input CORPUS --vocab vocab.txt --output_dir D [...]   # prepare()
+    tfds build bert_pretraining --imports data_prep.builder --manual_dir CORPUS_AND_VOCAB
+        [--config dynamic] [--beam_pipeline_options=...]                   # TFDS's own CLI
+
+A build has two stages. (1) `corpus.tokenize_documents` streams the text into tokenized chunk
+files. (2) Every (chunk, dupe pass) becomes one shard: `instances.create_instances` (static
+masking) or `create_pairs` (dynamic masking), seeded by (seed, chunk, pass). Stage 2 runs as
+forked worker processes that encode tf.train.Examples with `example_codec` and write
+array_record shards directly; under a Beam runner (`DownloadConfig(beam_runner=…)`, the
+`beam` extra) the same shard generators run through TFDS's Beam writer instead, on as many
+machines as the runner has. TFDS writes into an `incomplete.*` folder and renames it when done,
+and `prepare` adds a second such step for the output folder, so an interrupted build never
+leaves a dataset that loads as complete. The vocabulary is saved inside the dataset.
+"""
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from array_record.python import array_record_module
+
+from data_prep import corpus as corpus_lib
+from data_prep import sources, vocab
+from data_prep.example_codec import ExampleEncoder
+from data_prep.instances import InstanceConfig, create_instances, create_pairs
+from flaxbert.atomic import atomic_directory
+from flaxbert.errors import InputError
+from flaxbert.tokenization import load_tokenizer
+
+_MASKINGS = ("static", "dynamic")
+
+
+def _settings_for(name: str) -> ml_collections.ConfigDict:
+  from configs import prepare  # pylint: disable=import-outside-toplevel
+  return prepare.get_config("dynamic" if name == "dynamic" else "original")
+
+
+def feature_kinds(masking: str) -> dict[str, str]:
+  kinds = {"input_ids": "int", "input_mask": "int", "segment_ids": "int", "next_sentence_labels": "int"}
+  if masking == "static":
+    kinds.update(masked_lm_positions="int", masked_lm_ids="int", masked_lm_weights="float")
+  return kinds
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+  """One unit of stage 2: a chunk file and a dupe pass."""
+  chunk: str
+  chunk_index: int
+  dupe_pass: int
+  split: str
+  masking: str
+  instance_config: InstanceConfig
+  vocab_size: int
+  cls_id: int
+  sep_id: int
+  mask_id: int
+  pad_id: int
+  continuation: tuple[int, ...]  # ids of continuation pieces (whole-word masking)
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    corpus = corpus_lib.load_chunk(Path(self.chunk))
+    # A seed of its own per (chunk, pass): shards are independent and reproducible.
+    seed = int(np.random.SeedSequence([self.instance_config.seed, self.chunk_index, self.dupe_pass,
+                                       0 if self.split == "train" else 1]).generate_state(1)[0])
+    config = dataclasses.replace(self.instance_config, dupe_factor=1, seed=seed)
+    ids = dict(vocab_size=self.vocab_size, cls_id=self.cls_id, sep_id=self.sep_id, pad_id=self.pad_id)
+    if self.masking == "dynamic":
+      out = create_pairs(corpus, config, **ids)
+    else:
+      table = np.zeros(self.vocab_size, bool)
+      table[list(self.continuation)] = True
+      out = create_instances(corpus, config, mask_id=self.mask_id, continuation=table, **ids)
+    return {k: getattr(out, k) for k in feature_kinds(self.masking)}
+
+  def examples(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    arrays = self.arrays()
+    for i in range(len(arrays["input_ids"])):
+      yield f"{self.chunk_index}-{self.dupe_pass}-{i}", {k: v[i] for k, v in arrays.items()}
+
+
+def _write_shard(job: tuple[_Shard, str]) -> tuple[int, int]:
+  """Stage 2 in a worker: a shard's examples, encoded and written; returns (count, bytes)."""
+  shard, path = job
+  encoder = ExampleEncoder(feature_kinds(shard.masking))
+  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+  count = 0
+  for _, example in shard.examples():
+    writer.write(encoder.encode(example))
+    count += 1
+  writer.close()
+  return count, os.path.getsize(path)
+
+
+class BertPretraining(tfds.core.ShardBasedBuilder):
+  """Masked-LM + next-sentence examples in google-research/bert's feature layout."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="original", description="static masking, NSP"),
+                     tfds.core.BuilderConfig(name="dynamic", description="unmasked pairs")]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("With `tfds build`, put the corpus text files and the vocabulary "
+                                  "(vocab.txt or spm.model) in --manual_dir.")
+
+  def __init__(self, *, settings: ml_collections.ConfigDict | None = None, **kwargs):
+    self._explicit_settings = settings
+    if settings is not None:
+      kwargs.setdefault("config", "dynamic" if settings.masking == "dynamic" else "original")
+    super().__init__(**kwargs)
+    self._chunks: corpus_lib.Chunks | None = None
+    self._tokenizer = None
+
+  @property
+  def settings(self) -> ml_collections.ConfigDict:
+    if self._explicit_settings is not None:
+      return self._explicit_settings
+    return _settings_for(self.builder_config.name)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    s = self.settings
+    if s.masking not in _MASKINGS:
+      raise InputError(f"masking: expected one of {_MASKINGS}, got {s.masking!r}")
+    shapes = {"input_ids": s.max_seq_length, "input_mask": s.max_seq_length,
+              "segment_ids": s.max_seq_length, "masked_lm_positions": s.max_predictions_per_seq,
+              "masked_lm_ids": s.max_predictions_per_seq, "masked_lm_weights": s.max_predictions_per_seq}
+    features = {}
+    for name, kind in feature_kinds(s.masking).items():
+      dtype = np.float32 if kind == "float" else np.int32
+      features[name] = (tfds.features.Scalar(dtype=dtype) if name == "next_sentence_labels"
+                        else tfds.features.Tensor(shape=(shapes[name],), dtype=dtype))
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__, features=tfds.features.FeaturesDict(features),
+        disable_shuffling=True,  # order is irrelevant: the input pipeline reads by permuted index
+        metadata=tfds.core.MetadataDict())
+
+  # --- stage 1 ------------------------------------------------------------------------------
+
+  def _inputs(self, dl_manager) -> tuple[list[str], str | None]:
+    s = self.settings
+    inputs, vocab = list(s.input), s.vocab
+    if not inputs and not s.tfds_name:
+      manual = Path(dl_manager.manual_dir)
+      vocab = vocab or next((str(manual / n) for n in ("vocab.txt", "spm.model") if (manual / n).exists()), None)
+      inputs = [str(p) for p in sorted(manual.iterdir()) if p.is_file() and str(p) != vocab
+                and p.name not in ("tokenizer_config.json", "spm.vocab")]
+    return inputs, vocab
+
+  def _documents(self, inputs: list[str], stats: sources.SourceStats) -> Iterator[list[str]]:
+    s = self.settings
+    if s.tfds_name:
+      yield from sources.read_tfds(s.tfds_name, s.tfds_split, s.tfds_text_feature, s.tfds_data_dir, stats)
+    for path in sources.list_files(inputs) if inputs else []:
+      yield from sources.read_file(path, s.input_format, stats)
+
+  def _shards(self, dl_manager) -> dict[str, list[_Shard]]:
+    s = self.settings
+    inputs, vocab = self._inputs(dl_manager)
+    work = Path(tempfile.mkdtemp(prefix="chunks-", dir=self.data_dir))
+    if vocab is None:
+      vocab = self._train_vocab(inputs, work / "vocab")
+    self._tokenizer = tok = load_tokenizer(vocab, lower_case=s.lower_case)
+    stats = sources.SourceStats()
+    self._chunks = chunks = corpus_lib.tokenize_documents(
+        self._documents(inputs, stats), tok, work, chunk_tokens=s.chunk_tokens,
+        validation_fraction=s.validation_fraction)
+    chunks.stats = stats
+    config = InstanceConfig(
+        max_seq_length=s.max_seq_length, max_predictions_per_seq=s.max_predictions_per_seq,
+        masked_lm_prob=s.masked_lm_prob, short_seq_prob=s.short_seq_prob, dupe_factor=s.dupe_factor,
+        random_next_sentence=s.random_next_sentence, whole_word_mask=s.whole_word_mask, seed=s.seed)
+    continuation = tuple(i for i, t in enumerate(tok.vocab) if tok.is_continuation(t))
+    common = dict(masking=s.masking, instance_config=config, vocab_size=tok.vocab_size,
+                  cls_id=tok.cls_id, sep_id=tok.sep_id, mask_id=tok.mask_id, pad_id=tok.pad_id,
+                  continuation=continuation)
+    return {
+        "train": [_Shard(str(c), i, p, "train", **common)
+                  for i, c in enumerate(chunks.train) for p in range(s.dupe_factor)],
+        "validation": [_Shard(str(c), i, 0, "validation", **common) for i, c in enumerate(chunks.validation)],
+    }
+
+  def _train_vocab(self, inputs: list[str], directory: Path) -> str:
+    """A vocabulary learnt from the corpus itself (one extra pass over the text)."""
+    s = self.settings
+    lines = (sentence for doc in self._documents(inputs, sources.SourceStats()) for sentence in doc)
+    if s.train_vocab_kind == "wordpiece":
+      vocab.train_wordpiece(None, directory, s.train_vocab_size, s.lower_case, lines=lines)
+    elif s.train_vocab_kind in ("sentencepiece_unigram", "sentencepiece_bpe"):
+      vocab.train_sentencepiece(None, directory, s.train_vocab_size, s.train_vocab_kind.split("_")[1],
+                                s.lower_case, lines=lines)
+    else:
+      raise InputError(f"train_vocab_kind: expected wordpiece, sentencepiece_unigram or sentencepiece_bpe, "
+                       f"got {s.train_vocab_kind!r}")
+    return str(directory)
+
+  # --- stage 2 ------------------------------------------------------------------------------
+
+  def _shard_iterators_per_split(self, dl_manager):
+    """For TFDS's Beam path: one example generator per shard."""
+    return {split: [shard.examples for shard in shards] for split, shards in self._shards(dl_manager).items()}
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    try:
+      if download_config is not None and (download_config.beam_runner or download_config.beam_options):
+        super()._download_and_prepare(dl_manager, download_config)
+      else:
+        self._write_locally(self._shards(dl_manager))
+      self._record_metadata()
+    finally:
+      for path in (self._chunks.train + self._chunks.validation) if self._chunks else []:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+  def _write_locally(self, shards: dict[str, list[_Shard]]) -> None:
+    jobs, names = [], []
+    for split, split_shards in shards.items():
+      template = self._get_filename_template(split_name=split)
+      for i, shard in enumerate(split_shards):
+        jobs.append((shard, os.fspath(template.sharded_filepath(shard_index=i, num_shards=len(split_shards)))))
+        names.append(split)
+    workers = self.settings.num_workers or os.cpu_count() or 1
+    if workers == 1 or len(jobs) == 1:
+      results = [_write_shard(j) for j in jobs]
+    else:
+      # forkserver: workers start clean (no inherited threads) and import only what they need.
+      with multiprocessing.get_context("forkserver").Pool(min(workers, len(jobs))) as pool:
+        results = pool.map(_write_shard, jobs, chunksize=1)
+    infos = []
+    for split in shards:
+      lengths = [r[0] for r, n in zip(results, names) if n == split]
+      infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths,
+                                       num_bytes=sum(r[1] for r, n in zip(results, names) if n == split),
+                                       filename_template=self._get_filename_template(split_name=split)))
+    self.info.set_splits(tfds.core.SplitDict(infos))
+
+  def _record_metadata(self) -> None:
+    s, tok, chunks = self.settings, self._tokenizer, self._chunks
+    tok.save(self.data_dir)
+    self.info.metadata.update({
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.to_dict().items()},
+        "tokenizer": {"kind": tok.kind, "lower_case": tok.lower_case, "vocab_size": tok.vocab_size,
+                      "pad_id": tok.pad_id, "cls_id": tok.cls_id, "sep_id": tok.sep_id, "mask_id": tok.mask_id},
+        "tokens": chunks.tokens,
+        "sources": dataclasses.asdict(chunks.stats),
+        "sources_summary": chunks.stats.summary(),
+    })
+
+
+def prepare(settings: ml_collections.ConfigDict) -> tuple[Path, dict]:
+  """Builds the dataset into settings.output_dir (atomically); returns it and its metadata."""
+  if not settings.output_dir:
+    raise InputError("output_dir: required (where the dataset is written)")
+  if not settings.input and not settings.tfds_name:
+    raise InputError("input: required (text files or folders), or tfds_name")
+  output = Path(settings.output_dir)
+  with atomic_directory(output, settings.overwrite) as tmp:
+    builder = BertPretraining(settings=settings, data_dir=tmp / "_build", file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp)))
+    for item in Path(builder.data_dir).iterdir():
+      item.rename(tmp / item.name)
+    shutil.rmtree(tmp / "_build")
+  metadata = json.loads((output / "metadata.json").read_text())
+  return output, metadata
+
+
+def open_dataset(directory: str | os.PathLike) -> tfds.core.DatasetBuilder:
+  """The prepared dataset, with a clear error when the folder is not (or not yet) one."""
+  directory = Path(directory)
+  if not (directory / "dataset_info.json").is_file():
+    raise InputError(f"{directory}: not a prepared dataset (no dataset_info.json); run `flaxbert prepare`")
+  return tfds.builder_from_directory(os.fspath(directory))

@@ -1,0 +1,38 @@
+"""Directories that appear only when complete: build in a hidden sibling, then rename."""
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from flaxbert.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+  """Yields a fresh temporary sibling folder that becomes `directory` only if the block succeeds.
+
+  A failure (or an interruption) removes the temporary folder and leaves `directory` as it was.
+  An existing non-empty `directory` is an error unless `overwrite`, in which case it is replaced
+  only after the new content is complete.
+  """
+  directory = Path(directory)
+  if directory.exists() and not directory.is_dir():
+    raise InputError(f"{directory}: exists and is not a directory")
+  if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+    raise InputError(f"{directory}: exists and is not empty; choose a new path or pass overwrite")
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+  try:
+    yield tmp
+    old = None
+    if directory.exists():
+      old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+      directory.rename(old)
+    tmp.rename(directory)
+    if old is not None:
+      shutil.rmtree(old)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp)

@@ -1,0 +1,94 @@
+"""`--config FILE.py[:ARG]` and `--config.key=value` for the `flaxbert` subcommands.
+
+A config file is a Python module with `get_config(arg) -> ml_collections.ConfigDict`, as in
+the Flax examples and big_vision. Overrides are typed by the field they replace: an int field
+takes only an int, a tuple field a comma-separated list, a bool field true/false; an unknown
+key or a badly typed value is an error that names the key, the value and the type expected.
+"""
+import ast
+import importlib.util
+import os
+from pathlib import Path
+
+import ml_collections
+
+from flaxbert.errors import InputError
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/file.py[:arg]` and calls its get_config(arg) (or get_config())."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise InputError(f"--config {spec}: no such file {path!r}")
+  module_spec = importlib.util.spec_from_file_location(f"_flaxbert_config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise InputError(f"--config {spec}: {path} defines no get_config()")
+  config = module.get_config(arg) if arg else module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise InputError(f"--config {spec}: get_config must return an ml_collections.ConfigDict")
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+  """Applies `key.sub=value` strings (the part after `--config.`) in order; returns the config."""
+  for item in overrides:
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise InputError(f"--config.{item}: expected --config.KEY=VALUE")
+    parent, name = _parent(config, key)
+    try:
+      parent[name] = parse_value(key, raw, parent[name])
+    except TypeError as e:  # ml_collections' own type check (placeholders declared with a type)
+      raise InputError(f"--config.{item}: {e}") from None
+  return config
+
+
+def _parent(config: ml_collections.ConfigDict, key: str):
+  parts = key.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise InputError(f"--config.{key}: unknown key {'.'.join(parts[:i + 1])!r}; known here: {known}")
+    if i < len(parts) - 1:
+      node = node[part]
+  return node, parts[-1]
+
+
+def parse_value(key: str, raw: str, current):
+  """`raw` parsed as the type of `current` (the field's present value)."""
+  def fail(expected: str):
+    raise InputError(f"--config.{key}={raw}: expected {expected}")
+  if isinstance(current, bool):
+    if raw.lower() in _TRUE:
+      return True
+    if raw.lower() in _FALSE:
+      return False
+    fail("a bool (true/false)")
+  if isinstance(current, int):
+    try:
+      return int(raw)
+    except ValueError:
+      fail("an integer")
+  if isinstance(current, float):
+    try:
+      return float(raw)
+    except ValueError:
+      fail("a number")
+  if isinstance(current, tuple):
+    items = [x.strip() for x in raw.split(",") if x.strip()]
+    if current and not isinstance(current[0], str):
+      return tuple(parse_value(key, x, current[0]) for x in items)
+    return tuple(items)
+  if isinstance(current, ml_collections.ConfigDict):
+    fail(f"one of its fields, e.g. --config.{key}.{next(iter(current.keys()), 'x')}=…")
+  if current is None:
+    try:
+      return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      return raw
+  return raw

@@ -1,0 +1,139 @@
+"""Training and evaluation batches from a prepared dataset (`flaxbert prepare`), exactly resumable.
+
+The dataset is read by random access (`tfds` array_record data source), so the batch at a
+step is a pure function of (seed, step):
+
+  epoch e = step // steps_per_epoch; the epoch's order is a permutation drawn from (seed, e);
+  global batch `step` is the next `global_batch_size` indices of that order (the remainder of
+  an epoch is dropped); process p of P takes rows [p·B/P, (p+1)·B/P) of it.
+
+Resuming is therefore just "start at step N": nothing about the iterator needs saving. With a
+dynamic-masking dataset the masks are drawn per example from (seed, epoch, example index):
+fresh every epoch, identical on any number of processes or devices. Evaluation reads a split
+once, in order, padding the last batch and marking real rows with `example_mask`.
+"""
+import concurrent.futures
+import dataclasses
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from data_prep.builder import open_dataset
+from data_prep.masking import mask_tokens
+from flaxbert.errors import InputError
+from flaxbert.tokenization import load_tokenizer
+
+STATIC_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+                   "masked_lm_weights", "next_sentence_labels")
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicMasking:
+  """How a dynamic-masking dataset is masked in the pipeline (RoBERTa / MosaicBERT style)."""
+  masked_lm_prob: float = 0.15  # e.g. 0.3 as in MosaicBERT
+  max_predictions_per_seq: int = 20
+  whole_word_mask: bool = False
+
+
+class PretrainingData:
+  """One split of a prepared dataset as fixed-shape numpy batches for this process."""
+
+  def __init__(self, directory: str | os.PathLike, split: str, *, global_batch_size: int, seed: int,
+               masking: DynamicMasking | None = None, process_index: int | None = None,
+               process_count: int | None = None, prefetch: int = 2):
+    self.builder = open_dataset(directory)
+    if split not in self.builder.info.splits:
+      raise InputError(f"{directory}: has no split {split!r}; it has {sorted(self.builder.info.splits)}")
+    self.source = self.builder.as_data_source(split=split)
+    self.num_examples = len(self.source)
+    self.process_index = jax.process_index() if process_index is None else process_index
+    self.process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size < 1 or global_batch_size % self.process_count:
+      raise InputError(f"global_batch_size ({global_batch_size}) must be a positive multiple of the "
+                       f"number of processes ({self.process_count})")
+    self.global_batch_size, self.seed, self.prefetch = global_batch_size, seed, prefetch
+    self.local_batch_size = global_batch_size // self.process_count
+    self.steps_per_epoch = self.num_examples // global_batch_size
+    metadata = self.builder.info.metadata
+    self.dynamic = metadata["settings"]["masking"] == "dynamic"
+    self.max_seq_length = metadata["settings"]["max_seq_length"]
+    self._masking, self._token_ids, self._continuation = None, None, None
+    if self.dynamic:
+      self._setup_dynamic(directory, masking or DynamicMasking(), metadata)
+
+  def _setup_dynamic(self, directory, masking: DynamicMasking, metadata) -> None:
+    self._masking = masking
+    self._token_ids = metadata["tokenizer"]
+    self._continuation = None
+    if masking.whole_word_mask:
+      tokenizer = load_tokenizer(directory)
+      self._continuation = np.array([tokenizer.is_continuation(t) for t in tokenizer.vocab])
+
+  # --- training: a pure function of the step ------------------------------------------------
+
+  def _rows(self, step: int) -> tuple[int, np.ndarray]:
+    if self.steps_per_epoch == 0:
+      raise InputError(f"split has {self.num_examples} examples, fewer than one global batch "
+                       f"({self.global_batch_size})")
+    epoch, position = divmod(step, self.steps_per_epoch)
+    order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    start = position * self.global_batch_size + self.process_index * self.local_batch_size
+    return epoch, order[start:start + self.local_batch_size]
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of global batch `step`."""
+    epoch, rows = self._rows(step)
+    return self._read(rows, epoch)
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self.iterate(0)
+
+  def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches from `start_step` on, read `prefetch` steps ahead in background threads."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, self.prefetch)) as pool:
+      pending = [pool.submit(self.batch, s) for s in range(start_step, start_step + self.prefetch + 1)]
+      step = start_step + self.prefetch + 1
+      while True:
+        yield pending.pop(0).result()
+        pending.append(pool.submit(self.batch, step))
+        step += 1
+
+  # --- evaluation: every example exactly once -------------------------------------------------
+
+  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    """The whole split in order; the last global batch padded, `example_mask` 1 on real rows."""
+    for start in range(0, self.num_examples, self.global_batch_size):
+      first = start + self.process_index * self.local_batch_size
+      rows = np.arange(first, first + self.local_batch_size)
+      real = rows < self.num_examples
+      batch = self._read(np.where(real, rows, 0), epoch=0)
+      for name, value in batch.items():
+        batch[name] = np.where(real.reshape((-1,) + (1,) * (value.ndim - 1)), value, 0).astype(value.dtype)
+      batch["example_mask"] = real.astype(np.int32)
+      yield batch
+
+  # --- reading --------------------------------------------------------------------------------
+
+  def _read(self, rows: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
+    examples = self.source.__getitems__([int(r) for r in rows])
+    batch = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+    batch = {k: v.astype(np.float32 if k == "masked_lm_weights" else np.int32) for k, v in batch.items()}
+    if self.dynamic:
+      batch.update(self._mask(batch, rows, epoch))
+    return {k: batch[k] for k in STATIC_FEATURES}
+
+  def _mask(self, batch: dict[str, np.ndarray], rows: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
+    """Masks drawn per example from (seed, epoch, example index): the same on any batch layout."""
+    m, ids = self._masking, self._token_ids
+    tokens = batch["input_ids"]
+    masked = mask_tokens(
+        tokens, None if self._continuation is None else self._continuation[tokens],
+        [np.random.default_rng([self.seed, epoch, int(row), 1]) for row in rows],
+        masked_lm_prob=m.masked_lm_prob, max_predictions_per_seq=m.max_predictions_per_seq,
+        vocab_size=ids["vocab_size"], mask_id=ids["mask_id"],
+        special_mask=(tokens == ids["cls_id"]) | (tokens == ids["sep_id"]),
+        whole_word_mask=m.whole_word_mask, input_mask=batch["input_mask"])
+    return {k: getattr(masked, k) for k in ("input_ids", "masked_lm_positions", "masked_lm_ids",
+                                            "masked_lm_weights")}

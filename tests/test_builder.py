@@ -1,0 +1,143 @@
+"""`flaxbert prepare`: a TFDS dataset with the original features, both masking modes, bad input."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import prepare as prepare_config
+from corpus_fixtures import write_corpus, write_vocab
+from data_prep.builder import prepare
+from flaxbert.cli import main
+from flaxbert.errors import InputError
+from flaxbert.tokenization import load_tokenizer
+
+
+def settings(tmp_path, **overrides):
+  c = prepare_config.get_config("tiny")
+  c.input = (str(write_corpus(tmp_path / "corpus")),)
+  c.vocab = str(write_vocab(tmp_path / "vocab.txt"))
+  c.output_dir = str(tmp_path / "data")
+  c.validation_fraction = 0.2
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def read_split(directory, split):
+  builder = tfds.builder_from_directory(str(directory))
+  source = builder.as_data_source(split=split)
+  return [source[i] for i in range(len(source))]
+
+
+def test_static_dataset_features_and_rules(tmp_path):
+  out, metadata = prepare(settings(tmp_path))
+  builder = tfds.builder_from_directory(str(out))
+  assert set(builder.info.splits) == {"train", "validation"}
+  assert builder.info.splits["train"].num_shards >= 2  # many files: hosts read disjoint parts
+  tok = load_tokenizer(out)
+  train = read_split(out, "train")
+  assert len(train) == builder.info.splits["train"].num_examples > 100
+  for ex in train[:200]:
+    ids, mask, seg = ex["input_ids"], ex["input_mask"], ex["segment_ids"]
+    assert ids.shape == (32,) and ex["masked_lm_positions"].shape == (5,)
+    n = int(mask.sum())
+    assert mask[:n].all() and not mask[n:].any() and not ids[n:].any()
+    w = ex["masked_lm_weights"] > 0
+    pos = ex["masked_lm_positions"][w]
+    original = ids.copy()
+    original[pos] = ex["masked_lm_ids"][w]  # a random replacement may itself be [SEP], as in the original
+    assert original[0] == tok.cls_id and original[n - 1] == tok.sep_id
+    seps = np.flatnonzero(original[:n] == tok.sep_id)
+    assert len(seps) == 2  # [CLS] A [SEP] B [SEP] (NSP on)
+    assert (seg[:seps[0] + 1] == 0).all() and (seg[seps[0] + 1:n] == 1).all()
+    assert (np.diff(pos) > 0).all() and (pos > 0).all() and (pos < n).all()
+    assert not np.isin(pos, seps).any()
+    assert ex["next_sentence_labels"] in (0, 1)
+  assert metadata["sources"]["files"] == 3 and metadata["settings"]["masking"] == "static"
+  assert metadata["tokenizer"]["mask_id"] == tok.mask_id == 4
+
+
+def test_deterministic_for_a_seed(tmp_path):
+  a, _ = prepare(settings(tmp_path / "a"))
+  b, _ = prepare(settings(tmp_path / "b"))
+  c, _ = prepare(settings(tmp_path / "c", seed=7))
+  ea, eb, ec = (read_split(x, "train") for x in (a, b, c))
+  assert len(ea) == len(eb)
+  assert all(np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(ea, eb))
+  assert not all(np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(ea, ec))
+
+
+def test_worker_count_does_not_change_the_data(tmp_path):
+  one, _ = prepare(settings(tmp_path / "one", num_workers=1))
+  two, _ = prepare(settings(tmp_path / "two", num_workers=2))
+  for split in ("train", "validation"):
+    x, y = read_split(one, split), read_split(two, split)
+    assert len(x) == len(y) and all(np.array_equal(p["input_ids"], q["input_ids"]) for p, q in zip(x, y))
+
+
+def test_dynamic_dataset_is_unmasked(tmp_path):
+  out, metadata = prepare(settings(tmp_path, masking="dynamic", dupe_factor=1, random_next_sentence=False))
+  ex = read_split(out, "train")
+  assert set(ex[0]) == {"input_ids", "input_mask", "segment_ids", "next_sentence_labels"}
+  tok = load_tokenizer(out)
+  assert not any((e["input_ids"] == tok.mask_id).any() for e in ex)
+  assert all(e["next_sentence_labels"] == 0 and not e["segment_ids"].any() for e in ex)
+  assert metadata["settings"]["masking"] == "dynamic"
+
+
+def test_cli_prepare_and_overrides(tmp_path, capsys):
+  corpus = write_corpus(tmp_path / "corpus")
+  vocab = write_vocab(tmp_path / "vocab.txt")
+  code = main(["prepare", "--input", str(corpus), "--vocab", str(vocab), "--output_dir", str(tmp_path / "d"),
+               "--max_seq_length", "24", "--max_predictions_per_seq", "4", "--dupe_factor", "1",
+               "--seed", "3", "--whole_word_mask", "--config.validation_fraction=0.25",
+               "--config.chunk_tokens=500"])
+  out = capsys.readouterr().out
+  assert code == 0 and "prepared" in out and "train" in out and "sources: 3 files" in out
+  info = json.loads((tmp_path / "d" / "metadata.json").read_text())["settings"]
+  assert (info["max_seq_length"], info["whole_word_mask"], info["seed"], info["chunk_tokens"]) == (24, True, 3, 500)
+  code = main(["prepare", "--input", str(corpus), "--vocab", str(vocab), "--output_dir", str(tmp_path / "e"),
+               "--config.max_seq_lenght=12"])
+  assert code == 2 and "unknown key 'max_seq_lenght'" in capsys.readouterr().err
+  code = main(["prepare", "--input", str(corpus), "--vocab", str(vocab), "--output_dir", str(tmp_path / "e"),
+               "--config.dupe_factor=two"])
+  assert code == 2 and "--config.dupe_factor=two: expected an integer" in capsys.readouterr().err
+
+
+def test_bad_input(tmp_path):
+  with pytest.raises(InputError, match="nope: no such file or directory"):
+    prepare(settings(tmp_path, input=(str(tmp_path / "nope"),)))
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "a.txt").write_text("")
+  with pytest.raises(InputError, match="0 non-empty document"):
+    prepare(settings(tmp_path, input=(str(tmp_path / "empty"),)))
+  bad_vocab = tmp_path / "bad_vocab.txt"
+  bad_vocab.write_text("[PAD]\n[UNK]\nhello\n")
+  with pytest.raises(InputError, match="bad_vocab.txt"):
+    prepare(settings(tmp_path, vocab=str(bad_vocab)))
+  assert not (tmp_path / "data").exists()
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".data.partial")]
+
+
+def test_interrupted_build_leaves_nothing_that_loads(tmp_path, monkeypatch):
+  from data_prep import builder as builder_lib  # pylint: disable=import-outside-toplevel
+
+  def explode(job):
+    raise KeyboardInterrupt("killed mid-build")
+  monkeypatch.setattr(builder_lib, "_write_shard", explode)
+  with pytest.raises(KeyboardInterrupt):
+    prepare(settings(tmp_path, num_workers=1))
+  assert not (tmp_path / "data").exists()
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".data")]
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece_unigram"])
+def test_trains_a_vocabulary_when_none_is_given(tmp_path, kind):
+  out, metadata = prepare(settings(tmp_path, vocab=None, train_vocab_kind=kind, train_vocab_size=130))
+  tok = load_tokenizer(out)  # the vocabulary travels with the dataset
+  assert tok.kind == kind.split("_")[0] and tok.vocab_size <= 130
+  assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 1, 2, 3, 4)
+  assert metadata["tokenizer"]["kind"] == tok.kind
+  ex = read_split(out, "train")[0]
+  assert ex["input_ids"][0] == tok.cls_id and (ex["input_ids"] < tok.vocab_size).all()

@@ -1,0 +1,114 @@
+"""Training input: fixed shapes, per-process shards, exact resume, dynamic masking, exact eval."""
+import numpy as np
+import pytest
+
+from configs import prepare as prepare_config
+from corpus_fixtures import write_corpus, write_vocab
+from data_prep.builder import prepare
+from flaxbert.errors import InputError
+from flaxbert.input_pipeline import STATIC_FEATURES, DynamicMasking, PretrainingData
+
+
+def build(tmp_path, name, **overrides):
+  c = prepare_config.get_config("tiny")
+  c.input = (str(write_corpus(tmp_path / "corpus", num_files=4)),)
+  c.vocab = str(write_vocab(tmp_path / "vocab.txt"))
+  c.output_dir = str(tmp_path / name)
+  c.validation_fraction = 0.2
+  for k, v in overrides.items():
+    c[k] = v
+  return prepare(c)[0]
+
+
+@pytest.fixture(scope="module")
+def static_dir(tmp_path_factory):
+  return build(tmp_path_factory.mktemp("static"), "data")
+
+
+@pytest.fixture(scope="module")
+def dynamic_dir(tmp_path_factory):
+  return build(tmp_path_factory.mktemp("dynamic"), "data", masking="dynamic", dupe_factor=1)
+
+
+def test_shapes_and_dtypes(static_dir):
+  data = PretrainingData(static_dir, "train", global_batch_size=8, seed=0)
+  batch = data.batch(0)
+  assert set(batch) == set(STATIC_FEATURES)
+  assert batch["input_ids"].shape == (8, 32) and batch["input_ids"].dtype == np.int32
+  assert batch["masked_lm_positions"].shape == (8, 5) and batch["masked_lm_weights"].dtype == np.float32
+  assert batch["next_sentence_labels"].shape == (8,)
+
+
+def test_resume_gives_the_batches_an_uninterrupted_run_sees(static_dir):
+  data = PretrainingData(static_dir, "train", global_batch_size=8, seed=1)
+  steps = data.steps_per_epoch * 2 + 3  # across epoch boundaries
+  straight = [b for _, b in zip(range(steps), data.iterate(0))]
+  resumed = PretrainingData(static_dir, "train", global_batch_size=8, seed=1)
+  tail = [b for _, b in zip(range(steps - 7), resumed.iterate(7))]
+  for a, b in zip(straight[7:], tail):
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+  # Each epoch visits distinct examples (all but the remainder of a batch), in a new order.
+  epoch = lambda e: np.concatenate([data._rows(s)[1] for s in range(e * data.steps_per_epoch,  # pylint: disable=protected-access
+                                                                     (e + 1) * data.steps_per_epoch)])
+  epoch0, epoch1 = epoch(0), epoch(1)
+  assert len(set(epoch0.tolist())) == len(epoch0) == data.num_examples - data.num_examples % 8
+  assert not np.array_equal(epoch0, epoch1)
+
+
+def test_processes_read_disjoint_halves_of_the_global_batch(static_dir):
+  whole = PretrainingData(static_dir, "train", global_batch_size=8, seed=2, process_index=0, process_count=1)
+  halves = [PretrainingData(static_dir, "train", global_batch_size=8, seed=2, process_index=p, process_count=2)
+            for p in (0, 1)]
+  for step in (0, 5):
+    joined = np.concatenate([h.batch(step)["input_ids"] for h in halves])
+    np.testing.assert_array_equal(joined, whole.batch(step)["input_ids"])
+  with pytest.raises(InputError, match="multiple of the number of processes"):
+    PretrainingData(static_dir, "train", global_batch_size=7, seed=0, process_index=0, process_count=2)
+
+
+def test_eval_visits_every_example_once_with_a_mask(static_dir):
+  data = PretrainingData(static_dir, "validation", global_batch_size=16, seed=0)
+  batches = list(data.eval_batches())
+  assert len(batches) == -(-data.num_examples // 16)
+  assert sum(int(b["example_mask"].sum()) for b in batches) == data.num_examples
+  last = batches[-1]
+  pad = last["example_mask"] == 0
+  assert pad.any() or data.num_examples % 16 == 0
+  assert not last["input_ids"][pad].any()
+  rows = np.concatenate([b["input_ids"][b["example_mask"] == 1] for b in batches])
+  source = data.source
+  np.testing.assert_array_equal(rows, np.stack([source[i]["input_ids"] for i in range(len(source))]))
+
+
+def test_dynamic_masking_fresh_per_epoch_and_deterministic(dynamic_dir):
+  masking = DynamicMasking(masked_lm_prob=0.3, max_predictions_per_seq=8)
+  data = PretrainingData(dynamic_dir, "train", global_batch_size=4, seed=3, masking=masking)
+  again = PretrainingData(dynamic_dir, "train", global_batch_size=4, seed=3, masking=masking)
+  a, b = data.batch(0), again.batch(0)
+  assert all(np.array_equal(a[k], b[k]) for k in a)
+  assert set(a) == set(STATIC_FEATURES) and a["masked_lm_positions"].shape == (4, 8)
+  # The same example in the next epoch gets a different mask.
+  _, rows0 = data._rows(0)  # pylint: disable=protected-access
+  epoch1 = {tuple(data._rows(s)[1]): s for s in range(data.steps_per_epoch, 2 * data.steps_per_epoch)}  # pylint: disable=protected-access
+  target = int(rows0[0])
+  step1 = next(s for r, s in epoch1.items() if target in r)
+  row1 = list(data._rows(step1)[1]).index(target)  # pylint: disable=protected-access
+  b1 = data.batch(step1)
+  assert not np.array_equal(a["masked_lm_positions"][0], b1["masked_lm_positions"][row1]) or \
+      not np.array_equal(a["input_ids"][0], b1["input_ids"][row1])
+  # The rate is configurable: 0.3 masks about twice as much as 0.15.
+  def rate(prob):
+    d = PretrainingData(dynamic_dir, "train", global_batch_size=8, seed=4,
+                        masking=DynamicMasking(masked_lm_prob=prob, max_predictions_per_seq=32))
+    w = sum(d.batch(s)["masked_lm_weights"].sum() for s in range(d.steps_per_epoch))
+    n = sum(d.batch(s)["input_mask"].sum() for s in range(d.steps_per_epoch))
+    return w / n
+  low, high = rate(0.15), rate(0.3)
+  assert 0.11 < low < 0.19 and 0.24 < high < 0.36
+
+
+def test_missing_dataset_and_split(tmp_path, static_dir):
+  with pytest.raises(InputError, match="not a prepared dataset"):
+    PretrainingData(tmp_path, "train", global_batch_size=8, seed=0)
+  with pytest.raises(InputError, match="has no split 'test'"):
+    PretrainingData(static_dir, "test", global_batch_size=8, seed=0)
