@@ -48,6 +48,7 @@ def main() -> None:
   parser.add_argument("--out", type=Path, default=Path("bench/out/prepare_litbank.json"))
   parser.add_argument("--dupe_factor", type=int, default=5)
   parser.add_argument("--num_workers", type=int, default=0)
+  parser.add_argument("--chunk_chars", type=int, default=None, help="default: configs/prepare.py's")
   parser.add_argument("--reference_seconds", type=float, default=427.0)
   parser.add_argument("--reference_instances", type=int, default=900_249)
   parser.add_argument("--reference_peak_rss_gb", type=float, default=3.8)
@@ -60,25 +61,26 @@ def main() -> None:
     c.input, c.vocab, c.output_dir = (str(corpus),), str(args.vocab), str(Path(tmp) / "dataset")
     c.max_seq_length, c.max_predictions_per_seq, c.dupe_factor, c.seed = 128, 20, args.dupe_factor, 12345
     c.num_workers = args.num_workers
+    if args.chunk_chars:
+      c.chunk_chars = args.chunk_chars
     start = time.perf_counter()
     _, metadata = prepare(c)
     wall = time.perf_counter() - start
     info = json.loads((Path(c.output_dir) / "dataset_info.json").read_text())
     examples = {s["name"]: sum(int(n) for n in s["shardLengths"]) for s in info["splits"]}
   rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-  rss_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
   total = sum(examples.values())
   result = {
       "corpus": str(args.litbank), "books": books, "corpus_bytes": corpus_size(args.litbank),
       "settings": {"max_seq_length": 128, "max_predictions_per_seq": 20, "dupe_factor": args.dupe_factor,
-                   "seed": 12345, "num_workers": args.num_workers or os.cpu_count()},
+                   "seed": 12345, "num_workers": args.num_workers or os.cpu_count(), "chunk_chars": c.chunk_chars},
       "wall_seconds": round(wall, 2),
       "examples": examples, "examples_total": total,
       "documents": metadata["sources"]["documents"], "tokens": metadata["tokens"],
       "documents_per_second": round(metadata["sources"]["documents"] / wall, 2),
       "examples_per_second": round(total / wall, 1),
       "tokens_per_second": round(metadata["tokens"] / wall, 1),
-      "peak_rss_gb": {"main": round(rss_self, 3), "largest_worker": round(rss_children, 3)},
+      "peak_rss_gb": {"main": round(rss_self, 3), "largest_worker": round(metadata["peak_worker_rss_mb"] / 1024, 3)},
       "reference": {"seconds": args.reference_seconds, "instances": args.reference_instances,
                     "peak_rss_gb": args.reference_peak_rss_gb},
       "throughput_ratio_vs_reference": round((total / wall) / (args.reference_instances / args.reference_seconds), 2),

@@ -37,7 +37,7 @@ def get_config(arg: str = "original") -> ml_collections.ConfigDict:
   # --- output --------------------------------------------------------------------------------
   c.output_dir = config_dict.placeholder(str)  # the dataset folder (tfds.builder_from_directory opens it)
   c.validation_fraction = 0.01  # fraction of documents held out for the validation split (at least 1)
-  c.chunk_tokens = 2_000_000  # tokens per work unit; one train shard per unit and dupe pass; bounds memory
+  c.chunk_chars = 4_000_000  # characters of text per work unit (one train shard per unit and dupe pass); bounds memory
   c.num_workers = 0  # worker processes for instance creation; 0: one per CPU core
   c.overwrite = False  # replace an existing output_dir (only once the new one is complete)
 
@@ -48,7 +48,7 @@ def get_config(arg: str = "original") -> ml_collections.ConfigDict:
     c.max_seq_length = 32
     c.max_predictions_per_seq = 5
     c.dupe_factor = 2
-    c.chunk_tokens = 2_000
+    c.chunk_chars = 8_000
     c.num_workers = 1
     c.train_vocab_size = 200
   elif arg not in ("", "original"):

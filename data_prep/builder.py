@@ -4,20 +4,22 @@
     tfds build bert_pretraining --imports data_prep.builder --manual_dir CORPUS_AND_VOCAB
         [--config dynamic] [--beam_pipeline_options=...]                   # TFDS's own CLI
 
-A build has two stages. (1) `corpus.tokenize_documents` streams the text into tokenized chunk
-files. (2) Every (chunk, dupe pass) becomes one shard: `instances.create_instances` (static
-masking) or `create_pairs` (dynamic masking), seeded by (seed, chunk, pass). Stage 2 runs as
-forked worker processes that encode tf.train.Examples with `example_codec` and write
-array_record shards directly; under a Beam runner (`DownloadConfig(beam_runner=…)`, the
+A build has two stages. (1) `corpus.split_documents` streams the text into chunk files of about
+`chunk_chars` characters. (2) Each chunk is tokenized, and every dupe pass over it becomes one
+shard: `instances.create_instances` (static masking) or `create_pairs` (dynamic masking), seeded
+by (seed, chunk, pass). Stage 2 runs in worker processes that encode tf.train.Examples with
+`example_codec` and write array_record shards directly; under a Beam runner (`DownloadConfig(beam_runner=…)`, the
 `beam` extra) the same shard generators run through TFDS's Beam writer instead, on as many
 machines as the runner has. TFDS writes into an `incomplete.*` folder and renames it when done,
 and `prepare` adds a second such step for the output folder, so an interrupted build never
 leaves a dataset that loads as complete. The vocabulary is saved inside the dataset.
 """
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,7 +33,7 @@ from array_record.python import array_record_module
 from data_prep import corpus as corpus_lib
 from data_prep import sources, vocab
 from data_prep.example_codec import ExampleEncoder
-from data_prep.instances import InstanceConfig, create_instances, create_pairs
+from data_prep.instances import Corpus, InstanceConfig, create_instances, create_pairs
 from flaxbert.atomic import atomic_directory
 from flaxbert.errors import InputError
 from flaxbert.tokenization import load_tokenizer
@@ -52,53 +54,64 @@ def feature_kinds(masking: str) -> dict[str, str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Shard:
-  """One unit of stage 2: a chunk file and a dupe pass."""
-  chunk: str
-  chunk_index: int
-  dupe_pass: int
+class _Chunk:
+  """One unit of stage 2: a text chunk, tokenized once, then one shard per dupe pass."""
+  path: str
+  index: int
   split: str
+  passes: tuple[int, ...]
   masking: str
   instance_config: InstanceConfig
-  vocab_size: int
-  cls_id: int
-  sep_id: int
-  mask_id: int
-  pad_id: int
-  continuation: tuple[int, ...]  # ids of continuation pieces (whole-word masking)
+  vocab: str  # the tokenizer's folder (saved into the work directory by stage 1)
 
-  def arrays(self) -> dict[str, np.ndarray]:
-    corpus = corpus_lib.load_chunk(Path(self.chunk))
-    # A seed of its own per (chunk, pass): shards are independent and reproducible.
-    seed = int(np.random.SeedSequence([self.instance_config.seed, self.chunk_index, self.dupe_pass,
+  def corpus(self) -> Corpus | None:
+    return corpus_lib.tokenize_chunk(Path(self.path), _tokenizer(self.vocab))
+
+  def arrays(self, corpus: Corpus | None, dupe_pass: int) -> dict[str, np.ndarray]:
+    kinds = feature_kinds(self.masking)
+    if corpus is None:
+      return {k: np.zeros((0,), np.int32) for k in kinds}
+    tok = _tokenizer(self.vocab)
+    # A seed of its own per (chunk, pass, split): shards are independent and reproducible.
+    seed = int(np.random.SeedSequence([self.instance_config.seed, self.index, dupe_pass,
                                        0 if self.split == "train" else 1]).generate_state(1)[0])
     config = dataclasses.replace(self.instance_config, dupe_factor=1, seed=seed)
-    ids = dict(vocab_size=self.vocab_size, cls_id=self.cls_id, sep_id=self.sep_id, pad_id=self.pad_id)
+    ids = dict(vocab_size=tok.vocab_size, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id)
     if self.masking == "dynamic":
       out = create_pairs(corpus, config, **ids)
     else:
-      table = np.zeros(self.vocab_size, bool)
-      table[list(self.continuation)] = True
-      out = create_instances(corpus, config, mask_id=self.mask_id, continuation=table, **ids)
-    return {k: getattr(out, k) for k in feature_kinds(self.masking)}
+      table = np.array([tok.is_continuation(t) for t in tok.vocab]) if config.whole_word_mask else None
+      out = create_instances(corpus, config, mask_id=tok.mask_id, continuation=table, **ids)
+    return {k: getattr(out, k) for k in kinds}
 
-  def examples(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    arrays = self.arrays()
+  def examples(self, dupe_pass: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """For TFDS's Beam path: one shard's examples (the chunk is tokenized again per pass)."""
+    arrays = self.arrays(self.corpus(), dupe_pass)
     for i in range(len(arrays["input_ids"])):
-      yield f"{self.chunk_index}-{self.dupe_pass}-{i}", {k: v[i] for k, v in arrays.items()}
+      yield f"{self.index}-{dupe_pass}-{i}", {k: v[i] for k, v in arrays.items()}
 
 
-def _write_shard(job: tuple[_Shard, str]) -> tuple[int, int]:
-  """Stage 2 in a worker: a shard's examples, encoded and written; returns (count, bytes)."""
-  shard, path = job
-  encoder = ExampleEncoder(feature_kinds(shard.masking))
-  writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
-  count = 0
-  for _, example in shard.examples():
-    writer.write(encoder.encode(example))
-    count += 1
-  writer.close()
-  return count, os.path.getsize(path)
+@functools.lru_cache(maxsize=2)
+def _tokenizer(vocab: str):
+  return load_tokenizer(vocab)
+
+
+def _write_chunk(job: tuple[_Chunk, list[str]]) -> dict:
+  """Stage 2 in a worker: tokenize a chunk, then encode and write one shard per dupe pass."""
+  chunk, paths = job
+  encoder = ExampleEncoder(feature_kinds(chunk.masking))
+  corpus = chunk.corpus()
+  counts, sizes = [], []
+  for dupe_pass, path in zip(chunk.passes, paths):
+    arrays = chunk.arrays(corpus, dupe_pass)
+    writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+    for record in encoder.encode_batch(arrays):
+      writer.write(record)
+    writer.close()
+    counts.append(len(arrays["input_ids"]))
+    sizes.append(os.path.getsize(path))
+  return {"counts": counts, "bytes": sizes, "tokens": 0 if corpus is None else len(corpus.tokens),
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 class BertPretraining(tfds.core.ShardBasedBuilder):
@@ -161,30 +174,29 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
     for path in sources.list_files(inputs) if inputs else []:
       yield from sources.read_file(path, s.input_format, stats)
 
-  def _shards(self, dl_manager) -> dict[str, list[_Shard]]:
+  def _plan(self, dl_manager) -> dict[str, list[_Chunk]]:
+    """Stage 1: the vocabulary (given or trained), then the text split into chunk files."""
     s = self.settings
     inputs, vocab = self._inputs(dl_manager)
-    work = Path(tempfile.mkdtemp(prefix="chunks-", dir=self.data_dir))
+    self._work = work = Path(tempfile.mkdtemp(prefix="chunks-", dir=self.data_dir))
     if vocab is None:
-      vocab = self._train_vocab(inputs, work / "vocab")
+      vocab = self._train_vocab(inputs, work / "trained_vocab")
     self._tokenizer = tok = load_tokenizer(vocab, lower_case=s.lower_case)
+    tok.save(work / "vocab")  # what the workers load: vocabulary and casing together
     stats = sources.SourceStats()
-    self._chunks = chunks = corpus_lib.tokenize_documents(
-        self._documents(inputs, stats), tok, work, chunk_tokens=s.chunk_tokens,
+    self._chunks = chunks = corpus_lib.split_documents(
+        self._documents(inputs, stats), work, chunk_chars=s.chunk_chars,
         validation_fraction=s.validation_fraction)
     chunks.stats = stats
     config = InstanceConfig(
         max_seq_length=s.max_seq_length, max_predictions_per_seq=s.max_predictions_per_seq,
         masked_lm_prob=s.masked_lm_prob, short_seq_prob=s.short_seq_prob, dupe_factor=s.dupe_factor,
         random_next_sentence=s.random_next_sentence, whole_word_mask=s.whole_word_mask, seed=s.seed)
-    continuation = tuple(i for i, t in enumerate(tok.vocab) if tok.is_continuation(t))
-    common = dict(masking=s.masking, instance_config=config, vocab_size=tok.vocab_size,
-                  cls_id=tok.cls_id, sep_id=tok.sep_id, mask_id=tok.mask_id, pad_id=tok.pad_id,
-                  continuation=continuation)
+    common = dict(masking=s.masking, instance_config=config, vocab=str(work / "vocab"))
     return {
-        "train": [_Shard(str(c), i, p, "train", **common)
-                  for i, c in enumerate(chunks.train) for p in range(s.dupe_factor)],
-        "validation": [_Shard(str(c), i, 0, "validation", **common) for i, c in enumerate(chunks.validation)],
+        "train": [_Chunk(str(c), i, "train", tuple(range(s.dupe_factor)), **common)
+                  for i, c in enumerate(chunks.train)],
+        "validation": [_Chunk(str(c), i, "validation", (0,), **common) for i, c in enumerate(chunks.validation)],
     }
 
   def _train_vocab(self, inputs: list[str], directory: Path) -> str:
@@ -204,41 +216,45 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
   # --- stage 2 ------------------------------------------------------------------------------
 
   def _shard_iterators_per_split(self, dl_manager):
-    """For TFDS's Beam path: one example generator per shard."""
-    return {split: [shard.examples for shard in shards] for split, shards in self._shards(dl_manager).items()}
+    """For TFDS's Beam path: one example generator per (chunk, dupe pass)."""
+    return {split: [functools.partial(chunk.examples, p) for chunk in chunks for p in chunk.passes]
+            for split, chunks in self._plan(dl_manager).items()}
 
   def _download_and_prepare(self, dl_manager, download_config=None):
+    self._work, self._tokens, self._peak_worker_rss_mb = None, None, None
     try:
       if download_config is not None and (download_config.beam_runner or download_config.beam_options):
         super()._download_and_prepare(dl_manager, download_config)
       else:
-        self._write_locally(self._shards(dl_manager))
+        self._write_locally(self._plan(dl_manager))
       self._record_metadata()
     finally:
-      for path in (self._chunks.train + self._chunks.validation) if self._chunks else []:
-        shutil.rmtree(path.parent, ignore_errors=True)
+      if self._work is not None:
+        shutil.rmtree(self._work, ignore_errors=True)
 
-  def _write_locally(self, shards: dict[str, list[_Shard]]) -> None:
-    jobs, names = [], []
-    for split, split_shards in shards.items():
+  def _write_locally(self, plan: dict[str, list[_Chunk]]) -> None:
+    """Stage 2 on this machine: chunks in parallel worker processes, shards written directly."""
+    jobs, infos = [], []
+    for split, chunks in plan.items():
       template = self._get_filename_template(split_name=split)
-      for i, shard in enumerate(split_shards):
-        jobs.append((shard, os.fspath(template.sharded_filepath(shard_index=i, num_shards=len(split_shards)))))
-        names.append(split)
-    workers = self.settings.num_workers or os.cpu_count() or 1
-    if workers == 1 or len(jobs) == 1:
-      results = [_write_shard(j) for j in jobs]
+      total = sum(len(c.passes) for c in chunks)
+      paths = iter(os.fspath(template.sharded_filepath(shard_index=i, num_shards=total)) for i in range(total))
+      jobs.extend((chunk, [next(paths) for _ in chunk.passes]) for chunk in chunks)
+    workers = min(self.settings.num_workers or os.cpu_count() or 1, len(jobs))
+    if workers == 1:
+      results = [_write_chunk(j) for j in jobs]
     else:
       # forkserver: workers start clean (no inherited threads) and import only what they need.
-      with multiprocessing.get_context("forkserver").Pool(min(workers, len(jobs))) as pool:
-        results = pool.map(_write_shard, jobs, chunksize=1)
-    infos = []
-    for split in shards:
-      lengths = [r[0] for r, n in zip(results, names) if n == split]
-      infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths,
-                                       num_bytes=sum(r[1] for r, n in zip(results, names) if n == split),
-                                       filename_template=self._get_filename_template(split_name=split)))
+      with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+        results = pool.map(_write_chunk, jobs, chunksize=1)
+    for split in plan:
+      mine = [r for (chunk, _), r in zip(jobs, results) if chunk.split == split]
+      infos.append(tfds.core.SplitInfo(
+          name=split, shard_lengths=[n for r in mine for n in r["counts"]], num_bytes=sum(sum(r["bytes"]) for r in mine),
+          filename_template=self._get_filename_template(split_name=split)))
     self.info.set_splits(tfds.core.SplitDict(infos))
+    self._tokens = sum(r["tokens"] for r in results)
+    self._peak_worker_rss_mb = max(r["peak_rss_mb"] for r in results)
 
   def _record_metadata(self) -> None:
     s, tok, chunks = self.settings, self._tokenizer, self._chunks
@@ -247,7 +263,8 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.to_dict().items()},
         "tokenizer": {"kind": tok.kind, "lower_case": tok.lower_case, "vocab_size": tok.vocab_size,
                       "pad_id": tok.pad_id, "cls_id": tok.cls_id, "sep_id": tok.sep_id, "mask_id": tok.mask_id},
-        "tokens": chunks.tokens,
+        "tokens": self._tokens,  # None under Beam, where shards are written by the runner
+        "peak_worker_rss_mb": self._peak_worker_rss_mb,
         "sources": dataclasses.asdict(chunks.stats),
         "sources_summary": chunks.stats.summary(),
     })

@@ -23,8 +23,9 @@ import tokenizers
 from tokenizers import models, normalizers, pre_tokenizers, trainers
 
 from flaxbert.errors import InputError
-from flaxbert.tokenization import (CLS, MASK, MAX_INPUT_CHARS_PER_WORD, PAD, SEP, SPECIAL_TOKENS, UNK,
-                                   SentencePieceTokenizer, Tokenizer, WordPieceTokenizer, load_tokenizer)
+from flaxbert.tokenization import (CLS, MASK, PAD, SEP, SPECIAL_TOKENS, SentencePieceTokenizer, Tokenizer,
+                                   WordPieceTokenizer, load_tokenizer)
+from flaxbert.wordpiece_rules import MAX_INPUT_CHARS_PER_WORD, UNK
 
 MODEL_TYPES = ("unigram", "bpe")
 # What train_sentencepiece sets itself; `options` may not override these.

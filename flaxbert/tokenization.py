@@ -3,26 +3,16 @@
 `load_tokenizer(path)` reads a WordPiece `vocab.txt`, a sentencepiece `.model`, or a folder holding
 one (plus, optionally, the `tokenizer_config.json` that `Tokenizer.save` writes).
 
-WordPiece has two implementations of the same rules, those of google-research/bert's
-tokenization.py (BasicTokenizer + WordpieceTokenizer, at most 200 characters a word):
-  reference  pure Python, rule for rule (flaxbert.wordpiece_rules);
-  fast       the `tokenizers` library (BertNormalizer + BertPreTokenizer + WordPiece), which
-             `tokenize`, `encode` and `encode_batch` use.
-Compared on every code point (Python 3.11 / Unicode 14.0, tokenizers 0.23), the fast path differs
-from the original rules only on these characters:
-  - private use (category Co): tokenizers drops every C* character as a control character, the
-    original only Cc and Cf;
-  - 'Σ' when lower-casing: Python's str.lower() writes a word-final capital sigma as 'ς',
-    tokenizers always 'σ';
-  - U+2B820..U+2B91F (CJK Extension E): tokenizers' CJK table starts Extension E at U+2B920, so it
-    does not split these characters out;
-  - `wordpiece_rules._STALE_TABLES`: characters added or re-categorised in Unicode 9..14 (punctuation, format
-    controls, nonspacing marks, ...) for which tokenizers' category tables predate Python's.
-A line holding any of them goes through the reference instead; other lines of the same text keep
-the fast path (a newline is whitespace to both, so lines tokenize independently). On another
-Unicode version (Python 3.12 has 15.0) characters new to it may need adding to `wordpiece_rules._STALE_TABLES`:
-tests/test_tokenization.py compares every code point and names them.
+WordPiece follows google-research/bert's tokenization.py rule for rule (flaxbert.wordpiece_rules:
+BasicTokenizer + WordpieceTokenizer, at most 200 characters a word). Those rules act on each
+whitespace-separated word alone, so a text is tokenized as the concatenation of its words' pieces,
+and each distinct word is tokenized once and remembered (natural text repeats its words: LitBank's
+11M words have a few hundred thousand distinct forms). The result is the reference's by
+construction; only texts with a character where Python's str.split() and the original disagree
+(control characters such as \x0b or \x1c, `wordpiece_rules.words_are_independent`) go through the
+rules whole. There is no second implementation to drift from the original.
 """
+import itertools
 import json
 import os
 import re
@@ -30,13 +20,14 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import sentencepiece
-import tokenizers
-from tokenizers import models, normalizers, pre_tokenizers
 
 from flaxbert.errors import InputError
-from flaxbert.wordpiece_rules import MAX_INPUT_CHARS_PER_WORD, UNK, fast_path_unsafe, reference_tokenize
+from flaxbert.wordpiece_rules import UNK, reference_tokenize, wordpiece_word, words_are_independent
 
 PAD, CLS, SEP, MASK = "[PAD]", "[CLS]", "[SEP]", "[MASK]"
+# In printable ASCII every non-alphanumeric character is punctuation to the original (33-47,
+# 58-64, 91-96, 123-126), so a word splits into alphanumeric runs and single other characters.
+_ASCII_PIECES = re.compile(r"[0-9A-Za-z]+|[^0-9A-Za-z]")
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 VOCAB_FILE = "vocab.txt"
 SPM_FILE = "spm.model"
@@ -69,7 +60,7 @@ class Tokenizer:
     raise NotImplementedError
 
   def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
-    """`encode` over many texts at once (multi-threaded); the fast path for data preparation."""
+    """`encode` over many texts at once; what data preparation calls."""
     raise NotImplementedError
 
   def _save_model(self, directory: Path) -> None:
@@ -132,54 +123,57 @@ def _check_text(text, index: int | None = None) -> str:
 
 
 class WordPieceTokenizer(Tokenizer):
-  """The original BERT WordPiece tokenization, run by `tokenizers` (see the module docstring)."""
+  """The original BERT WordPiece tokenization, word by word with a cache (see the module docstring)."""
 
   kind = "wordpiece"
+  _CACHE_LIMIT = 1 << 21  # distinct words remembered; the cache restarts when full (bounded memory)
 
   def __init__(self, vocab: Sequence[str], lower_case: bool = True, source: str = "<vocab>"):
     super().__init__(vocab, lower_case, source)
-    model = models.WordPiece(vocab=dict(self._ids), unk_token=UNK, continuing_subword_prefix="##",
-                             max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
-    fast = tokenizers.Tokenizer(model)
-    fast.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                 strip_accents=self._lower_case, lowercase=self._lower_case)
-    fast.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    self._fast = fast
+    self._cache: dict[str, list[int]] = {}
+    self._piece_cache: dict[str, list[int]] = {}
 
   def reference_tokenize(self, text: str) -> list[str]:
-    """The pure-Python original rules (slow; for checking and for the fast path's exceptions)."""
+    """The rules applied to the whole text at once (slow; the definition the fast path must equal)."""
     return reference_tokenize(_check_text(text), self._ids, self._lower_case)
 
-  def _encodings(self, text: str, field: str) -> list:
-    """Tokens or ids of `text`: the fast path, except on lines it would get wrong."""
-    if not fast_path_unsafe(text, self._lower_case):
-      return getattr(self._fast.encode(text, add_special_tokens=False), field)
-    out = []
-    for line in text.split("\n"):
-      if fast_path_unsafe(line, self._lower_case):
-        tokens = reference_tokenize(line, self._ids, self._lower_case)
-        out.extend(tokens if field == "tokens" else [self._ids[t] for t in tokens])
+  def _word_ids(self, word: str) -> list[int]:
+    """A whitespace-free word's ids, remembered. For printable ASCII the rules reduce to: lower-case
+    (uncased), split off every non-alphanumeric character, WordPiece each piece (pieces remembered
+    too: "Word," and "word." share "word"); anything else goes through the rules in full."""
+    ids = self._cache.get(word)
+    if ids is None:
+      if len(self._cache) >= self._CACHE_LIMIT:
+        self._cache.clear()
+        self._piece_cache.clear()
+      if word.isascii() and word.isprintable():
+        pieces = _ASCII_PIECES.findall(word.lower() if self._lower_case else word)
+        ids = [i for piece in pieces for i in self._piece_ids(piece)]
       else:
-        out.extend(getattr(self._fast.encode(line, add_special_tokens=False), field))
-    return out
+        ids = [self._ids[t] for t in reference_tokenize(word, self._ids, self._lower_case)]
+      self._cache[word] = ids
+    return ids
+
+  def _piece_ids(self, piece: str) -> list[int]:
+    ids = self._piece_cache.get(piece)
+    if ids is None:
+      ids = self._piece_cache[piece] = [self._ids[t] for t in wordpiece_word(piece, self._ids)]
+    return ids
+
+  def _encode(self, text: str) -> list[int]:
+    if not words_are_independent(text):
+      return [self._ids[t] for t in reference_tokenize(text, self._ids, self._lower_case)]
+    cache, word_ids = self._cache, self._word_ids
+    return list(itertools.chain.from_iterable([cache.get(w) or word_ids(w) for w in text.split()]))
 
   def tokenize(self, text: str) -> list[str]:
-    return self._encodings(_check_text(text), "tokens")
+    return [self._vocab[i] for i in self._encode(_check_text(text))]
 
   def encode(self, text: str) -> list[int]:
-    return self._encodings(_check_text(text), "ids")
+    return self._encode(_check_text(text))
 
   def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
-    texts = [_check_text(t, i) for i, t in enumerate(texts)]
-    safe = [i for i, t in enumerate(texts) if not fast_path_unsafe(t, self._lower_case)]
-    out: list = [None] * len(texts)
-    encodings = self._fast.encode_batch_fast([texts[i] for i in safe], add_special_tokens=False)
-    for i, encoding in zip(safe, encodings):
-      out[i] = encoding.ids
-    for i, ids in enumerate(out):
-      if ids is None:
-        out[i] = self._encodings(texts[i], "ids")
-    return out
+    return [self._encode(_check_text(t, i)) for i, t in enumerate(texts)]
 
   def is_continuation(self, token: str) -> bool:
     return token.startswith("##")

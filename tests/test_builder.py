@@ -92,11 +92,11 @@ def test_cli_prepare_and_overrides(tmp_path, capsys):
   code = main(["prepare", "--input", str(corpus), "--vocab", str(vocab), "--output_dir", str(tmp_path / "d"),
                "--max_seq_length", "24", "--max_predictions_per_seq", "4", "--dupe_factor", "1",
                "--seed", "3", "--whole_word_mask", "--config.validation_fraction=0.25",
-               "--config.chunk_tokens=500"])
+               "--config.chunk_chars=2000"])
   out = capsys.readouterr().out
   assert code == 0 and "prepared" in out and "train" in out and "sources: 3 files" in out
   info = json.loads((tmp_path / "d" / "metadata.json").read_text())["settings"]
-  assert (info["max_seq_length"], info["whole_word_mask"], info["seed"], info["chunk_tokens"]) == (24, True, 3, 500)
+  assert (info["max_seq_length"], info["whole_word_mask"], info["seed"], info["chunk_chars"]) == (24, True, 3, 2000)
   code = main(["prepare", "--input", str(corpus), "--vocab", str(vocab), "--output_dir", str(tmp_path / "e"),
                "--config.max_seq_lenght=12"])
   assert code == 2 and "unknown key 'max_seq_lenght'" in capsys.readouterr().err
@@ -125,7 +125,7 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path, monkeypatch):
 
   def explode(job):
     raise KeyboardInterrupt("killed mid-build")
-  monkeypatch.setattr(builder_lib, "_write_shard", explode)
+  monkeypatch.setattr(builder_lib, "_write_chunk", explode)
   with pytest.raises(KeyboardInterrupt):
     prepare(settings(tmp_path, num_workers=1))
   assert not (tmp_path / "data").exists()

@@ -3,16 +3,14 @@ path against the reference on hostile strings and on every code point, against t
 text, sentencepiece models, saving/loading, and bad vocabularies."""
 import json
 import random
-import unicodedata
 from pathlib import Path
 
 import pytest
 import sentencepiece
-from tokenizers import normalizers, pre_tokenizers
 
 from flaxbert.errors import InputError
 from flaxbert.tokenization import SPECIAL_TOKENS, Tokenizer, load_tokenizer
-from flaxbert.wordpiece_rules import basic_tokenize, clean_text, fast_path_unsafe
+from flaxbert.wordpiece_rules import basic_tokenize, clean_text, words_are_independent
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -27,13 +25,6 @@ def both_paths(tmp_path: Path, tokens, text: str, lower_case: bool = True) -> tu
   """(fast path, reference) wordpieces of `text` with a vocab of the special tokens plus `tokens`."""
   tok = load_tokenizer(write_vocab(tmp_path, tokens), lower_case=lower_case)
   return tok.tokenize(text), tok.reference_tokenize(text)
-
-
-def raw_fast_words(text: str, lower_case: bool) -> list[str]:
-  """tokenizers' BERT normalizer + pre-tokenizer alone, with none of flaxbert's fallbacks."""
-  normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=lower_case,
-                                          lowercase=lower_case)
-  return [w for w, _ in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(normalizer.normalize_str(text))]
 
 
 # --- the rules, one by one, on both paths ------------------------------------------------------
@@ -51,7 +42,6 @@ def test_private_use_and_unassigned_chars_are_kept(tmp_path):
   assert clean_text(text) == text
   words = ["a\ue000b", "c\U000f0001d", "e\U000e0080f"]
   assert both_paths(tmp_path, words, text) == (words, words)
-  assert raw_fast_words(text, lower_case=True) == ["ab", "cd", "e\U000e0080f"]
 
 
 def test_whitespace_becomes_a_word_break(tmp_path):
@@ -87,7 +77,6 @@ def test_accents_are_stripped_and_case_folded_only_when_uncased(tmp_path):
 def test_final_sigma_follows_python_lower(tmp_path):
   vocab = ["οδος", "σ", "ς", "##ς", "##σ", "σο"]
   assert both_paths(tmp_path, vocab, "ΟΔΟΣ ΣΟ Σ", lower_case=True) == (["οδος", "σο", "σ"],) * 2
-  assert fast_path_unsafe("ΟΔΟΣ", lower_case=True) and not fast_path_unsafe("ΟΔΟΣ", lower_case=False)
 
 
 @pytest.mark.parametrize("char", list("$`^+<=>|~\\@#%&*") + ["«", "»", "¿", "—", "。", "、"])
@@ -138,7 +127,9 @@ _POOLS = [
     "😀👍🏽👨‍👩‍👧\u200d\ufe0f",
     "\u200b\u200c\u200d\u2060\ufeff\u00ad\x00\ufffd\x01\x7f\x9f",
 ]
-_UNSAFE = "\ue000\U000f0000Σ\U0002b820\U0002b91f\u2e4f\u1ac0\U00013430"  # see fast_path_unsafe
+# Characters where Python's str.split() breaks words and the original does not, plus ones that
+# tokenizers/transformers treat differently from the original (private use, final sigma, CJK Ext. E).
+_UNSAFE = "\x0b\x0c\x1c\x1f\x85\u2028\u2029\ue000\U000f0000Σ\U0002b820\U0002b91f\u2e4f\u1ac0\U00013430"
 
 
 def _random_char(rng: random.Random, unsafe: bool) -> str:
@@ -184,28 +175,20 @@ def test_fast_path_equals_reference_on_hostile_strings(tmp_path, lower_case):
   assert sum(len(e) for e in expected) > 20000 and any("[UNK]" in e for e in expected)
   assert [tok.tokenize(t) for t in texts] == expected
   assert tok.encode_batch(texts) == [tok.convert_tokens_to_ids(e) for e in expected]
-  # Without the fallback, tokenizers alone agrees wherever flaxbert trusts it...
-  trusted = [t for t in texts if not fast_path_unsafe(t, lower_case)]
-  assert len(trusted) > 1000
-  assert [raw_fast_words(t, lower_case) for t in trusted] == [basic_tokenize(t, lower_case) for t in trusted]
-  # ... and the fallback was needed: some of the other strings differ there.
-  others = [t for t in texts if fast_path_unsafe(t, lower_case)]
-  assert any(raw_fast_words(t, lower_case) != basic_tokenize(t, lower_case) for t in others)
+  # Both ways are exercised: word by word, and whole texts where split() and the original disagree.
+  assert 1000 < sum(map(words_are_independent, texts)) < len(texts)
 
 
 @pytest.mark.parametrize("lower_case", [True, False])
-def test_fast_path_is_trusted_only_where_it_agrees_on_every_code_point(lower_case):
-  """Each code point of planes 0-3 and 14 (every assigned character), and a sample of the unassigned
-  planes 4-13, between two letters: where flaxbert uses tokenizers, it equals the reference."""
-  code_points = [*range(0x40000), *range(0xE0000, 0xF0000), *range(0x40000, 0xE0000, 997)]
-  disagree = []
-  for cp in code_points:
-    if 0xD800 <= cp <= 0xDFFF or unicodedata.category(chr(cp)) == "Co":
-      continue
-    text = f"a{chr(cp)}b"
-    if not fast_path_unsafe(text, lower_case) and raw_fast_words(text, lower_case) != basic_tokenize(text, lower_case):
-      disagree.append(f"U+{cp:04X}")
-  assert not disagree, f"add to flaxbert.wordpiece_rules._STALE_TABLES: {' '.join(disagree[:50])}"
+def test_word_by_word_equals_the_rules_at_every_code_point(tmp_path, lower_case):
+  """Each code point of the BMP, every 5th of planes 1-2 and the tags block of plane 14, inside a
+  word, alone, and between words: word by word tokenization splits where the original does."""
+  tok = load_tokenizer(write_vocab(tmp_path, ["a", "b", "##b", "c"]), lower_case=lower_case)
+  texts = [f"a{chr(cp)}b {chr(cp)} c" for cp in [*range(0x10000), *range(0x10000, 0x30000, 5), *range(0xE0000, 0xE0080)]
+           if not 0xD800 <= cp <= 0xDFFF]
+  got, expected = tok.encode_batch(texts), [tok.convert_tokens_to_ids(tok.reference_tokenize(t)) for t in texts]
+  differ = [f"U+{ord(t[1]):04X}" for t, g, e in zip(texts, got, expected) if g != e]
+  assert not differ, f"word-by-word tokenization departs from the rules at {' '.join(differ[:50])}"
 
 
 # --- against transformers on real text ----------------------------------------------------------
@@ -248,9 +231,9 @@ def test_matches_transformers_bert_tokenizer_on_real_text(vocab, lower_case):
   expected = hf(plain, add_special_tokens=False)["input_ids"]
   got = ours.encode_batch(plain)
   differ = [(t, ours.tokenize(t)) for t, g, e in zip(plain, got, expected) if g != e]
-  # Where flaxbert departs from transformers, it is for a documented reason and follows the original.
-  assert all(fast_path_unsafe(t, lower_case) and tokens == ours.reference_tokenize(t)
-             for t, tokens in differ), differ[:3]
+  # Where flaxbert departs from transformers (tokenizers' older Unicode tables, private-use and final
+  # sigma handling), it follows the original rules.
+  assert all(tokens == ours.reference_tokenize(t) for t, tokens in differ), differ[:3]
   assert len(differ) < 10
   sample = plain[::7]
   assert [ours.tokenize(t) for t in sample] == [ours.reference_tokenize(t) for t in sample]
@@ -284,9 +267,12 @@ def test_wordpiece_interface(wordpiece):
     tok.encode_batch(["ok", b"bytes"])
 
 
-def test_wordpiece_encode_batch_mixes_fast_and_fallback_lines(wordpiece):
-  texts = ["the cat", "the \ue000cat\nthe cat", "ΣΣ cat"]
-  assert wordpiece.encode_batch(texts) == [wordpiece.encode(t) for t in texts] == [[5, 6], [5, 1, 5, 6], [1, 6]]
+def test_wordpiece_encode_batch_mixes_word_by_word_and_whole_texts(wordpiece):
+  # "\x0b" is whitespace to str.split() but a deleted control character to the original: "thecat".
+  texts = ["the cat", "the\x0bcat the cat", "the \ue000cat\nthe cat", "ΣΣ cat"]
+  assert not words_are_independent(texts[1]) and words_are_independent(texts[2])
+  expected = [[5, 6], [1, 5, 6], [5, 1, 5, 6], [1, 6]]
+  assert wordpiece.encode_batch(texts) == [wordpiece.encode(t) for t in texts] == expected
 
 
 def test_save_and_reload_keeps_casing(tmp_path):
