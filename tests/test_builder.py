@@ -1,5 +1,8 @@
 """`flaxbert prepare`: a TFDS dataset with the original features, both masking modes, bad input."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +144,31 @@ def test_trains_a_vocabulary_when_none_is_given(tmp_path, kind):
   assert metadata["tokenizer"]["kind"] == tok.kind
   ex = read_split(out, "train")[0]
   assert ex["input_ids"][0] == tok.cls_id and (ex["input_ids"] < tok.vocab_size).all()
+
+
+def test_beam_direct_runner_writes_the_same_dataset(tmp_path):
+  pytest.importorskip("apache_beam", reason="the beam extra (apache-beam) is not installed")
+  local, _ = prepare(settings(tmp_path / "local"))
+  beam, metadata = prepare(settings(tmp_path / "beam", beam_options="--runner=DirectRunner"))
+  info = lambda d: tfds.builder_from_directory(str(d)).info.splits
+  for split in ("train", "validation"):
+    assert info(beam)[split].shard_lengths == info(local)[split].shard_lengths
+    x, y = read_split(local, split), read_split(beam, split)
+    assert all(np.array_equal(p[k], q[k]) for p, q in zip(x, y) for k in p)
+  assert metadata["tokens"] is None and metadata["sources"]["files"] == 3
+
+
+def test_tfds_build_command(tmp_path):
+  pytest.importorskip("mlcroissant", reason="TFDS's command line needs the tfds_cli extra (mlcroissant)")
+  manual = write_corpus(tmp_path / "manual")
+  write_vocab(manual / "vocab.txt")
+  tfds_cli = Path(sys.executable).parent / "tfds"
+  done = subprocess.run([str(tfds_cli), "build", "bert_pretraining", "--imports", "data_prep.builder",
+                         "--config", "dynamic", "--manual_dir", str(manual), "--data_dir", str(tmp_path / "data"),
+                         "--file_format", "array_record"], capture_output=True, text=True, timeout=600,
+                        cwd=Path(__file__).resolve().parents[1], check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  built = tmp_path / "data" / "bert_pretraining" / "dynamic" / "1.0.0"
+  train = read_split(built, "train")
+  assert len(train) > 10 and set(train[0]) == {"input_ids", "input_mask", "segment_ids", "next_sentence_labels"}
+  assert load_tokenizer(built).vocab_size == len((manual / "vocab.txt").read_text().split())
