@@ -56,14 +56,22 @@ def _prepare(args: argparse.Namespace) -> None:
   print(f"sources: {metadata['sources_summary']}")
 
 
+def _pretrain(args: argparse.Namespace) -> None:
+  from flaxbert.train import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  summary = train_and_evaluate(_config(args, _packaged("pretrain.py:tiny"), {}), args.workdir)
+  final = summary["final_eval_metrics"]
+  print(f"pretrained to step {summary['step']}: eval mlm_accuracy {final.get('eval_mlm_accuracy', float('nan')):.4f}; "
+        f"summary in {os.path.join(args.workdir, 'summary.json')}")
+
+
 def _packaged(name: str) -> str:
   return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="flaxbert", description="BERT in JAX/Flax.")
+  parser = argparse.ArgumentParser(prog="flaxbert", description="BERT in JAX/Flax.", allow_abbrev=False)
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-  p = commands.add_parser("convert", help="convert weights between flaxbert, HF and TF1 formats",
+  p = commands.add_parser("convert", allow_abbrev=False, help="convert weights between flaxbert, HF and TF1 formats",
                           description="Detects SRC's kind (flaxbert dir, HF dir, TF1 checkpoint) and "
                                       "writes it to DST in the --to format.")
   p.add_argument("src", metavar="SRC")
@@ -72,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (only once DST is complete)")
   p.set_defaults(run=_convert)
 
-  p = commands.add_parser("prepare", help="build a masked-LM / sentence-pair TFDS dataset from text",
+  p = commands.add_parser("prepare", allow_abbrev=False, help="build a masked-LM / sentence-pair TFDS dataset from text",
                           description="Tokenizes a corpus and writes BERT pretraining examples "
                                       "(create_pretraining_data.py's algorithm) as a TFDS dataset. "
                                       "Settings: configs/prepare.py; --config.KEY=VALUE overrides any.")
@@ -80,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
   for name, kwargs in _PREPARE_FLAGS.items():
     p.add_argument(f"--{name}", **kwargs)
   p.set_defaults(run=_prepare)
+
+  p = commands.add_parser("pretrain", allow_abbrev=False, help="pretrain BERT (MLM + NSP) on a prepared dataset",
+                          description="Runs train_and_evaluate(config, workdir); rerunning resumes from "
+                                      "the workdir. Settings: configs/pretrain.py; --config.KEY=VALUE overrides.")
+  p.add_argument("--config", help="configs/pretrain.py:SIZE|paper|paper_phase2|mlperf_phase2|demo "
+                                  "(default: configs/pretrain.py:tiny)")
+  p.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, summary.json")
+  p.set_defaults(run=_pretrain)
   return parser
 
 

@@ -60,8 +60,10 @@ class PretrainingData:
     self.dynamic = metadata["settings"]["masking"] == "dynamic"
     self.max_seq_length = metadata["settings"]["max_seq_length"]
     self._masking, self._token_ids, self._continuation = None, None, None
+    self.max_predictions = metadata["settings"]["max_predictions_per_seq"]
     if self.dynamic:
       self._setup_dynamic(directory, masking or DynamicMasking(), metadata)
+      self.max_predictions = self._masking.max_predictions_per_seq
 
   def _setup_dynamic(self, directory, masking: DynamicMasking, metadata) -> None:
     self._masking = masking

@@ -2,6 +2,7 @@
 
 Source kinds:
   flaxbert  a directory with flaxbert_config.json + params/          (interop.native)
+  workdir   a training workdir: flaxbert_config.json + checkpoints/ (the newest restorable step)
   hf        a directory with config.json + model.safetensors | pytorch_model.bin (interop.hf)
   tf1       bert_config.json + bert_model.ckpt.* (a folder or the prefix) (interop.tf1)
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import flax.linen as nn
 import numpy as np
 
+from flaxbert import checkpoint
 from flaxbert.atomic import atomic_directory
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
@@ -48,13 +50,14 @@ def detect(path: str | os.PathLike) -> str:
   if not path.exists() and not Path(f"{path}.index").is_file():
     raise InputError(f"{path}: no such file or directory")
   if path.is_dir() and native.is_native(path):
-    return "flaxbert"
+    return "workdir" if (path / checkpoint.CHECKPOINTS).is_dir() else "flaxbert"
   if path.is_dir() and hf.is_hf_dir(path):
     return "hf"
   if tf1.checkpoint_prefix(path) is not None:
     return "tf1"
   raise InputError(
-      f"{path}: not a BERT checkpoint; expected a flaxbert directory ({native.CONFIG} + params/), "
+      f"{path}: not a BERT checkpoint; expected a flaxbert directory ({native.CONFIG} + params/ or "
+      f"{checkpoint.CHECKPOINTS}/), "
       f"an HF directory (config.json + one of {list(hf.WEIGHT_FILES)}) or a TF1 checkpoint "
       f"({tf1.CONFIG} + {tf1.PREFIX}.index/.data-*)")
 
@@ -64,6 +67,9 @@ def load(path: str | os.PathLike) -> Loaded:
   kind = detect(path)
   if kind == "flaxbert":
     config, params, heads, pooler = native.read(path)
+  elif kind == "workdir":
+    config, heads, pooler = native.read_header(path)
+    _, params = checkpoint.restore_params(path, param_shapes(build_model(config, heads, pooler)))
   else:
     config, tensors = (hf if kind == "hf" else tf1).read(path)
     fmt = "hf" if kind == "hf" else "tf"

@@ -172,3 +172,31 @@ def test_tfds_build_command(tmp_path):
   train = read_split(built, "train")
   assert len(train) > 10 and set(train[0]) == {"input_ids", "input_mask", "segment_ids", "next_sentence_labels"}
   assert load_tokenizer(built).vocab_size == len((manual / "vocab.txt").read_text().split())
+
+
+class FlaxbertTestTextCorpus(tfds.core.GeneratorBasedBuilder):
+  """A tiny local TFDS text dataset (each example one document), standing in for e.g. wikipedia."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    rng = np.random.RandomState(0)
+    from corpus_fixtures import sentence  # pylint: disable=import-outside-toplevel
+    for i in range(12):
+      yield i, {"text": " ".join(sentence(rng).capitalize() for _ in range(rng.randint(2, 12)))}
+
+
+def test_reads_a_local_tfds_text_dataset(tmp_path):
+  FlaxbertTestTextCorpus(data_dir=str(tmp_path / "tfds"), file_format="array_record").download_and_prepare()
+  out, metadata = prepare(settings(tmp_path, input=(), tfds_name="flaxbert_test_text_corpus",
+                                   tfds_data_dir=str(tmp_path / "tfds")))
+  assert metadata["sources"]["documents"] == 12 and metadata["sources"]["sentences"] > 24
+  assert len(read_split(out, "train")) > 10
+  with pytest.raises(InputError, match="is not prepared"):
+    prepare(settings(tmp_path / "x", input=(), tfds_name="flaxbert_test_text_corpus",
+                     tfds_data_dir=str(tmp_path / "elsewhere")))

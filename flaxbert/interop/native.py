@@ -59,9 +59,14 @@ def read(path: Path) -> tuple[BertConfig, dict, bool, bool]:
   return config, params, heads, pooler
 
 
-def write(dst: Path, config: BertConfig, params: dict, heads: bool, pooler: bool) -> None:
+def write_header(dst: Path, config: BertConfig, heads: bool, pooler: bool) -> None:
+  """flaxbert_config.json: also what a training workdir records about its model."""
   write_json(dst / CONFIG, {"format": "flaxbert", "format_version": FORMAT_VERSION, "heads": heads,
                             "pooler": pooler, "config": config.to_dict()})
+
+
+def write(dst: Path, config: BertConfig, params: dict, heads: bool, pooler: bool) -> None:
+  write_header(dst, config, heads, pooler)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save((dst / "params").absolute(), params)
   checkpointer.wait_until_finished()

@@ -1,0 +1,80 @@
+"""Training checkpoints: an Orbax CheckpointManager under WORKDIR/checkpoints.
+
+Each step holds three items:
+  params   the model parameters (what `flaxbert.from_pretrained(WORKDIR)` and phase 2 read);
+  train    the rest of the train state: step, optimizer state, RNG key;
+  meta     JSON: step, the input pipeline's position (= step) and seed, wall time.
+Saves are asynchronous; Orbax writes each step into a temporary folder and renames it when
+complete, so a step folder that exists is whole. Restoring picks the newest step that restores;
+a corrupt or unreadable one is reported and skipped, never deleted. Any device layout can
+restore any checkpoint: arrays are read straight into the shardings of the current mesh.
+"""
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from flaxbert.errors import InputError
+
+log = logging.getLogger("flaxbert")
+CHECKPOINTS = "checkpoints"
+
+
+def manager(workdir: str | Path, *, every_steps: int = 1, keep: int | None = None,
+            asynchronous: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(1, every_steps),
+                                         enable_async_checkpointing=asynchronous, create=True)
+  return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options,
+                               item_names=("params", "train", "meta"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, params, train: dict, meta: dict, force: bool = False) -> bool:
+  return mngr.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train), meta=ocp.args.JsonSave(meta)),
+      force=force)
+
+
+def _abstract(tree):
+  """Targets for restoring into the given arrays' shapes, dtypes and shardings."""
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
+                   ) -> tuple[int, Any, Any, dict] | None:
+  """(step, params, train, meta) of the newest checkpoint that restores; None when there is none.
+
+  Targets are trees of arrays or jax.ShapeDtypeStruct (with shardings) giving the layout wanted;
+  train_target None restores params (and meta) only. Unreadable steps are logged and skipped.
+  """
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      items = dict(params=ocp.args.StandardRestore(_abstract(params_target)), meta=ocp.args.JsonRestore())
+      if train_target is not None:
+        items["train"] = ocp.args.StandardRestore(_abstract(train_target))
+      restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many types
+      log.warning("checkpoint step %d in %s cannot be restored (%s: %s); trying the previous one",
+                  step, mngr.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+      continue
+    return step, restored["params"], restored.get("train") if train_target is not None else None, restored["meta"]
+  return None
+
+
+def restore_params(workdir: str | Path, params_target) -> tuple[int, Any]:
+  """The newest restorable step's parameters from a workdir (numpy when targets carry no sharding)."""
+  directory = Path(workdir) / CHECKPOINTS
+  if not directory.is_dir():
+    raise InputError(f"{workdir}: no {CHECKPOINTS}/ folder; not a flaxbert training workdir")
+  mngr = manager(workdir, asynchronous=False)
+  try:
+    found = restore_latest(mngr, params_target)
+  finally:
+    mngr.close()
+  if found is None:
+    raise InputError(f"{directory}: holds no restorable checkpoint (steps found: {list(mngr.all_steps())})")
+  step, params, _, _ = found
+  return step, jax.tree_util.tree_map(np.asarray, params)
