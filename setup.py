@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     # tensorflow-datasets imports it when a builder lives in a package (data_prep.builder) but
     # does not declare it.
     "importlib_resources>=6.0",
+    # TensorBoard event files without the tensorboard package (TF 2.21 no longer ships it).
+    "tensorboardX>=2.6,<2.7",
 ]
 
 EXTRAS_REQUIRE = {

