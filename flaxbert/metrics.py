@@ -13,6 +13,7 @@ weighted sum; the MLM head 2·(H² + HV) per predicted position; the pooler and 
 training = 3 × forward (the backward pass costs two forwards). MFU = achieved model FLOP/s over
 the devices' peak, from `PEAK_FLOPS` (vendor dense peaks) or a measured matmul peak on CPU.
 """
+import functools
 import json
 import math
 import sys
@@ -83,8 +84,10 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
   return None
 
 
+@functools.lru_cache(maxsize=None)
 def measure_matmul_peak(dtype: str = "float32", size: int = 1024, seconds: float = 1.0) -> float:
-  """FLOP/s of a jitted square matmul on the default device (where no vendor figure exists)."""
+  """FLOP/s of a jitted square matmul on the default device (where no vendor figure exists);
+  measured once per process and setting."""
   x = jnp.ones((size, size), dtype)
   f = jax.jit(lambda a: a @ a)
   f(x).block_until_ready()

@@ -191,3 +191,27 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_params(dataset, tmp_path):
                  capture_output=True)
   assert_params_equal(final_params(tmp_path / "killed"), final_params(tmp_path / "straight"))
   shutil.rmtree(tmp_path / "straight")
+
+
+def test_sigterm_saves_before_exiting(dataset, tmp_path):
+  args = ["--config", str(Path(pretrain_config.__file__)) + ":tiny", f"--config.dataset_dir={dataset}",
+          "--config.num_train_steps=100000", "--config.global_batch_size=16", "--config.checkpoint_every_steps=100000",
+          "--config.log_every_steps=1", "--config.eval_every_steps=0", "--config.eval_max_batches=1"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen([sys.executable, "-m", "flaxbert.cli", "pretrain", "--workdir", str(tmp_path / "run"), *args],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  jsonl = tmp_path / "run" / "metrics.jsonl"
+  while (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 3) and time.time() < deadline:
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=300) == 0
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["stopped_by"] == "SIGTERM" and 3 <= summary["step"] < 100000
+  assert checkpoint.manager(tmp_path / "run", asynchronous=False).all_steps() == [summary["step"]]
+
+
+def test_bfloat16_compute_keeps_float32_weights(dataset, tmp_path):
+  summary = train_and_evaluate(tiny_config(dataset, num_train_steps=2, **{"model.dtype": "bfloat16"}), tmp_path / "run")
+  assert np.isfinite(summary["final_train_metrics"]["loss"])
+  assert all(np.asarray(x).dtype == np.float32 for x in jax.tree_util.tree_leaves(final_params(tmp_path / "run")))
