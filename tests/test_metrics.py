@@ -53,7 +53,6 @@ def test_writer_events_and_jsonl(tmp_path):
   assert rows == [{"step": 10, "loss": 1.5, "mlm_accuracy": 0.25}]
   events = list(tmp_path.glob("events.out.tfevents*"))
   assert events
-  from tensorboardX.event_file_writer import EventFileWriter  # noqa: F401  # pylint: disable=import-outside-toplevel
   from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
   data = events[0].read_bytes()
   found, pos = {}, 0
