@@ -252,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   writer = metrics.MetricWriter(workdir)
   progress = metrics.ProgressBar(config.num_train_steps, start, config.global_batch_size)
   acc, last, evals, stop = metrics.MetricsAccumulator(), {}, {}, _StopRequest()
-  steps_timed, t0 = 0, None
+  steps_timed, t0, stopped_by = 0, None, None
   try:
     batches = data.iterate(start)
     for step in range(start, config.num_train_steps):
@@ -264,7 +264,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         jax.block_until_ready(state.step)
         t0, progress_start = time.perf_counter(), done
         progress.mark_compiled(done)
-      final = done == config.num_train_steps or stop.signal is not None
+      stopping = stop.signal is not None  # read once: a signal arriving later is handled next step
+      final = done == config.num_train_steps or stopping
       if done % config.log_every_steps == 0 or final:
         last = metrics.summarize(acc.sums, acc.steps)
         metrics.check_finite(last, done)
@@ -272,7 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         if steps_timed:
           rate = steps_timed * config.global_batch_size / elapsed
           last.update(examples_per_second=rate, tokens_per_second=rate * data.max_seq_length,
-                      mfu=metrics.mfu(flops * rate, peak, mesh.size))
+                      mfu=metrics.mfu(flops * config.global_batch_size, elapsed / steps_timed, peak, mesh.size))
         writer.write_scalars(done, last)
         progress.update(done, last)
         acc = metrics.MetricsAccumulator()
@@ -285,7 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         metrics.check_finite({"loss": float(step_metrics["loss"])}, done)  # never save a diverged state
         checkpoint.save(mngr, done, state.params, state.train_items(),
                         {"step": done, "data_position": done, "seed": config.seed}, force=final)
-      if stop.signal is not None:
+      if stopping:
+        stopped_by = stop.signal
         log.warning("%s received: saved step %d; rerun the same command to resume", stop.signal, done)
         break
   finally:
@@ -293,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
-  summary = {"step": int(state.step), "num_train_steps": config.num_train_steps, "stopped_by": stop.signal,
+  summary = {"step": int(state.step), "num_train_steps": config.num_train_steps, "stopped_by": stopped_by,
              "final_train_metrics": last, "final_eval_metrics": evals, "model": cfg.to_dict(),
              "devices": mesh.size, "device_kind": jax.devices()[0].device_kind,
              "peak_flops_per_device": peak, "flops_per_sequence": flops}

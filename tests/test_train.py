@@ -107,14 +107,18 @@ def test_eight_devices_match_one(dataset, tmp_path, rules):
   assert a[-1] < a[0]
 
 
-def test_checkpoint_moves_between_eight_devices_and_one(dataset, tmp_path):
+def test_checkpoints_move_between_eight_devices_and_one(dataset, tmp_path):
   run = tmp_path / "run"
   train_and_evaluate(tiny_config(dataset, num_train_steps=3), run)  # 8 devices
   train_and_evaluate(tiny_config(dataset), run, devices=jax.devices()[:1])  # resumes on 1
   reference = tmp_path / "reference"
   train_and_evaluate(tiny_config(dataset), reference, devices=jax.devices()[:1])
-  for x, y in zip(jax.tree_util.tree_leaves(final_params(run)), jax.tree_util.tree_leaves(final_params(reference))):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  back = tmp_path / "back"
+  train_and_evaluate(tiny_config(dataset, num_train_steps=3), back, devices=jax.devices()[:1])  # 1 device
+  train_and_evaluate(tiny_config(dataset), back)  # resumes on 8
+  for other in (run, back):
+    for x, y in zip(jax.tree_util.tree_leaves(final_params(other)), jax.tree_util.tree_leaves(final_params(reference))):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_corrupt_latest_checkpoint_falls_back_without_deleting(dataset, tmp_path, caplog):
@@ -171,7 +175,7 @@ def test_gradient_accumulation_equals_the_large_batch(dataset, tmp_path):
 def test_kill_9_and_rerun_gives_the_uninterrupted_params(dataset, tmp_path):
   """A real `flaxbert pretrain` process, SIGKILLed after its first checkpoint, then rerun."""
   args = ["--config", str(Path(pretrain_config.__file__)) + ":tiny", f"--config.dataset_dir={dataset}",
-          "--config.num_train_steps=12", "--config.global_batch_size=16", "--config.checkpoint_every_steps=4",
+          "--config.num_train_steps=60", "--config.global_batch_size=16", "--config.checkpoint_every_steps=4",
           "--config.log_every_steps=4", "--config.eval_every_steps=0", "--config.eval_max_batches=1",
           "--config.optim.warmup_steps=2"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
@@ -186,7 +190,7 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_params(dataset, tmp_path):
   victim.send_signal(signal.SIGKILL)
   victim.wait()
   steps = checkpoint.manager(tmp_path / "killed", asynchronous=False).all_steps()
-  assert 4 in steps and 12 not in steps, steps
+  assert steps and max(steps) < 60, steps  # killed mid-run, after at least one checkpoint
   subprocess.run([*cmd, "--workdir", str(tmp_path / "killed"), *args], env=env, check=True, timeout=600,
                  capture_output=True)
   assert_params_equal(final_params(tmp_path / "killed"), final_params(tmp_path / "straight"))
