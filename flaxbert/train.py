@@ -290,6 +290,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         stopped_by = stop.signal
         log.warning("%s received: saved step %d; rerun the same command to resume", stop.signal, done)
         break
+    if not evals:  # nothing was left to train (a finished run, rerun): evaluate what was restored
+      evals = {f"eval_{k}": v for k, v in evaluate(eval_step, state.params, eval_data, mesh,
+                                                    config.eval_max_batches).items()}
   finally:
     stop.restore()
     mngr.wait_until_finished()

@@ -219,3 +219,10 @@ def test_bfloat16_compute_keeps_float32_weights(dataset, tmp_path):
   summary = train_and_evaluate(tiny_config(dataset, num_train_steps=2, **{"model.dtype": "bfloat16"}), tmp_path / "run")
   assert np.isfinite(summary["final_train_metrics"]["loss"])
   assert all(np.asarray(x).dtype == np.float32 for x in jax.tree_util.tree_leaves(final_params(tmp_path / "run")))
+
+
+def test_rerunning_a_finished_run_evaluates_without_training(dataset, tmp_path):
+  first = train_and_evaluate(tiny_config(dataset, num_train_steps=2), tmp_path / "run")
+  again = train_and_evaluate(tiny_config(dataset, num_train_steps=2), tmp_path / "run")
+  assert again["step"] == 2 and again["final_train_metrics"] == {}
+  assert again["final_eval_metrics"]["eval_mlm_loss"] == pytest.approx(first["final_eval_metrics"]["eval_mlm_loss"])
