@@ -1,18 +1,49 @@
-"""Optimizers and learning-rate schedules for pretraining and fine-tuning.
+"""The pretraining / fine-tuning optimizer and learning-rate schedule, built from a config section.
 
-From a config section (configs/pretrain.py's `optim`):
+Fields of the section (configs/pretrain.py's `optim`), read as attributes:
   optimizer        adamw      optax AdamW: bias-corrected moments, decoupled weight decay × lr;
-                   bert_adam  the original BERT AdamWeightDecayOptimizer: no bias correction
-                              (update = m / (sqrt(v) + eps) + decay · param), times lr;
-                   lamb       LAMB (layer-wise trust ratio), for large batches (MLPerf phase 2).
-  schedule         linear (warmup to the peak, then linear decay to 0 at num_train_steps) | constant
-  max_grad_norm    global-norm clipping, applied first, as the original (0 disables)
-Weight decay skips LayerNorm parameters and every bias, as the original's exclusion of
-"LayerNorm", "layer_norm" and "bias". Parameters are float32 master weights (bf16 is a compute
-dtype only), so the optimizer state is float32 too. Gradient accumulation is done by the train
-step (exact large-batch normalisation), not here.
+                   bert_adam  the original BERT AdamWeightDecayOptimizer (google-research/bert
+                              optimization.py): m and v are plain EMAs (no bias correction),
+                              update = m / (sqrt(v) + eps) + decay · param, then × lr;
+                   lamb       optax.lamb (bias-corrected Adam direction + decay, scaled per
+                              tensor by the trust ratio ‖param‖ / ‖update‖), MLPerf phase-2 style.
+  learning_rate    the peak learning rate (> 0)
+  warmup_steps     linear warmup from 0 over this many steps (0 … num_train_steps)
+  num_train_steps  the step at which the "linear" schedule reaches 0
+  schedule         linear    the original's: lr·step/warmup during warmup, then
+                             lr·(1 − step/num_train_steps) (create_optimizer's polynomial_decay of
+                             power 1 over the whole run, overridden during warmup; so it resumes at
+                             lr·(1 − warmup/num_train_steps), not at lr, and is 0 from the end on)
+                   constant  lr after the warmup
+  weight_decay     decoupled decay rate (0.01 in BERT); never on LayerNorm parameters or biases
+  adam_b1, adam_b2, adam_eps   moment decays and epsilon (BERT: 0.9, 0.999, 1e-6)
+  max_grad_norm    global-norm clipping of the gradient, applied first, before the moments, as the
+                   original's tf.clip_by_global_norm(grads, 1.0); 0 disables it
+  grad_accum_steps micro-batches per optimizer step (validated here, accumulated by the train step)
+
+Weight decay is masked as the original's `exclude_from_weight_decay=["LayerNorm", "layer_norm",
+"bias"]`: a parameter whose "/"-joined path contains any of them gets none (so LayerNorm `scale`
+and `bias` and every bias are excluded; kernels and embedding tables decay). In LAMB the mask
+applies to the decay only; the trust ratio scales every tensor, as optax.lamb and NVIDIA's LAMB do
+(the TF LAMB of ALBERT / the MLPerf reference also skips the trust ratio where decay is skipped).
+
+Gradient accumulation is not optax.MultiSteps: flaxbert's train step (flaxbert/train.py) scans
+over `grad_accum_steps` micro-batches inside one jitted step, adds their loss *sums* and divides
+by the whole batch's denominators. That equals the large batch exactly for the masked-LM loss,
+whose denominator (masked positions) differs between micro-batches, where MultiSteps' mean of
+micro-batch means does not; and one call stays one optimizer step, so the schedule, the
+step → batch map of the input pipeline, checkpoints and metrics need no micro-step bookkeeping, and
+no accumulator is carried in the checkpointed optimizer state. The optimizer built here therefore
+sees one (already accumulated) gradient per step; wrapping it in optax.MultiSteps is also correct
+where micro-batch means are what is wanted (tests/test_optim.py checks both).
+
+Dtypes: flaxbert's parameters are float32 master weights (bfloat16 is a compute dtype only), so
+the optimizer state simply follows the parameters' dtype; nothing is cast here.
 """
-from typing import NamedTuple
+import math
+import numbers
+import re
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -23,76 +54,131 @@ from flaxbert.errors import InputError
 
 OPTIMIZERS = ("adamw", "bert_adam", "lamb")
 SCHEDULES = ("linear", "constant")
+# google-research/bert optimization.py: exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"]
+NO_DECAY_PATTERNS = ("LayerNorm", "layer_norm", "bias")
 
 
-def _check(config: ml_collections.ConfigDict) -> None:
+# --- validation --------------------------------------------------------------------------------
+
+
+def _number(config: ml_collections.ConfigDict, field: str, *, integer: bool = False) -> float:
+  value = getattr(config, field)
+  kinds = numbers.Integral if integer else numbers.Real
+  if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+    raise InputError(f"optim.{field}: expected {'an integer' if integer else 'a number'}, got {value!r}")
+  return value
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises InputError naming the first bad field of an optimizer config section."""
   if config.optimizer not in OPTIMIZERS:
     raise InputError(f"optim.optimizer: expected one of {OPTIMIZERS}, got {config.optimizer!r}")
   if config.schedule not in SCHEDULES:
     raise InputError(f"optim.schedule: expected one of {SCHEDULES}, got {config.schedule!r}")
-  if not config.learning_rate > 0:
+  if not _number(config, "learning_rate") > 0:
     raise InputError(f"optim.learning_rate: expected a positive number, got {config.learning_rate!r}")
-  if config.num_train_steps < 1:
+  if _number(config, "num_train_steps", integer=True) < 1:
     raise InputError(f"optim.num_train_steps: expected at least 1, got {config.num_train_steps!r}")
-  if not 0 <= config.warmup_steps <= config.num_train_steps:
+  if not 0 <= _number(config, "warmup_steps", integer=True) <= config.num_train_steps:
     raise InputError(f"optim.warmup_steps: expected 0…num_train_steps ({config.num_train_steps}), "
                      f"got {config.warmup_steps!r}")
-  if config.weight_decay < 0 or config.max_grad_norm < 0:
-    raise InputError("optim.weight_decay and optim.max_grad_norm must be >= 0")
-  if config.grad_accum_steps < 1:
+  for field in ("weight_decay", "max_grad_norm"):
+    if _number(config, field) < 0:
+      raise InputError(f"optim.{field}: expected a number >= 0, got {getattr(config, field)!r}")
+  for field in ("adam_b1", "adam_b2"):
+    if not 0 <= _number(config, field) < 1:
+      raise InputError(f"optim.{field}: expected a number in [0, 1), got {getattr(config, field)!r}")
+  if not _number(config, "adam_eps") > 0:
+    raise InputError(f"optim.adam_eps: expected a positive number, got {config.adam_eps!r}")
+  if _number(config, "grad_accum_steps", integer=True) < 1:
     raise InputError(f"optim.grad_accum_steps: expected at least 1, got {config.grad_accum_steps!r}")
 
 
+# --- schedule ----------------------------------------------------------------------------------
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  _check(config)
-  peak, warmup = config.learning_rate, config.warmup_steps
-  after = (optax.constant_schedule(peak) if config.schedule == "constant" else
-           optax.linear_schedule(peak, 0.0, max(1, config.num_train_steps - warmup)))
-  if warmup == 0:
-    return after
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+  """step → learning rate: linear warmup from 0, then the original's linear decay (or constant)."""
+  check_config(config)
+  peak, warmup, total = float(config.learning_rate), int(config.warmup_steps), int(config.num_train_steps)
+  constant = config.schedule == "constant"
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    after = (jnp.full_like(step, peak) if constant else
+             peak * (1.0 - jnp.minimum(step, total) / total))  # tf.train.polynomial_decay, power 1
+    if warmup == 0:
+      return after
+    return jnp.where(step < warmup, peak * step / warmup, after)
+  return schedule
 
 
-def weight_decay_mask(params) -> dict:
-  """True where weight decay applies: not under a LayerNorm module, and not a bias."""
-  def decays(path, _):
-    names = [getattr(k, "key", str(k)) for k in path]
-    return not (names[-1] == "bias" or any("LayerNorm" in n or "layer_norm" in n for n in names))
+# --- weight-decay mask -------------------------------------------------------------------------
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def weight_decay_mask(params: Any) -> Any:
+  """The params tree (arrays or shapes) as bools: True where weight decay applies.
+
+  False where the "/"-joined path contains "LayerNorm", "layer_norm" or "bias" (the original's
+  regex search), e.g. `bert/embeddings/LayerNorm/scale` and `cls/predictions/bias`.
+  """
+  def decays(path, _) -> bool:
+    name = "/".join(_key_name(k) for k in path)
+    return not any(re.search(pattern, name) for pattern in NO_DECAY_PATTERNS)
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-class _BertAdamState(NamedTuple):
+# --- the original BERT Adam --------------------------------------------------------------------
+
+
+class BertAdamState(NamedTuple):
+  """First and second moments, trees like the params (the original's `adam_m`, `adam_v`)."""
   mu: optax.Updates
   nu: optax.Updates
 
 
-def _bert_adam_moments(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
-  """m/(sqrt(v)+eps) with plain EMAs: the original AdamWeightDecayOptimizer has no bias correction."""
+def scale_by_bert_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+  """m / (sqrt(v) + eps) with m, v plain EMAs: AdamWeightDecayOptimizer has no bias correction."""
   def init(params):
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    return _BertAdamState(mu=zeros, nu=zeros)
+    return BertAdamState(mu=zeros, nu=zeros)
 
   def update(grads, state, params=None):
     del params
     mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
-    nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
+    nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, grads)
     updates = jax.tree_util.tree_map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
-    return updates, _BertAdamState(mu=mu, nu=nu)
+    return updates, BertAdamState(mu=mu, nu=nu)
   return optax.GradientTransformation(init, update)
 
 
-def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Clipping, then the chosen optimizer with the decay mask and the schedule."""
-  schedule = learning_rate_schedule(config)
+# --- the optimizer -----------------------------------------------------------------------------
+
+
+def build_optimizer(config: ml_collections.ConfigDict, params: Optional[Any] = None) -> optax.GradientTransformation:
+  """Clipping by global norm, then the chosen optimizer with the decay mask and the schedule.
+
+  `params` is the parameter tree or its shapes (jax.ShapeDtypeStruct leaves); given, the decay mask
+  is computed from it once (and updates of another tree structure fail); omitted, it is computed
+  from the params passed to each `update`. The result expects `update(grads, state, params)`.
+  """
+  schedule = learning_rate_schedule(config)  # validates the whole section
+  mask = weight_decay_mask if params is None else weight_decay_mask(params)
+  b1, b2, eps, decay = config.adam_b1, config.adam_b2, config.adam_eps, config.weight_decay
   if config.optimizer == "adamw":
-    core = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                       weight_decay=config.weight_decay, mask=weight_decay_mask)
+    core = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=decay, mask=mask)
   elif config.optimizer == "lamb":
-    core = optax.lamb(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                      weight_decay=config.weight_decay, mask=weight_decay_mask)
-  else:
-    core = optax.chain(_bert_adam_moments(config.adam_b1, config.adam_b2, config.adam_eps),
-                       optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
+    core = optax.lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=decay, mask=mask)
+  else:  # bert_adam: decay · param joins the update before the learning rate multiplies it
+    core = optax.chain(scale_by_bert_adam(b1, b2, eps),
+                       optax.add_decayed_weights(decay, mask=mask),
                        optax.scale_by_learning_rate(schedule))
   if config.max_grad_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), core)
@@ -100,5 +186,13 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
 
 
 def describe(config: ml_collections.ConfigDict) -> str:
-  return (f"{config.optimizer} lr {config.learning_rate:g} ({config.schedule}, {config.warmup_steps} warmup of "
-          f"{config.num_train_steps} steps), weight decay {config.weight_decay:g}, clip {config.max_grad_norm:g}")
+  """One line for logs."""
+  check_config(config)
+  if config.schedule == "linear":
+    schedule = f"{config.warmup_steps} warmup steps, linear decay to 0 at step {config.num_train_steps}"
+  else:
+    schedule = f"{config.warmup_steps} warmup steps, then constant"
+  clip = f"clip at global norm {config.max_grad_norm:g}" if config.max_grad_norm > 0 else "no clipping"
+  return (f"{config.optimizer}: peak lr {config.learning_rate:g} ({schedule}), weight decay "
+          f"{config.weight_decay:g} (not LayerNorm/bias), b1 {config.adam_b1:g} b2 {config.adam_b2:g} "
+          f"eps {config.adam_eps:g}, {clip}, {config.grad_accum_steps} micro-batch(es) per step")
