@@ -81,7 +81,7 @@ class _Chunk:
     if self.masking == "dynamic":
       out = create_pairs(corpus, config, **ids)
     else:
-      table = np.array([tok.is_continuation(t) for t in tok.vocab]) if config.whole_word_mask else None
+      table = _continuation_table(self.vocab) if config.whole_word_mask else None
       out = create_instances(corpus, config, mask_id=tok.mask_id, continuation=table, **ids)
     return {k: getattr(out, k) for k in kinds}
 
@@ -95,6 +95,13 @@ class _Chunk:
 @functools.lru_cache(maxsize=2)
 def _tokenizer(vocab: str):
   return load_tokenizer(vocab)
+
+
+@functools.lru_cache(maxsize=2)
+def _continuation_table(vocab: str) -> np.ndarray:
+  """[vocab_size] bool: which ids are continuation pieces (whole-word masking); once per process."""
+  tok = _tokenizer(vocab)
+  return np.array([tok.is_continuation(t) for t in tok.vocab])
 
 
 def _write_chunk(job: tuple[_Chunk, list[str]]) -> dict:

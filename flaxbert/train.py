@@ -184,7 +184,7 @@ class _StopRequest:
       signal.signal(s, handler)
 
 
-def _start_state(config, workdir: Path, mngr, state: TrainState, shardings: TrainState) -> TrainState:
+def _start_state(config, workdir: Path, mngr, state: TrainState) -> TrainState:
   """The workdir's newest checkpoint; else init_from (params or full state); else the fresh state."""
   found = checkpoint.restore_latest(mngr, state.params, state.train_items())
   if found is not None:
@@ -238,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   tx, schedule = optim.build_optimizer(config.optim), optim.learning_rate_schedule(config.optim)
   state, shardings = create_train_state(model, tx, mesh, rules, config.seed, data.max_seq_length)
   mngr = checkpoint.manager(workdir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints)
-  state = _start_state(config, workdir, mngr, state, shardings)
+  state = _start_state(config, workdir, mngr, state)
   batch_sh = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
   train_step = jax.jit(make_train_step(model, tx, schedule, accum, nsp), donate_argnums=0,
