@@ -52,6 +52,16 @@ def tiny_config(dataset, **overrides):
   return c
 
 
+def stopped_at(config, step):
+  """`config`'s run, stopped at `step` as a preempted run would be: the schedule still ends at its end."""
+  total = config.num_train_steps
+  with config.unlocked():
+    del config.optim["num_train_steps"]  # unlink it from the run length
+    config.optim.num_train_steps = total
+  config.num_train_steps = step
+  return config
+
+
 def final_params(workdir):
   from flaxbert.pretrained import load  # pylint: disable=import-outside-toplevel
   return load(workdir).params
@@ -84,7 +94,7 @@ def test_resume_is_exact(dataset, tmp_path):
   straight = tmp_path / "straight"
   train_and_evaluate(tiny_config(dataset), straight)
   split = tmp_path / "split"
-  train_and_evaluate(tiny_config(dataset, num_train_steps=3), split)
+  train_and_evaluate(stopped_at(tiny_config(dataset), 3), split)
   summary = train_and_evaluate(tiny_config(dataset), split)  # the same command again: resumes at 3
   assert summary["step"] == 6
   assert_params_equal(final_params(split), final_params(straight))
@@ -109,12 +119,12 @@ def test_eight_devices_match_one(dataset, tmp_path, rules):
 
 def test_checkpoints_move_between_eight_devices_and_one(dataset, tmp_path):
   run = tmp_path / "run"
-  train_and_evaluate(tiny_config(dataset, num_train_steps=3), run)  # 8 devices
+  train_and_evaluate(stopped_at(tiny_config(dataset), 3), run)  # 8 devices
   train_and_evaluate(tiny_config(dataset), run, devices=jax.devices()[:1])  # resumes on 1
   reference = tmp_path / "reference"
   train_and_evaluate(tiny_config(dataset), reference, devices=jax.devices()[:1])
   back = tmp_path / "back"
-  train_and_evaluate(tiny_config(dataset, num_train_steps=3), back, devices=jax.devices()[:1])  # 1 device
+  train_and_evaluate(stopped_at(tiny_config(dataset), 3), back, devices=jax.devices()[:1])  # 1 device
   train_and_evaluate(tiny_config(dataset), back)  # resumes on 8
   for other in (run, back):
     for x, y in zip(jax.tree_util.tree_leaves(final_params(other)), jax.tree_util.tree_leaves(final_params(reference))):
