@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
     "importlib_resources>=6.0",
     # TensorBoard event files without the tensorboard package (TF 2.21 no longer ships it).
     "tensorboardX>=2.6,<2.7",
+    # ROUGE for summarization, the scorer the published BertSum / Lead-3 figures use (pulls nltk).
+    "rouge-score>=0.1.2,<0.2",
 ]
 
 EXTRAS_REQUIRE = {

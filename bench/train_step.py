@@ -29,7 +29,7 @@ from configs import pretrain as pretrain_config  # noqa: E402
 from flaxbert import metrics, optim, sharding  # noqa: E402
 from flaxbert.config import BertConfig  # noqa: E402
 from flaxbert.heads import BertForPreTraining  # noqa: E402
-from flaxbert.train import create_train_state, make_train_step  # noqa: E402
+from flaxbert.train import create_train_state, pretraining_step  # noqa: E402
 
 
 def synthetic_batch(batch: int, seq: int, vocab: int, predictions: int, seed: int = 0) -> dict:
@@ -51,8 +51,9 @@ def bench_one(size: str, batch: int, seq: int, dtype: str, steps: int, peak: flo
   opt.num_train_steps, opt.warmup_steps = 1000, 10
   tx, schedule = optim.build_optimizer(opt), optim.learning_rate_schedule(opt)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1)), jax.devices()[:1])
-  state, shardings = create_train_state(model, tx, mesh, sharding.DATA_PARALLEL, 0, seq)
-  step = jax.jit(make_train_step(model, tx, schedule, 1, True), donate_argnums=0,
+  state, shardings = create_train_state(model, tx, mesh, sharding.DATA_PARALLEL, 0,
+                                        (jax.ShapeDtypeStruct((1, seq), jnp.int32),))
+  step = jax.jit(pretraining_step(model, tx, schedule, 1, True), donate_argnums=0,
                  in_shardings=(shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(shardings, NamedSharding(mesh, P())))
   data = sharding.global_batch(synthetic_batch(batch, seq, cfg.vocab_size, 20), mesh)

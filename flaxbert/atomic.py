@@ -36,3 +36,19 @@ def atomic_directory(directory: str | os.PathLike, overwrite: bool) -> Iterator[
   finally:
     if tmp.exists():
       shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+  """Yields a temporary sibling path that replaces `path` (os.replace) only if the block succeeds."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+  os.close(fd)
+  tmp = Path(name)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()

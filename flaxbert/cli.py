@@ -64,6 +64,38 @@ def _pretrain(args: argparse.Namespace) -> None:
         f"summary in {os.path.join(args.workdir, 'summary.json')}")
 
 
+def _finetune(args: argparse.Namespace) -> None:
+  from flaxbert.finetune import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  results = train_and_evaluate(_config(args, _packaged("finetune.py:glue_sst2"), {}), args.workdir)
+  print(f"fine-tuned; dev scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+  from flaxbert.finetune import evaluate  # pylint: disable=import-outside-toplevel
+  results = evaluate(_config(args, _packaged("finetune.py:glue_sst2"), {}), args.workdir)
+  print(f"scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+  from flaxbert.finetune import predict  # pylint: disable=import-outside-toplevel
+  count = predict(_config(args, _packaged("finetune.py:glue_sst2"), {}), args.workdir, args.input, args.output)
+  print(f"wrote {count} predictions to {args.output}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+  from flaxbert.sweep import run_sweep  # pylint: disable=import-outside-toplevel
+  summary = run_sweep(_config(args, _packaged("finetune.py:glue_sst2"), {}), args.workdir)
+  best = summary["best"]
+  print(f"best {summary['metric']} {best['results'][summary['metric']]:.4f} at {best['name']}; "
+        f"all points in {os.path.join(args.workdir, 'sweep_results.json')}")
+
+
+def _embed(args: argparse.Namespace) -> None:
+  from flaxbert.embed import embed_file  # pylint: disable=import-outside-toplevel
+  vectors = embed_file(args.model, args.input, args.output, args.pooling, args.max_seq_length, args.batch_size)
+  print(f"wrote {vectors.shape[0]} vectors of size {vectors.shape[1]} to {args.output}")
+
+
 def _packaged(name: str) -> str:
   return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
 
@@ -96,6 +128,35 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(default: configs/pretrain.py:tiny)")
   p.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, summary.json")
   p.set_defaults(run=_pretrain)
+
+  tasks = "glue_cola|glue_sst2|glue_mrpc|glue_stsb|glue_qqp|glue_mnli|glue_qnli|glue_rte|glue_wnli|ner|" \
+          "squad_v1|squad_v2|similarity|summarization"
+  for name, run, text in (
+      ("finetune", _finetune, "fine-tune a pretrained BERT on a task; dev scores to WORKDIR/eval_results.json"),
+      ("evaluate", _evaluate, "score a fine-tuning workdir's model on --config.eval_path"),
+      ("predict", _predict, "write a fine-tuning workdir's predictions for --input to --output"),
+      ("sweep", _sweep, "run the paper's lr × batch × epochs grid; best dev score to WORKDIR/sweep_results.json")):
+    p = commands.add_parser(name, allow_abbrev=False, help=text,
+                            description=f"{text[0].upper()}{text[1:]}. Settings: configs/finetune.py:TASK; "
+                                        "--config.KEY=VALUE overrides any (init, train_path, eval_path, "
+                                        "learning_rate, num_epochs, batch_size, max_seq_length, seed, …).")
+    p.add_argument("--config", help=f"configs/finetune.py:TASK with TASK one of {tasks} (default glue_sst2)")
+    p.add_argument("--workdir", required=True, help="checkpoints, task.json, eval_results.json, predictions")
+    if name == "predict":
+      p.add_argument("--input", required=True, help="a file in the task's training format (labels optional)")
+      p.add_argument("--output", required=True, help="predictions file to write")
+    p.set_defaults(run=run)
+
+  p = commands.add_parser("embed", allow_abbrev=False, help="sentences → L2-normalised vectors (.npy)",
+                          description="Embeds one sentence per line of --input with any BERT checkpoint "
+                                      "or a fine-tuning workdir, and saves a float32 [N, hidden] .npy.")
+  p.add_argument("--model", required=True, help="flaxbert dir/workdir, HF dir, TF1 checkpoint or finetune workdir")
+  p.add_argument("--input", required=True, help="text file, one sentence per line")
+  p.add_argument("--output", required=True, help="the .npy file to write")
+  p.add_argument("--pooling", default="mean", choices=("mean", "cls"))
+  p.add_argument("--max_seq_length", type=int, default=128)
+  p.add_argument("--batch_size", type=int, default=64)
+  p.set_defaults(run=_embed)
   return parser
 
 

@@ -94,20 +94,24 @@ def _objective(sums: dict, totals: dict) -> jax.Array:
   return loss
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule, accum_steps: int, nsp: bool):
-  """train_step(state, batch) -> (state, metric sums); the batch splits into accum_steps micro-batches."""
+def make_train_step(sums_fn, counts_fn, objective, tx: optax.GradientTransformation, schedule, accum_steps: int):
+  """train_step(state, batch) -> (state, metric sums); the batch splits into accum_steps micro-batches.
+
+  sums_fn(params, batch, rng) -> loss/metric sums; counts_fn(batch) -> the whole batch's
+  denominators; objective(sums, counts) -> the scalar loss. Normalising every micro-batch by the
+  whole batch's counts makes the accumulated gradient equal the large batch's.
+  """
 
   def micro_grads(params, micro, rng, totals):
-    def objective(p):
-      sums = loss_sums(model, p, micro, rng, deterministic=False, nsp=nsp)
-      return _objective(sums, totals), sums
-    (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    def loss(p):
+      sums = sums_fn(p, micro, rng)
+      return objective(sums, totals), sums
+    (_, sums), grads = jax.value_and_grad(loss, has_aux=True)(params)
     return grads, sums
 
   def train_step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    totals = {"mlm_count": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)),
-              "nsp_count": jnp.asarray(batch["input_ids"].shape[0], jnp.float32)}
+    totals = counts_fn(batch)
     if accum_steps == 1:
       grads, sums = micro_grads(state.params, batch, rng, totals)
     else:
@@ -122,31 +126,47 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
       (grads, sums), _ = jax.lax.scan(body, zero, (jnp.arange(accum_steps), micro))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    sums = dict(sums, loss=_objective(sums, totals), grad_norm=optax.tree.norm(grads),
+    sums = dict(sums, loss=objective(sums, totals), grad_norm=optax.tree.norm(grads),
                 param_norm=optax.tree.norm(params), learning_rate=schedule(state.step))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums
 
   return train_step
 
 
+def pretraining_step(model: nn.Module, tx: optax.GradientTransformation, schedule, accum_steps: int, nsp: bool):
+  """make_train_step with the MLM (+ NSP) objective."""
+  def counts(batch):
+    return {"mlm_count": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)),
+            "nsp_count": jnp.asarray(batch["input_ids"].shape[0], jnp.float32)}
+  return make_train_step(lambda p, b, rng: loss_sums(model, p, b, rng, deterministic=False, nsp=nsp),
+                         counts, _objective, tx, schedule, accum_steps)
+
+
 # --- state -------------------------------------------------------------------------------------
 
 
-def create_train_state(model: nn.Module, tx, mesh, rules, seed: int, seq_len: int):
-  """(state, shardings): initialised by one jitted call straight into the sharded layout."""
-  ids = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
-  boxed = jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
+def create_train_state(model: nn.Module, tx, mesh, rules, seed: int, inputs: tuple, pretrained=None, merge=None):
+  """(state, shardings): initialised by one jitted call straight into the sharded layout.
+
+  inputs: model.init's positional arguments as jax.ShapeDtypeStruct trees (zeros are fed).
+  pretrained, merge: `merge(fresh_params, pretrained) -> params` runs inside the jitted init, so
+  loaded weights go straight to their shards (fine-tuning's encoder from a checkpoint).
+  """
+  zeros = lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), inputs)  # noqa: E731
+  boxed = jax.eval_shape(lambda key: model.init(key, *zeros()), jax.random.key(0))["params"]
   params_sh = sharding.param_shardings(boxed, mesh, rules)
   abstract_params = nn.unbox(boxed)
   opt_sh = sharding.opt_state_shardings(tx, jax.eval_shape(tx.init, abstract_params), params_sh, mesh)
   replicated = NamedSharding(mesh, P())
   shardings = TrainState(step=replicated, params=params_sh, opt_state=opt_sh, rng=replicated)
 
-  def init(key):
-    params = nn.unbox(model.init(key, jnp.zeros((1, seq_len), jnp.int32))["params"])
+  def init(key, pretrained):
+    params = nn.unbox(model.init(key, *zeros())["params"])
+    if merge is not None:
+      params = merge(params, pretrained)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=jax.random.key_data(jax.random.fold_in(key, 1)))
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed), pretrained)
   return state, shardings
 
 
@@ -169,7 +189,7 @@ def evaluate(eval_step, params, data: PretrainingData, mesh, max_batches: int) -
 # --- the job -----------------------------------------------------------------------------------
 
 
-class _StopRequest:
+class StopRequest:
   """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits at the next step boundary."""
 
   def __init__(self):
@@ -236,12 +256,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   if accum < 1 or config.global_batch_size % (accum * jax.process_count()):
     raise InputError(f"optim.grad_accum_steps ({accum}) must divide the global batch ({config.global_batch_size})")
   tx, schedule = optim.build_optimizer(config.optim), optim.learning_rate_schedule(config.optim)
-  state, shardings = create_train_state(model, tx, mesh, rules, config.seed, data.max_seq_length)
+  ids = jax.ShapeDtypeStruct((1, data.max_seq_length), jnp.int32)
+  state, shardings = create_train_state(model, tx, mesh, rules, config.seed, (ids,))
   mngr = checkpoint.manager(workdir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints)
   state = _start_state(config, workdir, mngr, state)
   batch_sh = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
-  train_step = jax.jit(make_train_step(model, tx, schedule, accum, nsp), donate_argnums=0,
+  train_step = jax.jit(pretraining_step(model, tx, schedule, accum, nsp), donate_argnums=0,
                        in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated))
   eval_step = jax.jit(make_eval_step(model, nsp), in_shardings=(shardings.params, batch_sh),
                       out_shardings=replicated)
@@ -251,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   peak = metrics.peak_flops(jax.devices()[0].device_kind, cfg.dtype) or metrics.measure_matmul_peak(cfg.dtype)
   writer = metrics.MetricWriter(workdir)
   progress = metrics.ProgressBar(config.num_train_steps, start, config.global_batch_size)
-  acc, last, evals, stop = metrics.MetricsAccumulator(), {}, {}, _StopRequest()
+  acc, last, evals, stop = metrics.MetricsAccumulator(), {}, {}, StopRequest()
   steps_timed, t0, stopped_by = 0, None, None
   try:
     batches = data.iterate(start)

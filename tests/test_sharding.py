@@ -1,5 +1,6 @@
 """Mesh construction, rule validation, and where FSDP / tensor-parallel rules put the train state."""
 import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -46,7 +47,8 @@ def test_state_is_placed_by_the_rules(rules, mesh, word, query, mu_query):
   opt.num_train_steps = 10
   opt.warmup_steps = 1
   tx = optim.build_optimizer(opt)
-  state, shardings = create_train_state(model, tx, sharding.make_mesh(mesh), rules, 0, 16)
+  state, shardings = create_train_state(model, tx, sharding.make_mesh(mesh), rules, 0,
+                                        (jax.ShapeDtypeStruct((1, 16), jnp.int32),))
   params = state.params
   assert params["bert"]["embeddings"]["word_embeddings"]["embedding"].sharding.spec == word
   assert params["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"].sharding.spec == query

@@ -1,0 +1,105 @@
+"""Sentence embeddings: any BERT checkpoint (or a fine-tuning workdir) → L2-normalised vectors.
+
+`Embedder(path, pooling)` reads a flaxbert dir/workdir, HF dir or TF1 checkpoint (the encoder
+only), or a `flaxbert finetune` workdir (its newest checkpoint's encoder, e.g. a similarity
+bi-encoder); `embed(texts)` pools the last hidden states (mean over the mask, or [CLS]).
+Sentences are sorted by length and padded to the next of a few bucket lengths, so a large file
+compiles at most a handful of shapes and wastes little on padding; the result is in input order.
+`flaxbert embed --model PATH --input sentences.txt --output vectors.npy [--pooling mean|cls]`.
+"""
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from flaxbert import checkpoint
+from flaxbert.atomic import atomic_file
+from flaxbert.config import BertConfig
+from flaxbert.errors import InputError
+from flaxbert.pretrained import load
+from flaxbert.tasks.model import BertForTask
+from flaxbert.tasks.similarity import encode_sentences
+from flaxbert.tokenization import load_tokenizer
+
+log = logging.getLogger("flaxbert")
+BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def _finetuned_encoder(workdir: Path) -> tuple[BertConfig, dict]:
+  record = json.loads((workdir / "task.json").read_text())
+  mngr = checkpoint.manager(workdir, asynchronous=False)
+  try:
+    for step in sorted(mngr.all_steps(), reverse=True):
+      try:
+        params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+      except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types
+        log.warning("checkpoint step %d of %s cannot be restored (%s); trying the previous one", step, workdir, e)
+        continue
+      return BertConfig.from_dict(record["model"]), jax.tree_util.tree_map(np.asarray, params)["bert"]
+  finally:
+    mngr.close()
+  raise InputError(f"{workdir / checkpoint.CHECKPOINTS}: no restorable checkpoint")
+
+
+class Embedder:
+  def __init__(self, path: str | Path, pooling: str = "mean", max_seq_length: int = 128,
+               batch_size: int = 64, lower_case: bool | None = None):
+    path = Path(path)
+    if (path / "task.json").is_file():
+      cfg, bert = _finetuned_encoder(path)
+      vocab_dir = path
+    else:
+      loaded = load(path)
+      cfg, bert, vocab_dir = loaded.config, loaded.params["bert"], loaded.vocab or path
+    self.tokenizer = load_tokenizer(vocab_dir, lower_case=lower_case)
+    self.max_seq_length = min(max_seq_length, cfg.max_position_embeddings)
+    self.batch_size = batch_size
+    self.model = BertForTask(cfg.replace(param_dtype="float32"), "embedding", pooling=pooling)
+    bert = {k: v for k, v in bert.items() if k != "pooler"}
+    self.params = jax.device_put({"bert": bert})
+    self._apply = jax.jit(lambda p, b: self.model.apply({"params": p}, b)["embedding"])
+
+  def embed(self, texts: Sequence[str]) -> np.ndarray:
+    """[N, hidden] float32, each row of unit length, in the order of `texts`."""
+    if not texts:
+      return np.zeros((0, self.model.config.hidden_size), np.float32)
+    ids, mask = encode_sentences(texts, self.tokenizer, self.max_seq_length)
+    lengths = mask.sum(1)
+    order = np.argsort(-lengths, kind="stable")
+    out = np.zeros((len(texts), self.model.config.hidden_size), np.float32)
+    for start in range(0, len(texts), self.batch_size):
+      rows = order[start:start + self.batch_size]
+      width = next((b for b in BUCKETS if b >= lengths[rows].max()), self.max_seq_length)
+      width = min(width, self.max_seq_length)
+      pad = self.batch_size - len(rows)
+      batch = {"input_ids": np.pad(ids[rows, :width], ((0, pad), (0, 0))),
+               "input_mask": np.pad(mask[rows, :width], ((0, pad), (0, 0)))}
+      out[rows] = np.asarray(self._apply(self.params, batch))[:len(rows)]
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def read_lines(path: str | Path) -> list[str]:
+  path = Path(path)
+  if not path.is_file():
+    raise InputError(f"{path}: no such file")
+  lines = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+  for i, line in enumerate(lines, 1):
+    if not line.strip():
+      raise InputError(f"{path}:{i}: empty line; expected one sentence per line")
+  if not lines:
+    raise InputError(f"{path}: no sentences")
+  return lines
+
+
+def embed_file(model: str, input_path: str, output: str, pooling: str = "mean", max_seq_length: int = 128,
+               batch_size: int = 64) -> np.ndarray:
+  """Embeds every line of `input_path` and saves [N, hidden] float32 to `output` (.npy), atomically."""
+  vectors = Embedder(model, pooling, max_seq_length, batch_size).embed(read_lines(input_path))
+  with atomic_file(output) as tmp:
+    with open(tmp, "wb") as f:
+      np.save(f, vectors)
+  return vectors

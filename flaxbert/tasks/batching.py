@@ -1,0 +1,53 @@
+"""Feature arrays → global batches: a seeded order per epoch for training, padded exact evaluation.
+
+Training batch `step` is a pure function of (seed, step): epoch e = step // steps_per_epoch reads
+a permutation seeded by (seed, e), so resuming at a step needs no iterator state. The last batch
+of an epoch is padded to full size with rows whose `example_mask` is 0, as evaluation's is; every
+example counts exactly once per epoch and the loss divides by real rows only.
+"""
+import math
+from typing import Iterator
+
+import numpy as np
+
+
+def steps_per_epoch(num_features: int, batch_size: int) -> int:
+  return max(1, math.ceil(num_features / batch_size))
+
+
+def take(arrays: dict[str, np.ndarray], indices: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+  """Rows `indices` of every array, padded to `batch_size` rows, plus `example_mask`."""
+  n = len(indices)
+  if n > batch_size:
+    raise ValueError(f"take: {n} indices for a batch of {batch_size}")
+  padded = np.concatenate([indices, np.full(batch_size - n, indices[0] if n else 0, indices.dtype)])
+  out = {k: v[padded] for k, v in arrays.items()}
+  out["example_mask"] = (np.arange(batch_size) < n).astype(np.int32)
+  return out
+
+
+def train_batch(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed: int,
+                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  """The process's slice of global training batch `step`."""
+  n = len(next(iter(arrays.values())))
+  per_epoch = steps_per_epoch(n, batch_size)
+  epoch, within = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, epoch]).permutation(n)
+  batch = take(arrays, order[within * batch_size:(within + 1) * batch_size], batch_size)
+  return local_slice(batch, process_index, process_count)
+
+
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Every feature once, in order, in padded batches (this process's slice of each)."""
+  n = len(next(iter(arrays.values())))
+  for start in range(0, n, batch_size):
+    batch = take(arrays, np.arange(start, min(start + batch_size, n)), batch_size)
+    yield local_slice(batch, process_index, process_count)
+
+
+def local_slice(batch: dict[str, np.ndarray], process_index: int, process_count: int) -> dict[str, np.ndarray]:
+  if process_count == 1:
+    return batch
+  size = len(batch["example_mask"]) // process_count
+  return {k: v[process_index * size:(process_index + 1) * size] for k, v in batch.items()}

@@ -1,0 +1,141 @@
+"""BERT with a task head, and the encoder weights carried over from a pretrained checkpoint.
+
+`BertForTask(config, head, num_outputs)` reads a batch dict (`input_ids`, `segment_ids`,
+`input_mask`, plus `cls_positions` for sentence scoring) and returns a dict of outputs:
+  sequence   dropout + dense on the pooled [CLS]         → logits [B, C]  (HF BertForSequenceClassification)
+  token      dropout + dense on every position           → logits [B, T, C] (BertForTokenClassification)
+  span       dense to 2 on every position (no dropout)   → start_logits, end_logits [B, T] (BertForQuestionAnswering)
+  sentences  dense to 1 on each sentence's [CLS]         → scores [B, S] (BertSumExt's classifier)
+  embedding  mean (over the mask) or [CLS] pooling       → embedding [B, H]; with `input_ids_b` in
+             the batch also embedding_b (a bi-encoder reads both sides with one encoder)
+Parameters are laid out as HF's: bert/… for the encoder, classifier/… or qa_outputs/… for the head.
+"""
+import logging
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxbert.config import BertConfig
+from flaxbert.errors import InputError
+from flaxbert.model import BertModel, dense, gather_positions
+
+log = logging.getLogger("flaxbert")
+
+HEADS = ("sequence", "token", "span", "sentences", "embedding")
+POOLINGS = ("mean", "cls")
+
+
+def pool(hidden: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
+  """[B, T, H] → [B, H]: the masked mean of the last hidden states, or the [CLS] state."""
+  if pooling == "cls":
+    return hidden[:, 0]
+  m = mask.astype(hidden.dtype)[..., None]
+  return jnp.sum(hidden * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
+
+
+class BertForTask(nn.Module):
+  config: BertConfig
+  head: str
+  num_outputs: int = 1
+  pooling: str = "mean"  # embedding head only
+
+  @nn.compact
+  def __call__(self, batch: dict, deterministic: bool = True) -> dict:
+    cfg = self.config
+    if self.head not in HEADS:
+      raise InputError(f"head: expected one of {HEADS}, got {self.head!r}")
+    bert = BertModel(cfg, add_pooling_layer=self.head == "sequence", name="bert")
+    if self.head == "embedding":
+      return self._embed(bert, batch, deterministic)
+    hidden, pooled = bert(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                          deterministic=deterministic)
+    if self.head == "span":
+      logits = dense(cfg, 2, ("embed", "classes"), "qa_outputs")(hidden).astype(jnp.float32)
+      return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+    x = {"sequence": pooled, "token": hidden}.get(self.head)
+    if self.head == "sentences":
+      x = gather_positions(hidden, batch["cls_positions"])
+    x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    logits = dense(cfg, self.num_outputs, ("embed", "classes"), "classifier")(x).astype(jnp.float32)
+    if self.head == "sentences":
+      return {"scores": logits[..., 0]}
+    return {"logits": logits}
+
+  def _embed(self, bert: nn.Module, batch: dict, deterministic: bool) -> dict:
+    if self.pooling not in POOLINGS:
+      raise InputError(f"pooling: expected one of {POOLINGS}, got {self.pooling!r}")
+    sides = ["", "_b"] if "input_ids_b" in batch else [""]
+    ids = jnp.concatenate([batch[f"input_ids{s}"] for s in sides])
+    mask = jnp.concatenate([batch[f"input_mask{s}"] for s in sides])
+    hidden, _ = bert(ids, jnp.zeros_like(ids), mask, deterministic=deterministic)
+    vectors = pool(hidden, mask, self.pooling).astype(jnp.float32)
+    parts = jnp.split(vectors, len(sides))
+    return {f"embedding{s}": v for s, v in zip(sides, parts)}
+
+
+def merge_encoder(fresh: dict, pretrained: dict) -> dict:
+  """`fresh` with its bert/… subtree replaced by the pretrained one where that has the tensor.
+
+  Runs inside the jitted init (flaxbert.train.create_train_state); `pretrained` is the output of
+  `encoder_weights`, so shapes are already checked and only missing tensors (a pooler the
+  checkpoint lacks) keep their fresh initialisation.
+  """
+  def take(path, leaf):
+    node = pretrained
+    for key in path:
+      name = getattr(key, "key", None)
+      if not isinstance(node, dict) or name not in node:
+        return leaf
+      node = node[name]
+    return jnp.asarray(node, leaf.dtype)
+  return dict(fresh, bert=jax.tree_util.tree_map_with_path(take, fresh["bert"]))
+
+
+def encoder_weights(fresh_shapes: dict, loaded: dict, source: str) -> dict:
+  """The pretrained bert/… tensors the task model uses, after checking every shape.
+
+  Pretraining heads (cls/…) are dropped; a checkpoint without a pooler leaves the task's pooler
+  freshly initialised (logged); a missing encoder tensor or a shape mismatch is an error.
+  """
+  if "bert" not in loaded:
+    raise InputError(f"{source}: no bert/… parameters in the checkpoint")
+  want = _flat(fresh_shapes["bert"])
+  have = _flat(loaded["bert"])
+  missing = [k for k in want if k not in have]
+  fresh_ok = [k for k in missing if k.startswith("pooler/")]
+  if set(missing) - set(fresh_ok):
+    raise InputError(f"{source}: the checkpoint lacks encoder tensors {sorted(set(missing) - set(fresh_ok))[:5]}")
+  bad = [f"{k}: checkpoint {np.shape(have[k])} vs model {tuple(want[k].shape)}"
+         for k in want if k in have and tuple(np.shape(have[k])) != tuple(want[k].shape)]
+  if bad:
+    raise InputError(f"{source}: tensor shapes differ from the task model's: {'; '.join(bad[:5])}")
+  if fresh_ok:
+    log.info("%s has no pooler; the task's pooler starts from a fresh initialisation", source)
+  dropped = sorted(k for k in loaded if k != "bert")
+  if dropped:
+    log.info("%s: dropping %s (pretraining heads); task head initialised fresh", source, ", ".join(dropped))
+  kept = {k: have[k] for k in want if k in have}
+  return _unflat(kept)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _unflat(flat: dict) -> dict:
+  out: dict = {}
+  for key, v in flat.items():
+    node = out
+    *parents, name = key.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[name] = v
+  return out

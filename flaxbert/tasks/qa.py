@@ -1,0 +1,77 @@
+"""Extractive question answering (SQuAD v1.1 / v2.0) as a fine-tuning task.
+
+Reading and doc-stride windows: flaxbert.tasks.squad (run_squad.py's algorithm); n-best span
+search, answer text recovery and the official scores: flaxbert.tasks.squad_post. The head is a
+dense layer giving start and end logits per position; the loss is the mean of the start and end
+cross-entropies (windows without the answer point at [CLS], as the original). Predictions go to
+WORKDIR/predictions.json in the official format (and null odds for v2 to null_odds.json).
+"""
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import jax.numpy as jnp
+
+from flaxbert.tasks import squad, squad_post, tfds_source
+from flaxbert.tasks.base import Features, Task, cross_entropy, rows
+
+log = logging.getLogger("flaxbert")
+
+
+class QuestionAnswering(Task):
+  head = "span"
+  prediction_file = "predictions.json"
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.version = "v2" if config.task == "squad_v2" else "v1"
+    self.lower_case = True
+
+  def read(self, path: str, split: str | None, training: bool) -> list:
+    del split
+    report = squad.ReadReport()
+    if tfds_source.is_tfds(path):
+      with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "squad.json"
+        local.write_text(json.dumps(tfds_source.squad_json(path)))
+        examples = squad.read_squad(local, self.version, training, report)
+    else:
+      examples = squad.read_squad(path, self.version, training, report)
+    if report.skipped:
+      log.warning("%s: skipped %d of %d questions whose answer is not in the context (first: %s)",
+                  path, report.skipped, report.skipped + len(examples), ", ".join(report.skipped_ids[:3]))
+    return examples
+
+  def featurize(self, examples: Sequence, tokenizer, training: bool) -> Features:
+    c = self.config
+    self.lower_case = tokenizer.lower_case
+    f = squad.featurize(examples, tokenizer, c.max_seq_length, c.doc_stride, c.max_query_length, training=training)
+    return Features({"input_ids": f.input_ids, "segment_ids": f.segment_ids, "input_mask": f.input_mask,
+                     "start_positions": f.start_positions, "end_positions": f.end_positions}, meta=f)
+
+  def loss_sums(self, outputs: dict, batch: dict) -> dict:
+    nll = 0.5 * (cross_entropy(outputs["start_logits"], batch["start_positions"])
+                 + cross_entropy(outputs["end_logits"], batch["end_positions"]))
+    w = rows(batch)
+    return {"task_loss_sum": jnp.sum(nll * w), "task_count": jnp.sum(w)}
+
+  def _answers(self, examples, features, outputs):
+    c = self.config
+    return squad_post.predict_answers(examples, features.meta, outputs["start_logits"], outputs["end_logits"],
+                                      c.n_best_size, c.max_answer_length, self.version,
+                                      c.null_score_diff_threshold, self.lower_case)
+
+  def predict(self, examples, features, outputs) -> dict:
+    predictions, _, null_odds = self._answers(examples, features, outputs)
+    return {"predictions": predictions, "null_odds": null_odds}
+
+  def score(self, examples, features, outputs) -> dict:
+    predictions, _, null_odds = self._answers(examples, features, outputs)
+    return squad_post.squad_scores(predictions, examples, self.version, null_odds or None)
+
+  def write_predictions(self, path: Path, examples, predictions: dict) -> None:
+    squad_post.write_predictions_json(path, predictions["predictions"])
+    if predictions["null_odds"]:
+      squad_post.write_predictions_json(path.with_name("null_odds.json"), predictions["null_odds"])

@@ -1,0 +1,172 @@
+"""Fine-tuning end to end on generated data with a 1-layer BERT: every task family trains (the
+loss falls), scores, resumes, evaluates and predicts through the same code the CLI runs."""
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import finetune as finetune_config
+from finetune_fixtures import (write_conll, write_mrpc, write_pretrained, write_squad, write_sst2,
+                               write_stsb)
+from flaxbert import cli
+from flaxbert.errors import InputError
+from flaxbert.finetune import evaluate, train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> Path:
+  return write_pretrained(tmp_path_factory.mktemp("pretrained") / "bert", "hf")
+
+
+def config(task: str, bert: Path, train: Path, dev: Path, **overrides):
+  c = finetune_config.get_config(f"{task},tiny")
+  c.init, c.train_path, c.eval_path = str(bert), str(train), str(dev)
+  c.learning_rate, c.num_epochs, c.warmup_proportion = 3e-3, 8.0, 0.0
+  c.eval_every_epoch = False
+  c.dropout = 0.0
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+def losses(workdir: Path) -> list[float]:
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_sst2_trains_scores_resumes_evaluates_and_predicts(bert, tmp_path):
+  train, dev = write_sst2(tmp_path / "train.tsv", 96, 0), write_sst2(tmp_path / "dev.tsv", 43, 1)
+  c = config("glue_sst2", bert, train, dev)
+  results = train_and_evaluate(c, tmp_path / "run")
+  curve = losses(tmp_path / "run")
+  assert np.mean(curve[-3:]) < np.mean(curve[:3]) * 0.7, curve
+  assert results["accuracy"] >= 0.9, results
+  assert json.loads((tmp_path / "run" / "eval_results.json").read_text()) == results
+  preds = [json.loads(l) for l in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+  assert len(preds) == 43 and {p["prediction"] for p in preds} <= {"0", "1"}
+  # Exact evaluation: 43 examples with batches of 8 (last one padded) score as the host computes.
+  gold = [l.split("\t")[1] for l in dev.read_text().splitlines()[1:]]
+  assert results["accuracy"] == pytest.approx(np.mean([p["prediction"] == g for p, g in zip(preds, gold)]))
+  # evaluate and predict from the workdir, via the command line
+  again = evaluate(c, tmp_path / "run")
+  assert again == pytest.approx(results)
+  assert cli.main(["predict", "--config", "configs/finetune.py:glue_sst2,tiny", "--workdir", str(tmp_path / "run"),
+                   "--input", str(dev), "--output", str(tmp_path / "p.jsonl")]) == 0
+  assert [json.loads(l)["prediction"] for l in (tmp_path / "p.jsonl").read_text().splitlines()] == \
+      [p["prediction"] for p in preds]
+
+
+class StopAfter:
+  """flaxbert.train.StopRequest stand-in: reports a SIGTERM at the `steps`-th check (one check per step)."""
+  steps = 0
+
+  def __init__(self):
+    self.reads = 0
+
+  @property
+  def signal(self):
+    self.reads += 1
+    return "SIGTERM" if self.reads == StopAfter.steps else None
+
+  def restore(self):
+    pass
+
+
+def final_params(workdir: Path):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from flaxbert import checkpoint  # pylint: disable=import-outside-toplevel
+  mngr = checkpoint.manager(workdir, asynchronous=False)
+  params = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
+  mngr.close()
+  return jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.asarray, params))
+
+
+def test_interrupted_run_resumes_exactly(bert, tmp_path, monkeypatch):
+  train, dev = write_sst2(tmp_path / "train.tsv", 40, 0), write_sst2(tmp_path / "dev.tsv", 8, 1)
+  c = config("glue_sst2", bert, train, dev, num_epochs=2.0, dropout=0.1)  # 10 steps; dropout draws from the rng
+  train_and_evaluate(c, tmp_path / "straight")
+  import flaxbert.finetune  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(flaxbert.finetune, "StopRequest", StopAfter)
+  StopAfter.steps = 3
+  assert train_and_evaluate(c, tmp_path / "split") == {}  # stopped at step 3 (mid-epoch): no scores yet
+  assert not (tmp_path / "split" / "eval_results.json").exists()
+  StopAfter.steps = 0
+  train_and_evaluate(c, tmp_path / "split")
+  for x, y in zip(final_params(tmp_path / "split"), final_params(tmp_path / "straight")):
+    assert np.array_equal(x, y)
+  assert json.loads((tmp_path / "split" / "eval_results.json").read_text()) == \
+      json.loads((tmp_path / "straight" / "eval_results.json").read_text())
+
+
+def test_mrpc_pairs_and_stsb_regression(bert, tmp_path):
+  mrpc = train_and_evaluate(config("glue_mrpc", bert, write_mrpc(tmp_path / "m.tsv", 96, 0),
+                                   write_mrpc(tmp_path / "md.tsv", 24, 1)), tmp_path / "mrpc")
+  assert set(mrpc) == {"accuracy", "f1"}
+  stsb = train_and_evaluate(config("glue_stsb", bert, write_stsb(tmp_path / "s.tsv", 96, 0, additive=True),
+                                   write_stsb(tmp_path / "sd.tsv", 32, 1, additive=True)), tmp_path / "stsb")
+  assert set(stsb) == {"pearson", "spearman"} and stsb["spearman"] > 0.5, stsb
+
+
+def test_ner_entity_f1(bert, tmp_path):
+  results = train_and_evaluate(config("ner", bert, write_conll(tmp_path / "t.conll", 96, 0),
+                                      write_conll(tmp_path / "d.conll", 24, 1)), tmp_path / "ner")
+  assert {"precision", "recall", "f1"} <= set(results) and results["f1"] > 0.5, results
+  tags = [json.loads(l)["prediction"] for l in (tmp_path / "ner" / "predictions.jsonl").read_text().splitlines()]
+  gold = [b.split("\n") for b in (tmp_path / "d.conll").read_text().strip().split("\n\n")]
+  assert [len(t) for t in tags] == [len(g) for g in gold]
+
+
+@pytest.mark.parametrize("task", ["squad_v1", "squad_v2"])
+def test_squad(bert, tmp_path, task):
+  v2 = task == "squad_v2"
+  results = train_and_evaluate(config(task, bert, write_squad(tmp_path / "t.json", 64, 0, v2),
+                                      write_squad(tmp_path / "d.json", 16, 1, v2)), tmp_path / "run")
+  assert {"exact_match", "f1"} <= set(results)
+  predictions = json.loads((tmp_path / "run" / "predictions.json").read_text())
+  assert set(predictions) == {q["id"] for a in json.loads((tmp_path / "d.json").read_text())["data"]
+                              for p in a["paragraphs"] for q in p["qas"]}
+
+
+def test_similarity_bi_encoder_and_embed(bert, tmp_path):
+  train, dev = write_stsb(tmp_path / "s.tsv", 96, 0), write_stsb(tmp_path / "sd.tsv", 24, 1)
+  results = train_and_evaluate(config("similarity", bert, train, dev), tmp_path / "sim")
+  assert set(results) == {"pearson", "spearman"} and np.isfinite(list(results.values())).all(), results
+  curve = losses(tmp_path / "sim")
+  assert np.mean(curve[-3:]) < np.mean(curve[:3]) * 0.8, curve
+  sentences = tmp_path / "sentences.txt"
+  sentences.write_text("w0 w30 .\nw1 w31 w32 .\nw10 w40 .\n")
+  for model in (bert, tmp_path / "sim"):
+    assert cli.main(["embed", "--model", str(model), "--input", str(sentences), "--output",
+                     str(tmp_path / "v.npy"), "--pooling", "mean"]) == 0
+    vectors = np.load(tmp_path / "v.npy")
+    assert vectors.shape == (3, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_bad_inputs_are_named(bert, tmp_path):
+  train = write_sst2(tmp_path / "train.tsv", 16, 0)
+  bad = tmp_path / "bad.tsv"
+  bad.write_text("sentence\tlabel\nw1 w2 .\t2\n")
+  with pytest.raises(InputError, match=r"bad.tsv:2"):
+    train_and_evaluate(config("glue_sst2", bert, train, bad), tmp_path / "a")
+  with pytest.raises(InputError, match="train_path"):
+    train_and_evaluate(config("glue_sst2", bert, tmp_path / "missing.tsv", train), tmp_path / "b")
+  with pytest.raises(InputError, match="max_seq_length"):
+    train_and_evaluate(config("glue_sst2", bert, train, train, max_seq_length=4096), tmp_path / "c")
+  dev = write_sst2(tmp_path / "dev.tsv", 8, 1)
+  train_and_evaluate(config("glue_sst2", bert, train, dev, num_epochs=1.0), tmp_path / "d")
+  with pytest.raises(InputError, match="another task"):
+    train_and_evaluate(config("glue_mrpc", bert, write_mrpc(tmp_path / "m.tsv", 8, 0), write_mrpc(tmp_path / "n.tsv", 8, 0)),
+                       tmp_path / "d")
+
+
+def test_sweep_reports_the_best_point(bert, tmp_path):
+  from flaxbert.sweep import run_sweep  # pylint: disable=import-outside-toplevel
+  c = config("glue_sst2", bert, write_sst2(tmp_path / "t.tsv", 48, 0), write_sst2(tmp_path / "d.tsv", 16, 1))
+  c.sweep.learning_rates, c.sweep.batch_sizes, c.sweep.num_epochs = (3e-3, 1e-7), (8,), (2.0,)
+  summary = run_sweep(c, tmp_path / "sweep")
+  assert [p["name"] for p in summary["points"]] == ["lr0.003_bs8_ep2", "lr1e-07_bs8_ep2"]
+  assert summary["metric"] == "accuracy"
+  assert summary["best"]["results"]["accuracy"] == max(p["results"]["accuracy"] for p in summary["points"])
+  assert json.loads((tmp_path / "sweep" / "sweep_results.json").read_text())["best"]["name"] == summary["best"]["name"]

@@ -1,0 +1,30 @@
+"""Task data from locally prepared TFDS datasets (mocked: tfds.testing.mock_data, no download)."""
+import pytest
+import tensorflow_datasets as tfds
+
+from flaxbert.errors import InputError
+from flaxbert.tasks import tfds_source
+
+
+def test_glue_splits_become_text_examples():
+  with tfds.testing.mock_data(num_examples=6):
+    sst2 = tfds_source.read_text_pairs("tfds:glue/sst2:train", ["0", "1"])
+    mnli = tfds_source.read_text_pairs("tfds:glue/mnli:validation_matched", ["contradiction", "entailment", "neutral"])
+  assert len(sst2) == 6 and all(e.text_b is None and e.label in ("0", "1") for e in sst2)
+  assert sst2[0].source == "tfds:glue/sst2:train:1"
+  assert all(e.text_b is not None and e.label in ("contradiction", "entailment", "neutral") for e in mnli)
+
+
+def test_squad_split_becomes_squad_json():
+  with tfds.testing.mock_data(num_examples=4):
+    data = tfds_source.squad_json("tfds:squad/v1.1:validation")["data"]
+  qas = [q for a in data for p in a["paragraphs"] for q in p["qas"]]
+  assert len(qas) == 4 and all({"id", "question", "answers"} <= set(q) for q in qas)
+
+
+def test_missing_dataset_and_bad_spec_are_named(tmp_path, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  with pytest.raises(InputError, match="not available locally"):
+    tfds_source.read_text_pairs("tfds:glue/sst2:train", None)
+  with pytest.raises(InputError, match="tfds:NAME"):
+    tfds_source.read_text_pairs("tfds:glue", None)
