@@ -110,3 +110,24 @@ def write_squad(path: Path, n: int, seed: int, v2: bool = False) -> Path:
     data.append({"title": f"t{a}", "paragraphs": [{"context": context, "qas": qas}]})
   path.write_text(json.dumps({"version": "v2.0" if v2 else "1.1", "data": data}))
   return path
+
+
+def write_summaries(path: Path, n: int, seed: int) -> Path:
+  """BBC-style JSONL (headline paragraph, then sentences); the reference summary is the sentences
+  that carry a POSITIVE cue word, concatenated as the BBC summaries are (no space after a stop)."""
+  rng = np.random.RandomState(seed)
+  rows = []
+  for i in range(n):
+    sentences, summary = [], []
+    for _ in range(rng.randint(4, 8)):
+      positive = rng.rand() < 0.35
+      s = labelled_sentence(rng, int(positive)).replace(" .", ".")
+      sentences.append(s[0].upper() + s[1:])
+      if positive:
+        summary.append(sentences[-1])
+    if not summary:
+      summary.append(sentences[0])
+    article = f"Headline {i}\n\n" + " ".join(sentences)
+    rows.append({"id": f"d{i}", "split": "train", "duplicate_of": None, "article": article, "summary": "".join(summary)})
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path

@@ -170,3 +170,20 @@ def test_sweep_reports_the_best_point(bert, tmp_path):
   assert summary["metric"] == "accuracy"
   assert summary["best"]["results"]["accuracy"] == max(p["results"]["accuracy"] for p in summary["points"])
   assert json.loads((tmp_path / "sweep" / "sweep_results.json").read_text())["best"]["name"] == summary["best"]["name"]
+
+
+def test_extractive_summarization_trained_and_unsupervised(bert, tmp_path):
+  from finetune_fixtures import write_summaries  # pylint: disable=import-outside-toplevel
+  train, dev = write_summaries(tmp_path / "t.jsonl", 64, 0), write_summaries(tmp_path / "d.jsonl", 16, 1)
+  c = config("summarization", bert, train, dev, train_split="train", eval_split="train", summary_sentences=2,
+             num_epochs=20.0)
+  results = train_and_evaluate(c, tmp_path / "trained")
+  assert set(results) == {"rouge1", "rouge2", "rougeL"} and all(0 <= v <= 100 for v in results.values())
+  curve = losses(tmp_path / "trained")
+  assert np.mean(curve[-3:]) < np.mean(curve[:3]) * 0.8, curve
+  summaries = [json.loads(l)["prediction"] for l in (tmp_path / "trained" / "predictions.jsonl").read_text().splitlines()]
+  assert len(summaries) == 16 and all(summaries)
+  c.train_path = None  # no training data: sentences ranked by the pretrained encoder's centroid
+  unsupervised = train_and_evaluate(c, tmp_path / "unsupervised")
+  assert set(unsupervised) == {"rouge1", "rouge2", "rougeL"}
+  assert json.loads((tmp_path / "unsupervised" / "eval_results.json").read_text()) == unsupervised
