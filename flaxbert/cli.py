@@ -64,27 +64,31 @@ def _pretrain(args: argparse.Namespace) -> None:
         f"summary in {os.path.join(args.workdir, 'summary.json')}")
 
 
+def _task_config(args: argparse.Namespace):
+  return _config(args, _packaged("finetune.py:glue_sst2"), {})
+
+
 def _finetune(args: argparse.Namespace) -> None:
   from flaxbert.finetune import train_and_evaluate  # pylint: disable=import-outside-toplevel
-  results = train_and_evaluate(_config(args, _packaged("finetune.py:glue_sst2"), {}), args.workdir)
+  results = train_and_evaluate(_task_config(args), args.workdir)
   print(f"fine-tuned; dev scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
   from flaxbert.finetune import evaluate  # pylint: disable=import-outside-toplevel
-  results = evaluate(_config(args, _packaged("finetune.py:glue_sst2"), {}), args.workdir)
+  results = evaluate(_task_config(args), args.workdir)
   print(f"scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
 
 
 def _predict(args: argparse.Namespace) -> None:
   from flaxbert.finetune import predict  # pylint: disable=import-outside-toplevel
-  count = predict(_config(args, _packaged("finetune.py:glue_sst2"), {}), args.workdir, args.input, args.output)
+  count = predict(_task_config(args), args.workdir, args.input, args.output)
   print(f"wrote {count} predictions to {args.output}")
 
 
 def _sweep(args: argparse.Namespace) -> None:
   from flaxbert.sweep import run_sweep  # pylint: disable=import-outside-toplevel
-  summary = run_sweep(_config(args, _packaged("finetune.py:glue_sst2"), {}), args.workdir)
+  summary = run_sweep(_task_config(args), args.workdir)
   best = summary["best"]
   print(f"best {summary['metric']} {best['results'][summary['metric']]:.4f} at {best['name']}; "
         f"all points in {os.path.join(args.workdir, 'sweep_results.json')}")

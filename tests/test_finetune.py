@@ -187,3 +187,33 @@ def test_extractive_summarization_trained_and_unsupervised(bert, tmp_path):
   unsupervised = train_and_evaluate(c, tmp_path / "unsupervised")
   assert set(unsupervised) == {"rouge1", "rouge2", "rougeL"}
   assert json.loads((tmp_path / "unsupervised" / "eval_results.json").read_text()) == unsupervised
+
+
+def test_encoder_weights_from_every_checkpoint_kind(tmp_path):
+  """HF, TF1 and flaxbert checkpoints give the task model the same encoder; heads are dropped;
+  a headless checkpoint without a pooler leaves the task's pooler to its fresh init."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from flaxbert.pretrained import load  # pylint: disable=import-outside-toplevel
+  from flaxbert.tasks.model import BertForTask, encoder_weights, merge_encoder  # pylint: disable=import-outside-toplevel
+  from finetune_fixtures import WORDS, tiny_bert_config  # pylint: disable=import-outside-toplevel
+  model = BertForTask(tiny_bert_config(len(WORDS)), "sequence", 3)
+  batch = {k: np.zeros((1, 8), np.int32) for k in ("input_ids", "segment_ids", "input_mask")}
+  fresh = nn.unbox(model.init(jax.random.key(0), batch)["params"])
+  got = {}
+  for fmt in ("hf", "tf1", "flaxbert"):
+    loaded = load(write_pretrained(tmp_path / fmt, fmt))
+    got[fmt] = merge_encoder(fresh, encoder_weights(fresh, loaded.params, fmt))
+  for fmt in ("tf1", "flaxbert"):
+    for x, y in zip(jax.tree_util.tree_leaves(got[fmt]), jax.tree_util.tree_leaves(got["hf"])):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  hf = load(tmp_path / "hf").params
+  np.testing.assert_array_equal(got["hf"]["bert"]["pooler"]["dense"]["kernel"], hf["bert"]["pooler"]["dense"]["kernel"])
+  np.testing.assert_array_equal(got["hf"]["classifier"]["kernel"], fresh["classifier"]["kernel"])
+  headless = load(write_pretrained(tmp_path / "headless", "hf", heads=False)).params
+  del headless["bert"]["pooler"]
+  merged = merge_encoder(fresh, encoder_weights(fresh, headless, "headless"))
+  np.testing.assert_array_equal(merged["bert"]["pooler"]["dense"]["kernel"], fresh["bert"]["pooler"]["dense"]["kernel"])
+  wrong = jax.tree_util.tree_map(lambda x: x, hf)
+  wrong["bert"]["embeddings"]["word_embeddings"]["embedding"] = np.zeros((7, 32), np.float32)
+  with pytest.raises(InputError, match="shapes differ"):
+    encoder_weights(fresh, wrong, "wrong")
