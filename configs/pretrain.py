@@ -27,6 +27,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.model.attention_probs_dropout_prob = 0.1  # dropout on attention probabilities
   c.model.max_position_embeddings = 512  # learned positions (phase 2 uses all 512)
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  # Rematerialisation of each encoder layer in the backward pass (flaxbert.model.REMAT_POLICIES):
+  # none (keep all activations) | full (keep only layer inputs, recompute the layer) | dots (keep the
+  # projection matmuls' outputs, recompute attention matrices and elementwise ops). Same parameters.
+  c.model.remat_policy = "none"
   # --- data ------------------------------------------------------------------------------------
   c.dataset_dir = config_dict.placeholder(str)  # a folder written by `flaxbert prepare`
   c.global_batch_size = 256  # sequences per optimizer step, over all devices and hosts

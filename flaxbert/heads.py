@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from flaxbert.config import BertConfig
-from flaxbert.model import BertModel, activation, dense, gather_positions, layer_norm
+from flaxbert.model import (BertModel, activation, check_remat_policy, dense, gather_positions,
+                            layer_norm)
 
 
 @flax.struct.dataclass
@@ -48,11 +49,16 @@ class _Transform(nn.Module):
 
 
 class BertForPreTraining(nn.Module):
-  """BertModel + MLM head + NSP head, parameters laid out as bert/… and cls/…."""
+  """BertModel + MLM head + NSP head, parameters laid out as bert/… and cls/….
+
+  remat_policy: how the encoder layers are rematerialised (flaxbert.model.REMAT_POLICIES); the
+  parameter tree is the same for every policy.
+  """
   config: BertConfig
+  remat_policy: str = "none"
 
   def setup(self):
-    self.bert = BertModel(self.config)
+    self.bert = BertModel(self.config, remat_policy=self.remat_policy)
     self.cls = PreTrainingHeads(self.config)
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
@@ -78,9 +84,11 @@ class BertEncoder(nn.Module):
   """A headless BERT (no MLM/NSP parameters): what HF's BertModel checkpoints hold."""
   config: BertConfig
   add_pooling_layer: bool = True
+  remat_policy: str = "none"  # flaxbert.model.REMAT_POLICIES
 
   def setup(self):
-    self.bert = BertModel(self.config, add_pooling_layer=self.add_pooling_layer)
+    self.bert = BertModel(self.config, add_pooling_layer=self.add_pooling_layer,
+                          remat_policy=self.remat_policy)
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
                deterministic: bool = True) -> BertOutput:
@@ -88,13 +96,19 @@ class BertEncoder(nn.Module):
     return BertOutput(hidden, pooled)
 
 
-def build_model(config: BertConfig, heads: bool = True, pooler: bool = True) -> nn.Module:
-  """BertForPreTraining when `heads` (which needs the pooler), else a headless BertEncoder."""
+def build_model(config: BertConfig, heads: bool = True, pooler: bool = True,
+                remat_policy: str = "none") -> nn.Module:
+  """BertForPreTraining when `heads` (which needs the pooler), else a headless BertEncoder.
+
+  remat_policy: flaxbert.model.REMAT_POLICIES key (training memory vs recomputation); it does not
+  change the parameter tree.
+  """
+  check_remat_policy(remat_policy)
   if heads:
     if not pooler:
       raise ValueError("the pretraining heads need the pooler (NSP reads the pooled [CLS])")
-    return BertForPreTraining(config)
-  return BertEncoder(config, add_pooling_layer=pooler)
+    return BertForPreTraining(config, remat_policy=remat_policy)
+  return BertEncoder(config, add_pooling_layer=pooler, remat_policy=remat_policy)
 
 
 def describe(model: nn.Module) -> tuple[bool, bool]:

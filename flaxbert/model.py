@@ -4,7 +4,12 @@ Parameters carry logical axis names (see `AXES`) through `nn.with_logical_partit
 sharding module can place them with a short rules list; this file knows nothing about meshes.
 The parameter tree mirrors HF transformers' names (bert/embeddings/word_embeddings, …,
 encoder/layer_{i}/attention/query) so conversion is a rename plus reshapes.
+
+Rematerialisation (`remat_policy`, a module attribute rather than a BertConfig field, since
+BertConfig mirrors the checkpoint JSON) wraps each EncoderLayer in `nn.remat`; the parameter tree
+is the same under every policy (see `REMAT_POLICIES`).
 """
+import functools
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -12,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxbert.config import BertConfig
+from flaxbert.errors import InputError
 
 # Logical axis names used on parameters (and activations):
 #   vocab, position, type   rows of the three embedding tables
@@ -137,6 +143,38 @@ class EncoderLayer(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
+# remat_policy → what the backward pass keeps of each encoder layer's forward (jax.checkpoint):
+#   none  everything (no rematerialisation; fastest, most memory)
+#   full  only the layer's inputs; the whole layer is recomputed in the backward pass
+#   dots  the outputs of matmuls without batch dimensions, i.e. the Q/K/V, attention-output and
+#         feed-forward projections (jax.checkpoint_policies.dots_with_no_batch_dims_saveable);
+#         the [B, N, T, T] attention scores/probabilities (batched einsums), softmax, GELU,
+#         LayerNorm and dropout are recomputed. `checkpoint_dots` would also keep the attention
+#         matrices, the largest activations at long sequence lengths, hence this choice.
+REMAT_POLICIES: dict[str, Optional[Callable[..., bool]]] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat_policy(policy: str, field: str = "remat_policy") -> str:
+  """`policy` if it names a REMAT_POLICIES entry, else InputError naming `field`."""
+  if policy not in REMAT_POLICIES:
+    raise InputError(f"{field}: expected one of {sorted(REMAT_POLICIES)}, got {policy!r}")
+  return policy
+
+
+@functools.cache
+def encoder_layer_class(remat_policy: str = "none") -> type[nn.Module]:
+  """EncoderLayer, or it wrapped in nn.remat with the policy's jax.checkpoint policy."""
+  check_remat_policy(remat_policy)
+  if remat_policy == "none":
+    return EncoderLayer
+  # static_argnums counts `self` as 0: __call__(self, x, mask, deterministic) → deterministic is 3.
+  return nn.remat(EncoderLayer, static_argnums=(3,), policy=REMAT_POLICIES[remat_policy])
+
+
 class Embeddings(nn.Module):
   """Word + learned position + segment embeddings, LayerNorm, dropout."""
   config: BertConfig
@@ -178,11 +216,12 @@ class BertModel(nn.Module):
   """Embeddings → L encoder layers → pooler. Returns (last_hidden_state, pooled_output)."""
   config: BertConfig
   add_pooling_layer: bool = True
+  remat_policy: str = "none"  # a REMAT_POLICIES key
 
   def setup(self):
     cfg = self.config
     self.embeddings = Embeddings(cfg)
-    self.encoder = Encoder(cfg)
+    self.encoder = Encoder(cfg, remat_policy=self.remat_policy)
     if self.add_pooling_layer:
       self.pooler = Pooler(cfg)
 
@@ -206,12 +245,15 @@ class BertModel(nn.Module):
 
 
 class Encoder(nn.Module):
+  """num_hidden_layers EncoderLayers named layer_0…, rematerialised as `remat_policy` says."""
   config: BertConfig
+  remat_policy: str = "none"  # a REMAT_POLICIES key
 
   @nn.compact
   def __call__(self, x, mask, deterministic: bool):
+    layer = encoder_layer_class(self.remat_policy)
     for i in range(self.config.num_hidden_layers):
-      x = EncoderLayer(self.config, name=f"layer_{i}")(x, mask, deterministic)
+      x = layer(self.config, name=f"layer_{i}")(x, mask, deterministic)
     return x
 
 

@@ -33,6 +33,7 @@ from flaxbert.errors import InputError
 from flaxbert.heads import BertForPreTraining
 from flaxbert.input_pipeline import DynamicMasking, PretrainingData
 from flaxbert.interop import native
+from flaxbert.model import check_remat_policy
 from flaxbert.tokenization import load_tokenizer
 
 log = logging.getLogger("flaxbert")
@@ -240,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   sharding.initialize_distributed()
   if not config.dataset_dir:
     raise InputError("dataset_dir: required (a folder written by `flaxbert prepare`)")
+  remat = check_remat_policy(config.model.remat_policy, "model.remat_policy")
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_from_config(config.sharding_rules)
   masking = DynamicMasking(config.masked_lm_prob, config.max_predictions_per_seq, config.whole_word_mask)
@@ -251,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   nsp = bool(settings["random_next_sentence"])
   cfg = bert_config(config, data.builder.info.metadata["tokenizer"]["vocab_size"], data.max_seq_length)
   _record_model(workdir, cfg, config.dataset_dir)
-  model = BertForPreTraining(cfg)
+  model = BertForPreTraining(cfg, remat_policy=remat)
   accum = config.optim.grad_accum_steps
   if accum < 1 or config.global_batch_size % (accum * jax.process_count()):
     raise InputError(f"optim.grad_accum_steps ({accum}) must divide the global batch ({config.global_batch_size})")

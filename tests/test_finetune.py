@@ -52,6 +52,9 @@ def test_sst2_trains_scores_resumes_evaluates_and_predicts(bert, tmp_path):
   # evaluate and predict from the workdir, via the command line
   again = evaluate(c, tmp_path / "run")
   assert again == pytest.approx(results)
+  c.eval_path = f"{dev},{write_sst2(tmp_path / 'dev_mismatched.tsv', 9, 2)}"  # e.g. MNLI's two dev sets
+  both = evaluate(c, tmp_path / "run")
+  assert set(both) == {"accuracy", "dev_mismatched_accuracy"} and both["accuracy"] == pytest.approx(results["accuracy"])
   assert cli.main(["predict", "--config", "configs/finetune.py:glue_sst2,tiny", "--workdir", str(tmp_path / "run"),
                    "--input", str(dev), "--output", str(tmp_path / "p.jsonl")]) == 0
   assert [json.loads(l)["prediction"] for l in (tmp_path / "p.jsonl").read_text().splitlines()] == \

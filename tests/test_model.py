@@ -10,6 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from conftest import make_batch
 from flaxbert.config import BertConfig
+from flaxbert.errors import InputError
 from flaxbert.heads import BertEncoder, BertForPreTraining, build_model, param_shapes
 from flaxbert.model import truncated_normal
 
@@ -168,3 +169,38 @@ def test_activations_differ(tiny_config, tiny_params, act):
   ref = build_model(tiny_config.replace(hidden_act="silu")).apply({"params": tiny_params}, **make_batch(tiny_config))
   assert np.abs(out.last_hidden_state - ref.last_hidden_state).max() > 1e-4
 
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_same_params_loss_and_gradients(tiny_config, tiny_params, policy):
+  """Rematerialisation changes memory, not maths: same tree, loss and gradients (dropout on)."""
+  batch = make_batch(tiny_config)
+  positions = np.array([[1, 5, 7], [2, 3, 0], [9, 3, 4]])
+  ids = np.zeros((1, 4), np.int32)
+
+  def loss_and_grads(model):
+    def loss(params):
+      out = model.apply({"params": params}, **batch, masked_positions=positions, deterministic=False,
+                        rngs={"dropout": jax.random.key(7)})
+      mlm = -jax.nn.log_softmax(out.mlm_logits)[..., 3].mean()
+      return mlm - jax.nn.log_softmax(out.nsp_logits)[:, 1].mean()
+    return jax.jit(jax.value_and_grad(loss))(tiny_params)
+
+  def remats(model) -> int:
+    """How many jax.checkpoint (remat2) calls the forward pass makes."""
+    forward = lambda p: model.apply({"params": p}, ids).last_hidden_state  # noqa: E731
+    return str(jax.make_jaxpr(forward)(tiny_params)).count("remat")
+
+  plain, remat = build_model(tiny_config), build_model(tiny_config, remat_policy=policy)
+  assert _flat_shapes(param_shapes(remat)) == _flat_shapes(param_shapes(plain))
+  fresh = lambda m: nn.unbox(m.init(jax.random.key(0), ids)["params"])  # noqa: E731
+  jax.tree_util.tree_map(np.testing.assert_array_equal, fresh(remat), fresh(plain))
+  assert remats(plain) == 0 and remats(remat) == tiny_config.num_hidden_layers
+  (loss, grads), (loss_r, grads_r) = loss_and_grads(plain), loss_and_grads(remat)
+  np.testing.assert_allclose(loss_r, loss, rtol=1e-6, atol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), grads_r, grads)
+
+
+def test_remat_policy_unknown_names_the_field(tiny_config):
+  with pytest.raises(InputError, match="remat_policy"):
+    build_model(tiny_config, remat_policy="some")

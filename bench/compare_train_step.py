@@ -1,0 +1,336 @@
+"""flaxbert vs transformers (PyTorch) BertForPreTraining: the full pretraining step, in one process.
+
+  .venv/bin/python bench/compare_train_step.py [--configs tiny:32,mini:32,small:32,base:8]
+      [--seq 128] [--dtype float32|bfloat16] [--device cpu|cuda] [--rounds 5] [--steps 10]
+      [--predictions 0] [--remat_policy none] [--out bench/out/compare_train_step.json]
+
+Each side runs forward, the MLM loss at the masked positions + the NSP loss, backward and an AdamW
+step (decay 0.01, not on LayerNorm/bias; eps 1e-6; global-norm clipping at 1.0; linear warmup) in
+training mode with dropout 0.1, on the same batch: random ids, rows padded to random lengths in
+[seq/2, seq] (the same padding mask on both sides), `predictions` masked positions per row inside
+its length (flaxbert: masked_lm_positions/ids/weights; torch: `labels` = -100 everywhere except
+those positions, as HF's data collators do) and random `next_sentence_label`s. flaxbert is
+`flaxbert.train.pretraining_step` jitted with the donated state of `create_train_state` (as
+bench/train_step.py); torch is `BertForPreTraining` (its default attention, sdpa) with
+torch.optim.AdamW, eager, `torch.set_num_threads(os.cpu_count())`.
+
+Timing alternates: `rounds` rounds of `steps` steps per side, the side going first alternating per
+round, so that drift of a shared machine hits both; every step is synchronised (jax:
+block_until_ready; torch: cuda.synchronize on GPU) and the median step time is reported. Both
+sides compute the same model and loss, but transformers computes MLM logits at every position
+while flaxbert gathers the masked ones first (as the original BERT): MFU uses the model FLOPs at
+the masked positions (`metrics.bert_flops_per_sequence`) for both sides, so it compares
+implementations; `torch_hfu` counts torch's all-position head as work done.
+
+Peak FLOP/s: a `--peak_size`² matmul in the run's dtype on jax's default device is measured here
+(`metrics.measure_matmul_peak`); MFU is against the vendor figure where flaxbert.metrics knows
+the chip (float32 on a GPU counts as TF32, which jax's and, set here, torch's default use), else
+against the measured one. bfloat16 means bf16 compute with float32 master weights on both sides
+(flaxbert's BertConfig.dtype; torch.autocast). `--device cuda` puts torch on the GPU and requires
+jax's default backend to be the GPU too.
+"""
+import argparse
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Both frameworks share the GPU: jax must not take 75% of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import flax  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jaxlib  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from configs import pretrain as pretrain_config  # noqa: E402
+from flaxbert import metrics, optim, sharding  # noqa: E402
+from flaxbert.config import SIZES, BertConfig  # noqa: E402
+from flaxbert.errors import InputError  # noqa: E402
+from flaxbert.heads import build_model  # noqa: E402
+from flaxbert.model import check_remat_policy  # noqa: E402
+from flaxbert.train import create_train_state, pretraining_step  # noqa: E402
+
+
+def parse_configs(text: str) -> list[tuple[str, int]]:
+  """"tiny:32,base:8" → [("tiny", 32), ("base", 8)]; InputError naming --configs otherwise."""
+  out = []
+  for item in filter(None, (s.strip() for s in text.split(","))):
+    size, _, batch = item.partition(":")
+    if size not in SIZES or not batch.isdigit() or int(batch) < 1:
+      raise InputError(f"--configs: expected SIZE:BATCH items with SIZE in {sorted(SIZES)}, got {item!r}")
+    out.append((size, int(batch)))
+  if not out:
+    raise InputError("--configs: expected at least one SIZE:BATCH item")
+  return out
+
+
+def make_batch(batch: int, seq: int, vocab: int, predictions: int, seed: int) -> dict[str, np.ndarray]:
+  """One synthetic pretraining batch in flaxbert's layout (padding, masked positions, NSP labels)."""
+  rng = np.random.RandomState(seed)
+  lengths = rng.randint(max(predictions + 2, seq // 2), seq + 1, batch)
+  mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
+  positions = np.stack([np.sort(rng.choice(np.arange(1, n - 1), predictions, replace=False)) for n in lengths])
+  return {"input_ids": (rng.randint(5, vocab, (batch, seq)) * mask).astype(np.int32),
+          "input_mask": mask,
+          "segment_ids": ((np.arange(seq)[None] >= lengths[:, None] // 2) * mask).astype(np.int32),
+          "masked_lm_positions": positions.astype(np.int32),
+          "masked_lm_ids": rng.randint(5, vocab, (batch, predictions)).astype(np.int32),
+          "masked_lm_weights": np.ones((batch, predictions), np.float32),
+          "next_sentence_labels": rng.randint(0, 2, batch).astype(np.int32)}
+
+
+def optimizer_config(size: str) -> ml_collections.ConfigDict:
+  opt = pretrain_config.get_config(size).optim
+  opt.num_train_steps, opt.warmup_steps = 10_000, 100
+  return opt
+
+
+def sync_jax(state, step_metrics) -> None:
+  jax.block_until_ready((state.step, step_metrics["loss"]))
+
+
+class FlaxSide:
+  """flaxbert's jitted, donated pretraining step on one device; times compile and the first step."""
+
+  def __init__(self, cfg: BertConfig, size: str, data: dict, seq: int, remat_policy: str):
+    model = build_model(cfg, remat_policy=remat_policy)
+    opt = optimizer_config(size)
+    tx, schedule = optim.build_optimizer(opt), optim.learning_rate_schedule(opt)
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1)), jax.devices()[:1])
+    start = time.perf_counter()
+    self.state, shardings = create_train_state(model, tx, mesh, sharding.DATA_PARALLEL, 0,
+                                               (jax.ShapeDtypeStruct((1, seq), jnp.int32),))
+    jax.block_until_ready(self.state)
+    self.init_s = time.perf_counter() - start
+    self.params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(self.state.params))
+    step = jax.jit(pretraining_step(model, tx, schedule, 1, True), donate_argnums=0,
+                   in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(shardings, NamedSharding(mesh, P())))
+    self.data = sharding.global_batch(data, mesh)
+    start = time.perf_counter()
+    self.step = step.lower(self.state, self.data).compile()
+    self.compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    self.first_loss = self.run(1)[1]
+    self.time_to_first_step_s = self.compile_s + time.perf_counter() - start
+
+  def run(self, steps: int) -> tuple[list[float], float]:
+    times, step_metrics = [], None
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.state, step_metrics = self.step(self.state, self.data)
+      sync_jax(self.state, step_metrics)
+      times.append(time.perf_counter() - start)
+    return times, float(step_metrics["loss"])
+
+
+class TorchSide:
+  """transformers' BertForPreTraining with the same sizes, inputs and recipe, eager PyTorch."""
+
+  def __init__(self, cfg: BertConfig, size: str, data: dict, device: str, bf16: bool, seed: int):
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+        hidden_act="gelu", hidden_dropout_prob=cfg.hidden_dropout_prob,
+        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
+        max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
+        initializer_range=cfg.initializer_range, layer_norm_eps=cfg.layer_norm_eps)
+    self.device, self.bf16 = torch.device(device), bf16
+    self.model = transformers.BertForPreTraining(config).to(self.device)
+    self.model.train()
+    self.attn_implementation = self.model.config._attn_implementation  # pylint: disable=protected-access
+    self.params = sum(p.numel() for p in self.model.parameters())
+    opt = optimizer_config(size)
+    named = list(self.model.named_parameters())
+    no_decay = [p for n, p in named if "LayerNorm" in n or "bias" in n]
+    decay = [p for n, p in named if not ("LayerNorm" in n or "bias" in n)]
+    self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=opt.learning_rate,
+                                 betas=(opt.adam_b1, opt.adam_b2), eps=opt.adam_eps)
+    warmup, total = opt.warmup_steps, opt.num_train_steps
+    self.schedule = torch.optim.lr_scheduler.LambdaLR(
+        self.opt, lambda s: s / warmup if s < warmup else max(0.0, 1.0 - s / total))
+    self.max_grad_norm = opt.max_grad_norm
+    labels = np.full(data["input_ids"].shape, -100, np.int64)
+    rows = np.arange(labels.shape[0])[:, None]
+    labels[rows, data["masked_lm_positions"]] = np.where(data["masked_lm_weights"] > 0, data["masked_lm_ids"], -100)
+    as_tensor = lambda x: torch.from_numpy(np.asarray(x, np.int64)).to(self.device)  # noqa: E731
+    self.inputs = {"input_ids": as_tensor(data["input_ids"]), "attention_mask": as_tensor(data["input_mask"]),
+                   "token_type_ids": as_tensor(data["segment_ids"]), "labels": as_tensor(labels),
+                   "next_sentence_label": as_tensor(data["next_sentence_labels"])}
+    start = time.perf_counter()
+    self.first_loss = self.run(1)[1]
+    self.time_to_first_step_s = time.perf_counter() - start
+
+  def _sync(self) -> None:
+    if self.device.type == "cuda":
+      torch.cuda.synchronize(self.device)
+
+  def run(self, steps: int) -> tuple[list[float], float]:
+    times, loss = [], None
+    for _ in range(steps):
+      start = time.perf_counter()
+      with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        loss = self.model(**self.inputs).loss
+      loss.backward()
+      if self.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+      self.opt.step()
+      self.schedule.step()
+      self.opt.zero_grad(set_to_none=True)
+      self._sync()
+      times.append(time.perf_counter() - start)
+    return times, float(loss.detach().float().cpu())
+
+
+def compare_one(size: str, batch: int, args, peak: float, measured_peak: float) -> dict:
+  cfg = BertConfig.from_size(size, dtype=args.dtype, max_position_embeddings=max(512, args.seq))
+  data = make_batch(batch, args.seq, cfg.vocab_size, args.predictions, args.seed)
+  flax_side = FlaxSide(cfg, size, data, args.seq, args.remat_policy)
+  torch_side = TorchSide(cfg, size, data, args.device, args.dtype == "bfloat16", args.seed)
+  sides = {"flaxbert": flax_side, "torch": torch_side}
+  for side in sides.values():
+    side.run(args.warmup)
+  times: dict[str, list[float]] = {name: [] for name in sides}
+  round_medians: dict[str, list[float]] = {name: [] for name in sides}
+  losses = {}
+  for r in range(args.rounds):
+    for name in (("flaxbert", "torch") if r % 2 == 0 else ("torch", "flaxbert")):
+      step_times, losses[name] = sides[name].run(args.steps)
+      times[name] += step_times
+      round_medians[name].append(round(1000 * statistics.median(step_times), 2))
+  step_s = {name: statistics.median(t) for name, t in times.items()}
+  model_flops = metrics.bert_flops_per_sequence(cfg, args.seq, args.predictions) * batch
+  torch_flops = metrics.bert_flops_per_sequence(cfg, args.seq, None) * batch  # MLM logits at all T
+  mfu = lambda flops, s, p: round(metrics.mfu(flops, s, p, 1), 4)  # noqa: E731
+  result = {
+      "size": size, "batch": batch, "seq": args.seq, "predictions": args.predictions, "dtype": args.dtype,
+      "rounds": args.rounds, "steps_per_round": args.steps,
+      "flaxbert_seq_per_s": round(batch / step_s["flaxbert"], 3),
+      "torch_seq_per_s": round(batch / step_s["torch"], 3),
+      "ratio_flaxbert_over_torch": round(step_s["torch"] / step_s["flaxbert"], 3),
+      "flaxbert_step_ms_median": round(1000 * step_s["flaxbert"], 2),
+      "torch_step_ms_median": round(1000 * step_s["torch"], 2),
+      "round_medians_ms": round_medians,
+      "model_flops_per_step": model_flops,
+      "flaxbert_mfu": mfu(model_flops, step_s["flaxbert"], peak),
+      "torch_mfu": mfu(model_flops, step_s["torch"], peak),
+      "torch_hfu": mfu(torch_flops, step_s["torch"], peak),
+      "flaxbert_mfu_vs_measured_peak": mfu(model_flops, step_s["flaxbert"], measured_peak),
+      "flaxbert_init_s": round(flax_side.init_s, 2),
+      "flaxbert_compile_s": round(flax_side.compile_s, 2),
+      "flaxbert_time_to_first_step_s": round(flax_side.time_to_first_step_s, 2),
+      "torch_time_to_first_step_s": round(torch_side.time_to_first_step_s, 2),
+      "params": {"flaxbert": flax_side.params, "torch": torch_side.params},
+      "first_loss": {"flaxbert": round(flax_side.first_loss, 4), "torch": round(torch_side.first_loss, 4)},
+      "final_loss": {k: round(v, 4) for k, v in losses.items()},
+      "torch_attn_implementation": torch_side.attn_implementation,
+      "flaxbert_remat_policy": args.remat_policy,
+  }
+  del flax_side, torch_side, sides
+  gc.collect()
+  if args.device == "cuda":
+    torch.cuda.empty_cache()
+  return result
+
+
+def check_devices(device: str) -> None:
+  """--device must agree with jax's default backend: both on the GPU or both on the CPU."""
+  backend = jax.default_backend()
+  if device not in ("cpu", "cuda"):
+    raise InputError(f"--device: expected cpu or cuda, got {device!r}")
+  if device == "cuda" and not torch.cuda.is_available():
+    raise InputError("--device cuda: torch sees no CUDA device (a CPU-only torch build?)")
+  if (device == "cuda") != (backend == "gpu"):
+    raise InputError(f"--device {device}: jax's default backend is {backend!r}; run both frameworks on the "
+                     "same kind of device (JAX_PLATFORMS=cpu for a CPU run, jax's CUDA plugin for a GPU run)")
+
+
+def table(results: list[dict]) -> str:
+  head = ("size", "batch", "seq", "dtype", "flaxbert seq/s", "torch seq/s", "ratio", "flaxbert MFU",
+          "torch MFU", "compile s", "first step s")
+  rows = [(r["size"], r["batch"], r["seq"], r["dtype"], f"{r['flaxbert_seq_per_s']:.2f}",
+           f"{r['torch_seq_per_s']:.2f}", f"{r['ratio_flaxbert_over_torch']:.2f}x",
+           f"{100 * r['flaxbert_mfu']:.1f}%", f"{100 * r['torch_mfu']:.1f}%", f"{r['flaxbert_compile_s']:.1f}",
+           f"{r['flaxbert_time_to_first_step_s']:.1f}") for r in results]
+  lines = ["| " + " | ".join(map(str, row)) + " |" for row in [head, ("---",) * len(head)] + rows]
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--configs", default="tiny:32,mini:32,small:32,base:8", help="SIZE:BATCH,…")
+  parser.add_argument("--seq", type=int, default=128)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--device", default="cpu", help="torch's device: cpu | cuda (jax: its default device)")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=10, help="timed steps per side per round")
+  parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side after the first")
+  parser.add_argument("--predictions", type=int, default=0,
+                      help="masked positions per sequence; 0: 20 up to seq 128 (the original's), else ceil(0.15·seq)")
+  parser.add_argument("--remat_policy", default="none", help="flaxbert side: none | full | dots")
+  parser.add_argument("--peak_size", type=int, default=0, help="matmul size for the peak; 0: 2048 CPU, 8192 GPU")
+  parser.add_argument("--peak_seconds", type=float, default=3.0)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", type=Path, default=Path("bench/out/compare_train_step.json"))
+  args = parser.parse_args()
+  configs = parse_configs(args.configs)
+  check_devices(args.device)
+  check_remat_policy(args.remat_policy, "--remat_policy")
+  if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
+    raise InputError(f"--rounds, --steps, --warmup: expected >= 1, >= 1, >= 0; got {args.rounds}, "
+                     f"{args.steps}, {args.warmup}")
+  args.predictions = args.predictions or (20 if args.seq <= 128 else math.ceil(0.15 * args.seq))
+  if not 1 <= args.predictions <= args.seq - 2:
+    raise InputError(f"--predictions: expected 1 … seq - 2 = {args.seq - 2}, got {args.predictions}")
+  torch.set_num_threads(os.cpu_count())
+  if args.device == "cuda":
+    torch.set_float32_matmul_precision("high")  # TF32, as jax's default precision on GPUs
+  device = jax.devices()[0]
+  gpu = device.platform == "gpu"
+  measured = metrics.measure_matmul_peak(args.dtype, size=args.peak_size or (8192 if gpu else 2048),
+                                         seconds=args.peak_seconds)
+  vendor = metrics.peak_flops(device.device_kind, "tensorfloat32" if gpu and args.dtype == "float32" else args.dtype)
+  peak = vendor or measured
+  results = []
+  for size, batch in configs:
+    results.append(compare_one(size, batch, args, peak, measured))
+    print(json.dumps(results[-1]), flush=True)
+  report = {
+      "device_kind": device.device_kind, "platform": device.platform, "torch_device": args.device,
+      "torch_device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+      "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+      "torch_interop_threads": torch.get_num_interop_threads(),
+      "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
+      "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+                   "torch": torch.__version__, "transformers": transformers.__version__},
+      "peak_flops": peak, "peak_source": "vendor" if vendor else "measured", "measured_peak_flops": measured,
+      "vendor_peak_flops": vendor, "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "results": results}
+  args.out.parent.mkdir(parents=True, exist_ok=True)
+  args.out.write_text(json.dumps(report, indent=2) + "\n")
+  print(f"\n{device.device_kind} ({device.platform}); torch on {report['torch_device_name']}, "
+        f"{report['torch_threads']} threads; peak {peak / 1e12:.3f} TFLOP/s ({report['peak_source']}; "
+        f"measured {measured / 1e12:.3f})")
+  print(table(results))
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  jnp.zeros(())  # initialise the backend before timing anything
+  try:
+    main()
+  except InputError as e:
+    raise SystemExit(f"compare_train_step.py: {e}") from None
