@@ -198,6 +198,7 @@ def main() -> None:
       result = (run_flaxbert if framework == "flaxbert" else run_torch)(config, work)
       result["recipe"] = {k: config[k] for k in ("learning_rate", "batch_size", "num_epochs", "max_seq_length",
                                                  "warmup_proportion", "weight_decay", "adam_eps", "dropout", "seed")}
+      result["command_args"] = {k: v for k, v in vars(args).items() if k not in ("out", "work")}
       report["runs"].setdefault(name, {})[framework] = result
       print(name, framework, json.dumps(result["scores"]), f"{result['seconds']:.0f}s", flush=True)
       out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,8 @@ def main() -> None:
   parser.add_argument("--learning_rate", type=float, default=1e-4)
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--oracle_sentences", type=int, default=3,
+                      help="greedy ROUGE oracle size for the labels (BBC references hold ~43%% of the sentences)")
   parser.add_argument("--skip", default="", help="comma-separated: unsupervised,trained")
   args = parser.parse_args()
   if args.model is None:
@@ -51,7 +53,7 @@ def main() -> None:
   def config():
     c = finetune_config.get_config("summarization")
     c.init, c.eval_path, c.eval_split, c.seed = args.model, path, "test", args.seed
-    c.max_seq_length, c.num_epochs = args.max_seq_length, args.num_epochs
+    c.max_seq_length, c.num_epochs, c.oracle_sentences = args.max_seq_length, args.num_epochs, args.oracle_sentences
     c.learning_rate, c.batch_size, c.eval_batch_size = args.learning_rate, args.batch_size, 16
     c.eval_every_epoch, c.log_every_steps, c.checkpoint_every_steps = False, 10, 100_000
     return c
