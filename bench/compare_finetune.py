@@ -103,7 +103,7 @@ def run_torch(config, work: Path) -> dict:
   eval_features = task.featurize(eval_examples, tokenizer, training=False)
   kind = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification",
           "span": "BertForQuestionAnswering"}[task.head]
-  model = getattr(transformers, kind).from_pretrained(config.init, num_labels=task.num_outputs,
+  model = getattr(transformers, kind).from_pretrained(config.init, num_labels=2 if task.head == "span" else task.num_outputs,
                                                       hidden_dropout_prob=config.dropout,
                                                       attention_probs_dropout_prob=config.dropout)
   # the head starts from flaxbert's initial values (same seed), so only training differs
