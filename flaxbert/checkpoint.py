@@ -48,11 +48,13 @@ def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
   """(step, params, train, meta) of the newest checkpoint that restores; None when there is none.
 
   Targets are trees of arrays or jax.ShapeDtypeStruct (with shardings) giving the layout wanted;
-  train_target None restores params (and meta) only. Unreadable steps are logged and skipped.
+  train_target None restores params (and meta) only; params_target None restores the params as
+  saved (numpy, no sharding). Unreadable steps are logged and skipped.
   """
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      items = dict(params=ocp.args.StandardRestore(_abstract(params_target)), meta=ocp.args.JsonRestore())
+      target = None if params_target is None else _abstract(params_target)
+      items = dict(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
       if train_target is not None:
         items["train"] = ocp.args.StandardRestore(_abstract(train_target))
       restored = mngr.restore(step, args=ocp.args.Composite(**items))

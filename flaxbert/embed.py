@@ -8,13 +8,11 @@ compiles at most a handful of shapes and wastes little on padding; the result is
 `flaxbert embed --model PATH --input sentences.txt --output vectors.npy [--pooling mean|cls]`.
 """
 import json
-import logging
 from pathlib import Path
 from typing import Sequence
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from flaxbert import checkpoint
 from flaxbert.atomic import atomic_file
@@ -25,7 +23,6 @@ from flaxbert.tasks.model import BertForTask
 from flaxbert.tasks.similarity import encode_sentences
 from flaxbert.tokenization import load_tokenizer
 
-log = logging.getLogger("flaxbert")
 BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
@@ -33,16 +30,12 @@ def _finetuned_encoder(workdir: Path) -> tuple[BertConfig, dict]:
   record = json.loads((workdir / "task.json").read_text())
   mngr = checkpoint.manager(workdir, asynchronous=False)
   try:
-    for step in sorted(mngr.all_steps(), reverse=True):
-      try:
-        params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
-      except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types
-        log.warning("checkpoint step %d of %s cannot be restored (%s); trying the previous one", step, workdir, e)
-        continue
-      return BertConfig.from_dict(record["model"]), jax.tree_util.tree_map(np.asarray, params)["bert"]
+    found = checkpoint.restore_latest(mngr, None)
   finally:
     mngr.close()
-  raise InputError(f"{workdir / checkpoint.CHECKPOINTS}: no restorable checkpoint")
+  if found is None:
+    raise InputError(f"{workdir / checkpoint.CHECKPOINTS}: no restorable checkpoint")
+  return BertConfig.from_dict(record["model"]), jax.tree_util.tree_map(np.asarray, found[1])["bert"]
 
 
 class Embedder:
