@@ -157,7 +157,7 @@ def run_torch(config, work: Path) -> dict:
       else:
         parts.append({"logits": out.logits.numpy()})
   outputs = {k: np.concatenate([p[k] for p in parts])[:len(eval_features)] for k in parts[0]}
-  scores = task.score(eval_examples, eval_features, outputs)
+  scores = task.score(eval_examples, eval_features, outputs, task.predict(eval_examples, eval_features, outputs))
   return {"scores": {k: float(v) for k, v in scores.items()}, "seconds": time.perf_counter() - t0}
 
 

@@ -34,6 +34,10 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--oracle_sentences", type=int, default=3,
                       help="greedy ROUGE oracle size for the labels (BBC references hold ~43%% of the sentences)")
+  parser.add_argument("--pooling", default="mean",
+                      help="sentence vectors (and the unsupervised embeddings): mean (MiniLM is a mean-pooling "
+                           "encoder) | cls (BertSum's)")
+  parser.add_argument("--inter_sentence_layers", type=int, default=2, help="BertSumExt: 2; 0: a linear scorer")
   parser.add_argument("--skip", default="", help="comma-separated: unsupervised,trained")
   args = parser.parse_args()
   if args.model is None:
@@ -55,6 +59,7 @@ def main() -> None:
     c.init, c.eval_path, c.eval_split, c.seed = args.model, path, "test", args.seed
     c.max_seq_length, c.num_epochs, c.oracle_sentences = args.max_seq_length, args.num_epochs, args.oracle_sentences
     c.learning_rate, c.batch_size, c.eval_batch_size = args.learning_rate, args.batch_size, 16
+    c.pooling, c.inter_sentence_layers = args.pooling, args.inter_sentence_layers
     c.eval_every_epoch, c.log_every_steps, c.checkpoint_every_steps = False, 10, 100_000
     return c
 

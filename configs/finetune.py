@@ -9,7 +9,8 @@ Defaults are the BERT paper's fine-tuning recipe (Devlin et al. 2018, section 4 
 Adam with lr in {5e-5, 3e-5, 2e-5} (`sweep`), batch 16 or 32, 2–4 epochs, 10% linear warmup then
 linear decay, weight decay 0.01, dropout 0.1; SQuAD v1.1: lr 5e-5, batch 32, 2 epochs (3 in the
 paper's v1.1 run), max_seq_length 384, doc_stride 128, max_query_length 64; SQuAD v2.0: batch 48,
-2 epochs. Summarization follows BertSumExt (max_seq_length 512, 3 sentences, trigram blocking).
+2 epochs. Summarization follows BertSumExt (max_seq_length 512, [CLS] sentence vectors,
+2 inter-sentence Transformer layers, 3 sentences, trigram blocking).
 """
 import ml_collections
 from ml_collections import config_dict
@@ -58,10 +59,11 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   c.n_best_size = 20  # squad: start/end candidates per window
   c.max_answer_length = 30  # squad: longest answer span in wordpieces
   c.null_score_diff_threshold = 0.0  # squad_v2: predict no answer when null − best span score exceeds it
-  c.pooling = "mean"  # similarity / embed: mean over the mask | cls
+  c.pooling = "mean"  # similarity/embed: mean over the mask | cls; summarization: sentence vectors likewise
   c.score_scale = 5.0  # similarity: gold scores are divided by this to compare with cosine (STS: 0–5)
   c.summary_sentences = 3  # summarization: sentences selected per document (Lead-3's budget)
   c.oracle_sentences = 3  # summarization: greedy ROUGE oracle size for the training labels
+  c.inter_sentence_layers = 2  # summarization: Transformer layers over the sentence vectors (BertSumExt: 2; 0: linear)
   c.max_sentences = 64  # summarization: sentence slots per document (ones that fit in max_seq_length)
   c.block_trigrams = True  # summarization: skip a sentence sharing a trigram with one already chosen
   c.drop_headline = True  # summarization: BBC-style articles open with a headline paragraph; skip it
@@ -95,6 +97,7 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
     c.label_column = "score"  # STS-B's header names the score column so
   if task == "summarization":
     c.learning_rate, c.batch_size, c.num_epochs, c.max_seq_length = 5e-5, 16, 2.0, 512
+    c.pooling = "cls"  # BertSum reads each sentence at its [CLS]; "mean" suits mean-pooling encoders (MiniLM)
     c.eval_batch_size = 16
     c.train_split, c.eval_split = "train", "dev"
   if variant == "tiny":

@@ -6,7 +6,8 @@ the end, and writes WORKDIR/eval_results.json (one flat JSON object of the final
 second, third… eval file's scores are prefixed with its file stem) plus the task's predictions for
 the first eval file. `evaluate(config, workdir)` and `predict(config, workdir, input, output)` reuse
 a finished (or interrupted) workdir. The workdir holds:
-  task.json     the task, its learnt state (labels), the model config, max_seq_length, pooling
+  task.json     the task, its learnt state (labels), the model config, max_seq_length, pooling,
+                inter_sentence_layers (what evaluate/predict need to rebuild the model)
   vocab.txt / spm.model  the tokenizer the features were made with
   checkpoints/  Orbax steps (params, optimizer state, step, RNG); rerunning resumes exactly
   metrics.jsonl, events.*  training and evaluation curves
@@ -69,7 +70,8 @@ class Job:
 
   @property
   def model(self) -> BertForTask:
-    return BertForTask(self.cfg, self.task.head, self.task.num_outputs, self.config.pooling)
+    c = self.config
+    return BertForTask(self.cfg, self.task.head, self.task.num_outputs, c.pooling, c.inter_sentence_layers)
 
   def read(self, path: str, split: str | None, training: bool, field: str):
     return self.task.read(existing(path, field), split, training)
@@ -99,11 +101,11 @@ class Job:
     results = {}
     for n, (name, examples, features) in enumerate(evals):
       outputs = self.outputs(params, features, predict_step)
-      scores = self.task.score(examples, features, outputs)
+      predictions = self.task.predict(examples, features, outputs)
+      scores = self.task.score(examples, features, outputs, predictions)
       results.update({(k if n == 0 else f"{name}_{k}"): float(v) for k, v in scores.items()})
       if write_predictions and n == 0 and jax.process_index() == 0:
-        self.task.write_predictions(self.workdir / self.task.prediction_file, examples,
-                                    self.task.predict(examples, features, outputs))
+        self.task.write_predictions(self.workdir / self.task.prediction_file, examples, predictions)
     return results
 
   def eval_sets(self) -> list:
@@ -126,7 +128,7 @@ def _task_record(job: Job, arrays: dict) -> dict:
   c = job.config
   inputs = {k: [list(v.shape[1:]), v.dtype.name] for k, v in sorted(arrays.items())}
   return {"task": c.task, "state": job.task.state(), "model": job.cfg.to_dict(), "inputs": inputs,
-          "max_seq_length": c.max_seq_length, "pooling": c.pooling}
+          "max_seq_length": c.max_seq_length, "pooling": c.pooling, "inter_sentence_layers": c.inter_sentence_layers}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
@@ -262,7 +264,8 @@ def _restore(config: ml_collections.ConfigDict, workdir: Path, devices=None):
   if record["task"] != config.task:
     raise InputError(f"{path}: fine-tuned for {record['task']}, but the config is for {config.task}")
   config = config.copy_and_resolve_references()
-  config.max_seq_length, config.pooling = record["max_seq_length"], record["pooling"]
+  for key in ("max_seq_length", "pooling", "inter_sentence_layers"):
+    config[key] = record[key]
   cfg = BertConfig.from_dict(record["model"])
   job = Job(config, workdir, cfg, load_tokenizer(workdir, lower_case=config.lower_case), devices)
   job.task.load_state(record["state"])

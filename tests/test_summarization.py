@@ -162,6 +162,8 @@ def test_featurize_layout_and_labels():
   assert f.segment_ids[0].tolist() == [0] * 5 + [1] * 6 + [0] * 4 + [0]
   assert f.input_mask[0].tolist() == [1] * 15 + [0]
   assert f.cls_positions.tolist() == [[0, 5, 11, 0], [0, 0, 0, 0]]
+  assert f.sentence_ids[0].tolist() == [-1, 0, 0, 0, -1, -1, 1, 1, 1, 1, -1, -1, 2, 2, -1, -1]
+  assert f.sentence_ids[1].tolist() == [-1, 0, 0, -1] + [-1] * 12
   assert f.sentence_mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
   assert f.sentence_labels.tolist() == [[0, 1, 0, 0], [0, 0, 0, 0]]  # no reference: no labels
   assert f.num_sentences.tolist() == [3, 1] and len(f) == 2

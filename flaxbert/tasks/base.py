@@ -83,7 +83,9 @@ class Task:
   def predict(self, examples: Sequence, features: Features, outputs: dict[str, np.ndarray]) -> list:
     raise NotImplementedError
 
-  def score(self, examples: Sequence, features: Features, outputs: dict[str, np.ndarray]) -> dict:
+  def score(self, examples: Sequence, features: Features, outputs: dict[str, np.ndarray], predictions) -> dict:
+    """Metrics of one labelled file; `predictions` is `predict`'s result for the same outputs
+    (computed once by the caller, which also writes it)."""
     raise NotImplementedError
 
   def write_predictions(self, path: Path, examples: Sequence, predictions: list) -> None:

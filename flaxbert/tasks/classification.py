@@ -105,7 +105,7 @@ class Classification(Task):
       return [float(x) for x in logits[:, 0]]
     return [self.labels[i] for i in np.argmax(logits, -1)]
 
-  def score(self, examples, features, outputs) -> dict:
+  def score(self, examples, features, outputs, predictions) -> dict:
     missing = sum(e.label is None for e in examples)
     if missing:
       raise InputError(f"{examples[0].source.rsplit(':', 1)[0]}: {missing} examples have no label; "

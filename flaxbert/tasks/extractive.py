@@ -1,7 +1,9 @@
 """Extractive summarization, BertSumExt style, as a fine-tuning task; and its unsupervised form.
 
 Documents become `[CLS] s1 [SEP] [CLS] s2 [SEP] …` with alternating segment ids
-(flaxbert.tasks.summarization); a dense layer scores each sentence's [CLS] state; the loss is
+(flaxbert.tasks.summarization); each sentence's vector (its [CLS] state, or the mean of its
+wordpieces' with pooling="mean") goes through `inter_sentence_layers` Transformer layers over the
+document's sentences (BertSumExt's, 2 by default) and a dense layer scores it; the loss is
 binary cross-entropy against greedy-ROUGE oracle labels, averaged over real sentences. A summary
 is the top `summary_sentences` sentences with trigram blocking, in document order; scores are
 ROUGE-1/2/L F1 × 100 (Google's rouge-score, stemmer on). Without training data
@@ -32,8 +34,8 @@ class ExtractiveSummarization(Task):
     f = summarization.featurize(examples, tokenizer, max_seq_length=c.max_seq_length,
                                 max_sentences=c.max_sentences, oracle_sentences=c.oracle_sentences)
     return Features({"input_ids": f.input_ids, "segment_ids": f.segment_ids, "input_mask": f.input_mask,
-                     "cls_positions": f.cls_positions, "sentence_mask": f.sentence_mask,
-                     "sentence_labels": f.sentence_labels}, meta=f)
+                     "cls_positions": f.cls_positions, "sentence_ids": f.sentence_ids,
+                     "sentence_mask": f.sentence_mask, "sentence_labels": f.sentence_labels}, meta=f)
 
   def _weights(self, batch: dict):
     return batch["sentence_mask"].astype(jnp.float32) * rows(batch)[:, None]
@@ -52,8 +54,8 @@ class ExtractiveSummarization(Task):
     return summarization.summaries_from_scores(examples, features.meta, scores, self.config.summary_sentences,
                                                self.config.block_trigrams)
 
-  def score(self, examples, features, outputs) -> dict:
-    return summarization.rouge_scores(self.predict(examples, features, outputs), [e.summary for e in examples])
+  def score(self, examples, features, outputs, predictions) -> dict:
+    return summarization.rouge_scores(predictions, [e.summary for e in examples])
 
   def score_unsupervised(self, examples: Sequence, embedder) -> tuple[dict, list[str]]:
     """ROUGE of centroid-ranked summaries (no training): (scores, summaries)."""

@@ -5,7 +5,10 @@
   sequence   dropout + dense on the pooled [CLS]         → logits [B, C]  (HF BertForSequenceClassification)
   token      dropout + dense on every position           → logits [B, T, C] (BertForTokenClassification)
   span       dense to 2 on every position (no dropout)   → start_logits, end_logits [B, T] (BertForQuestionAnswering)
-  sentences  dense to 1 on each sentence's [CLS]         → scores [B, S] (BertSumExt's classifier)
+  sentences  each sentence's vector (its [CLS] state, or with pooling="mean" the mean of its
+             wordpieces' states), `inter_sentence_layers` Transformer layers over the sentence
+             vectors plus sinusoidal sentence positions (BertSumExt; 0 layers: BertSum's linear
+             "classifier"), dense to 1                   → scores [B, S]
   embedding  mean (over the mask) or [CLS] pooling       → embedding [B, H]; with `input_ids_b` in
              the batch also embedding_b (a bi-encoder reads both sides with one encoder)
 Parameters are laid out as HF's: bert/… for the encoder, classifier/… or qa_outputs/… for the head.
@@ -19,7 +22,7 @@ import numpy as np
 
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.model import BertModel, dense, gather_positions
+from flaxbert.model import BertModel, EncoderLayer, dense, gather_positions
 
 log = logging.getLogger("flaxbert")
 
@@ -39,7 +42,8 @@ class BertForTask(nn.Module):
   config: BertConfig
   head: str
   num_outputs: int = 1
-  pooling: str = "mean"  # embedding head only
+  pooling: str = "mean"  # embedding and sentences heads: mean | cls
+  inter_sentence_layers: int = 0  # sentences head: Transformer layers over the sentence vectors
 
   @nn.compact
   def __call__(self, batch: dict, deterministic: bool = True) -> dict:
@@ -56,12 +60,37 @@ class BertForTask(nn.Module):
       return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
     x = {"sequence": pooled, "token": hidden}.get(self.head)
     if self.head == "sentences":
-      x = gather_positions(hidden, batch["cls_positions"])
+      x = self._sentences(hidden, batch, deterministic)
     x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
     logits = dense(cfg, self.num_outputs, ("embed", "classes"), "classifier")(x).astype(jnp.float32)
     if self.head == "sentences":
       return {"scores": logits[..., 0]}
     return {"logits": logits}
+
+  def _sentences(self, hidden: jax.Array, batch: dict, deterministic: bool) -> jax.Array:
+    """[B, T, H] → [B, S, H]: sentence vectors, in document context when inter-sentence layers exist.
+
+    The layers are the encoder's own kind (its config: heads, feed-forward size, activation,
+    dropout, post-LN), as many as `inter_sentence_layers`; BertSumExt uses 2 (with 8 heads and a
+    2048-wide feed-forward for BERT-base), masks empty slots and adds sinusoidal positions.
+    """
+    if self.pooling not in POOLINGS:
+      raise InputError(f"pooling: expected one of {POOLINGS}, got {self.pooling!r}")
+    slots = batch["cls_positions"].shape[1]
+    if self.pooling == "cls":
+      x = gather_positions(hidden, batch["cls_positions"])
+    else:
+      member = jax.nn.one_hot(batch["sentence_ids"], slots, dtype=hidden.dtype)  # [B, T, S]; -1 → zeros
+      x = jnp.einsum("bts,bth->bsh", member, hidden) / jnp.maximum(jnp.sum(member, axis=1), 1.0)[..., None]
+    if self.inter_sentence_layers < 0:
+      raise InputError(f"inter_sentence_layers: expected >= 0, got {self.inter_sentence_layers}")
+    if self.inter_sentence_layers:
+      mask = batch["sentence_mask"]
+      x = x * mask[..., None].astype(x.dtype) + sinusoidal_positions(slots, x.shape[-1]).astype(x.dtype)
+      attend = jnp.asarray(mask, bool)[:, None, None, :]
+      for i in range(self.inter_sentence_layers):
+        x = EncoderLayer(self.config, name=f"inter_sentence_{i}")(x, attend, deterministic)
+    return x
 
   def _embed(self, bert: nn.Module, batch: dict, deterministic: bool) -> dict:
     if self.pooling not in POOLINGS:
@@ -73,6 +102,16 @@ class BertForTask(nn.Module):
     vectors = pool(hidden, mask, self.pooling).astype(jnp.float32)
     parts = jnp.split(vectors, len(sides))
     return {f"embedding{s}": v for s, v in zip(sides, parts)}
+
+
+def sinusoidal_positions(length: int, width: int) -> np.ndarray:
+  """[length, width] Transformer positions: sin on even features, cos on odd (Vaswani et al.)."""
+  position = np.arange(length, dtype=np.float64)[:, None]
+  rate = np.exp(np.arange(0, width, 2) * -(np.log(10000.0) / width))
+  table = np.zeros((length, width), np.float32)
+  table[:, 0::2] = np.sin(position * rate)
+  table[:, 1::2] = np.cos(position * rate)[:, :width // 2]
+  return table
 
 
 def merge_encoder(fresh: dict, pretrained: dict) -> dict:

@@ -57,19 +57,16 @@ class QuestionAnswering(Task):
     w = rows(batch)
     return {"task_loss_sum": jnp.sum(nll * w), "task_count": jnp.sum(w)}
 
-  def _answers(self, examples, features, outputs):
-    c = self.config
-    return squad_post.predict_answers(examples, features.meta, outputs["start_logits"], outputs["end_logits"],
-                                      c.n_best_size, c.max_answer_length, self.version,
-                                      c.null_score_diff_threshold, self.lower_case)
-
   def predict(self, examples, features, outputs) -> dict:
-    predictions, _, null_odds = self._answers(examples, features, outputs)
+    c = self.config
+    predictions, _, null_odds = squad_post.predict_answers(
+        examples, features.meta, outputs["start_logits"], outputs["end_logits"], c.n_best_size,
+        c.max_answer_length, self.version, c.null_score_diff_threshold, self.lower_case)
     return {"predictions": predictions, "null_odds": null_odds}
 
-  def score(self, examples, features, outputs) -> dict:
-    predictions, _, null_odds = self._answers(examples, features, outputs)
-    return squad_post.squad_scores(predictions, examples, self.version, null_odds or None)
+  def score(self, examples, features, outputs, predictions) -> dict:
+    return squad_post.squad_scores(predictions["predictions"], examples, self.version,
+                                   predictions["null_odds"] or None)
 
   def write_predictions(self, path: Path, examples, predictions: dict) -> None:
     squad_post.write_predictions_json(path, predictions["predictions"])

@@ -66,7 +66,7 @@ class Similarity(Task):
   def predict(self, examples, features, outputs) -> list:
     return [float(x) for x in cosine(outputs["embedding"], outputs["embedding_b"])]
 
-  def score(self, examples, features, outputs) -> dict:
+  def score(self, examples, features, outputs, predictions) -> dict:
     gold = features.arrays["label"]
     if np.isnan(gold).any():
       raise InputError(f"{examples[0].source.rsplit(':', 1)[0]}: evaluation needs a score for every pair")

@@ -248,6 +248,7 @@ class SummaryFeatures:
   segment_ids: np.ndarray  # int32 [N, L]: 0/1 alternating per sentence
   input_mask: np.ndarray  # int32 [N, L]
   cls_positions: np.ndarray  # int32 [N, S]: each encoded sentence's [CLS] position, 0 in empty slots
+  sentence_ids: np.ndarray  # int32 [N, L]: the sentence slot of each wordpiece, -1 at [CLS]/[SEP]/padding
   sentence_mask: np.ndarray  # int32 [N, S]: 1 for the encoded sentences
   sentence_labels: np.ndarray  # float32 [N, S]: 1 for the oracle's sentences
   num_sentences: np.ndarray  # int32 [N]: sentences encoded (the first ones of the document)
@@ -261,8 +262,10 @@ def featurize(examples: Sequence[SummaryExample], tokenizer, *, max_seq_length: 
   """Each document as `[CLS] s1 [SEP] [CLS] s2 [SEP] …`, sentence i with segment id i % 2, each
   sentence cut to `max_sentence_tokens` wordpieces. Sentences are taken from the start while the
   whole `[CLS] … [SEP]` fits in `max_seq_length` and there is a slot left (`max_sentences`); the
-  first that does not fit ends the document. Labels: `greedy_oracle` of the encoded sentences
-  (at most `oracle_sentences`) against the reference (all 0 without one)."""
+  first that does not fit ends the document. `sentence_ids` maps each wordpiece to its sentence
+  (for sentence vectors pooled over the wordpieces instead of read at [CLS]). Labels:
+  `greedy_oracle` of the encoded sentences (at most `oracle_sentences`) against the reference
+  (all 0 without one)."""
   if max_sentences < 1 or max_seq_length < 3 or max_sentence_tokens < 1:
     raise InputError(f"summarization: expected max_sentences >= 1, max_seq_length >= 3 and "
                      f"max_sentence_tokens >= 1, got {max_sentences}, {max_seq_length}, {max_sentence_tokens}")
@@ -270,7 +273,8 @@ def featurize(examples: Sequence[SummaryExample], tokenizer, *, max_seq_length: 
   n, length, slots = len(examples), max_seq_length, max_sentences
   out = SummaryFeatures(np.full((n, length), specials.pad, np.int32), np.zeros((n, length), np.int32),
                         np.zeros((n, length), np.int32), np.zeros((n, slots), np.int32),
-                        np.zeros((n, slots), np.int32), np.zeros((n, slots), np.float32), np.zeros(n, np.int32))
+                        np.full((n, length), -1, np.int32), np.zeros((n, slots), np.int32),
+                        np.zeros((n, slots), np.float32), np.zeros(n, np.int32))
   limit = min(max_sentence_tokens, length - 2)  # a sentence longer than the sequence is cut to fit it
   cut_documents = 0
   for row, example in enumerate(examples):
@@ -283,6 +287,7 @@ def featurize(examples: Sequence[SummaryExample], tokenizer, *, max_seq_length: 
       out.input_ids[row, position:position + size] = [specials.cls, *pieces, specials.sep]
       out.segment_ids[row, position:position + size] = count % 2
       out.input_mask[row, position:position + size] = 1
+      out.sentence_ids[row, position + 1:position + size - 1] = count
       out.cls_positions[row, count] = position
       position, count = position + size, count + 1
     cut_documents += count < len(example.sentences)
