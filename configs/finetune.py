@@ -9,8 +9,9 @@ Defaults are the BERT paper's fine-tuning recipe (Devlin et al. 2018, section 4 
 Adam with lr in {5e-5, 3e-5, 2e-5} (`sweep`), batch 16 or 32, 2–4 epochs, 10% linear warmup then
 linear decay, weight decay 0.01, dropout 0.1; SQuAD v1.1: lr 5e-5, batch 32, 2 epochs (3 in the
 paper's v1.1 run), max_seq_length 384, doc_stride 128, max_query_length 64; SQuAD v2.0: batch 48,
-2 epochs. Summarization follows BertSumExt (max_seq_length 512, [CLS] sentence vectors,
-2 inter-sentence Transformer layers, 3 sentences, trigram blocking).
+2 epochs. Summarization follows BertSumExt (max_seq_length 512, a [CLS] per sentence, 2 inter-sentence
+Transformer layers, 3 sentences, trigram blocking) with mean-pooled sentence vectors (pooling=cls:
+BertSum's [CLS] states).
 """
 import ml_collections
 from ml_collections import config_dict
@@ -97,7 +98,8 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
     c.label_column = "score"  # STS-B's header names the score column so
   if task == "summarization":
     c.learning_rate, c.batch_size, c.num_epochs, c.max_seq_length = 5e-5, 16, 2.0, 512
-    c.pooling = "cls"  # BertSum reads each sentence at its [CLS]; "mean" suits mean-pooling encoders (MiniLM)
+    # pooling stays "mean" (each sentence's wordpieces): on BBC with all-MiniLM-L6-v2 and 424 steps it beat
+    # Lead-3 by 6.6 ROUGE-1 where BertSum's "cls" (the sentence's [CLS] state) fell 0.8 short (README)
     c.eval_batch_size = 16
     c.train_split, c.eval_split = "train", "dev"
   if variant == "tiny":

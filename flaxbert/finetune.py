@@ -34,7 +34,7 @@ from flaxbert.tasks.base import existing
 from flaxbert.tasks.model import BertForTask, encoder_weights, merge_encoder
 from flaxbert.tasks.registry import get_task
 from flaxbert.tokenization import load_tokenizer
-from flaxbert.train import StopRequest, TrainState, create_train_state, make_train_step
+from flaxbert.train import StopRequest, TrainState, boxed_param_shapes, create_train_state, make_train_step
 
 log = logging.getLogger("flaxbert")
 TASK_FILE = "task.json"
@@ -163,9 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
 
   model = job.model
   shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), train.arrays)
-  fresh = jax.eval_shape(lambda k: model.init(k, jax.tree_util.tree_map(
-      lambda s: jnp.zeros(s.shape, s.dtype), shapes)), jax.random.key(0))["params"]
-  pretrained = encoder_weights(nn.unbox(fresh), loaded.params, str(c.init))
+  pretrained = encoder_weights(nn.unbox(boxed_param_shapes(model, (shapes,))), loaded.params, str(c.init))
   state, shardings = create_train_state(model, tx, job.mesh, job.rules, c.seed, (shapes,), pretrained, merge_encoder)
   del pretrained, loaded
   mngr = checkpoint.manager(workdir, every_steps=c.checkpoint_every_steps, keep=c.keep_checkpoints)
@@ -271,8 +269,7 @@ def _restore(config: ml_collections.ConfigDict, workdir: Path, devices=None):
   job.task.load_state(record["state"])
   mesh, model = job.mesh, job.model
   dummy = {k: jax.ShapeDtypeStruct((1, *shape), dtype) for k, (shape, dtype) in record["inputs"].items()}
-  boxed = jax.eval_shape(lambda k: model.init(k, jax.tree_util.tree_map(
-      lambda s: jnp.zeros(s.shape, s.dtype), dummy)), jax.random.key(0))["params"]
+  boxed = boxed_param_shapes(model, (dummy,))
   params_sh = sharding.param_shardings(boxed, mesh, job.rules)
   target = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                   nn.unbox(boxed), params_sh)

@@ -146,6 +146,13 @@ def pretraining_step(model: nn.Module, tx: optax.GradientTransformation, schedul
 # --- state -------------------------------------------------------------------------------------
 
 
+def boxed_param_shapes(model: nn.Module, inputs: tuple):
+  """model.init's params as shapes (jax.ShapeDtypeStruct leaves, still boxed with their logical
+  axis names) for `inputs`, model.init's positional arguments as jax.ShapeDtypeStruct trees."""
+  zeros = lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), inputs)  # noqa: E731
+  return jax.eval_shape(lambda key: model.init(key, *zeros()), jax.random.key(0))["params"]
+
+
 def create_train_state(model: nn.Module, tx, mesh, rules, seed: int, inputs: tuple, pretrained=None, merge=None):
   """(state, shardings): initialised by one jitted call straight into the sharded layout.
 
@@ -154,7 +161,7 @@ def create_train_state(model: nn.Module, tx, mesh, rules, seed: int, inputs: tup
   loaded weights go straight to their shards (fine-tuning's encoder from a checkpoint).
   """
   zeros = lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), inputs)  # noqa: E731
-  boxed = jax.eval_shape(lambda key: model.init(key, *zeros()), jax.random.key(0))["params"]
+  boxed = boxed_param_shapes(model, inputs)
   params_sh = sharding.param_shardings(boxed, mesh, rules)
   abstract_params = nn.unbox(boxed)
   opt_sh = sharding.opt_state_shardings(tx, jax.eval_shape(tx.init, abstract_params), params_sh, mesh)
