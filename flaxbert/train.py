@@ -149,8 +149,12 @@ def pretraining_step(model: nn.Module, tx: optax.GradientTransformation, schedul
 def boxed_param_shapes(model: nn.Module, inputs: tuple):
   """model.init's params as shapes (jax.ShapeDtypeStruct leaves, still boxed with their logical
   axis names) for `inputs`, model.init's positional arguments as jax.ShapeDtypeStruct trees."""
-  zeros = lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), inputs)  # noqa: E731
-  return jax.eval_shape(lambda key: model.init(key, *zeros()), jax.random.key(0))["params"]
+  return jax.eval_shape(lambda key: model.init(key, *_zeros(inputs)), jax.random.key(0))["params"]
+
+
+def _zeros(inputs: tuple) -> tuple:
+  """Zero arrays shaped as the jax.ShapeDtypeStruct leaves of `inputs`."""
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), inputs)
 
 
 def create_train_state(model: nn.Module, tx, mesh, rules, seed: int, inputs: tuple, pretrained=None, merge=None):
@@ -160,7 +164,6 @@ def create_train_state(model: nn.Module, tx, mesh, rules, seed: int, inputs: tup
   pretrained, merge: `merge(fresh_params, pretrained) -> params` runs inside the jitted init, so
   loaded weights go straight to their shards (fine-tuning's encoder from a checkpoint).
   """
-  zeros = lambda: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), inputs)  # noqa: E731
   boxed = boxed_param_shapes(model, inputs)
   params_sh = sharding.param_shardings(boxed, mesh, rules)
   abstract_params = nn.unbox(boxed)
@@ -169,7 +172,7 @@ def create_train_state(model: nn.Module, tx, mesh, rules, seed: int, inputs: tup
   shardings = TrainState(step=replicated, params=params_sh, opt_state=opt_sh, rng=replicated)
 
   def init(key, pretrained):
-    params = nn.unbox(model.init(key, *zeros())["params"])
+    params = nn.unbox(model.init(key, *_zeros(inputs))["params"])
     if merge is not None:
       params = merge(params, pretrained)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),

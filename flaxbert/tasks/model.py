@@ -50,6 +50,10 @@ class BertForTask(nn.Module):
     cfg = self.config
     if self.head not in HEADS:
       raise InputError(f"head: expected one of {HEADS}, got {self.head!r}")
+    if self.pooling not in POOLINGS:
+      raise InputError(f"pooling: expected one of {POOLINGS}, got {self.pooling!r}")
+    if self.inter_sentence_layers < 0:
+      raise InputError(f"inter_sentence_layers: expected >= 0, got {self.inter_sentence_layers}")
     bert = BertModel(cfg, add_pooling_layer=self.head == "sequence", name="bert")
     if self.head == "embedding":
       return self._embed(bert, batch, deterministic)
@@ -74,16 +78,12 @@ class BertForTask(nn.Module):
     dropout, post-LN), as many as `inter_sentence_layers`; BertSumExt uses 2 (with 8 heads and a
     2048-wide feed-forward for BERT-base), masks empty slots and adds sinusoidal positions.
     """
-    if self.pooling not in POOLINGS:
-      raise InputError(f"pooling: expected one of {POOLINGS}, got {self.pooling!r}")
     slots = batch["cls_positions"].shape[1]
     if self.pooling == "cls":
       x = gather_positions(hidden, batch["cls_positions"])
     else:
       member = jax.nn.one_hot(batch["sentence_ids"], slots, dtype=hidden.dtype)  # [B, T, S]; -1 → zeros
       x = jnp.einsum("bts,bth->bsh", member, hidden) / jnp.maximum(jnp.sum(member, axis=1), 1.0)[..., None]
-    if self.inter_sentence_layers < 0:
-      raise InputError(f"inter_sentence_layers: expected >= 0, got {self.inter_sentence_layers}")
     if self.inter_sentence_layers:
       mask = batch["sentence_mask"]
       x = x * mask[..., None].astype(x.dtype) + sinusoidal_positions(slots, x.shape[-1]).astype(x.dtype)
@@ -93,8 +93,6 @@ class BertForTask(nn.Module):
     return x
 
   def _embed(self, bert: nn.Module, batch: dict, deterministic: bool) -> dict:
-    if self.pooling not in POOLINGS:
-      raise InputError(f"pooling: expected one of {POOLINGS}, got {self.pooling!r}")
     sides = ["", "_b"] if "input_ids_b" in batch else [""]
     ids = jnp.concatenate([batch[f"input_ids{s}"] for s in sides])
     mask = jnp.concatenate([batch[f"input_mask{s}"] for s in sides])
