@@ -2,7 +2,8 @@
 
   .venv/bin/python bench/compare_train_step.py [--configs tiny:32,mini:32,small:32,base:8]
       [--seq 128] [--dtype float32|bfloat16] [--device cpu|cuda] [--rounds 5] [--steps 10]
-      [--predictions 0] [--remat_policy none] [--out bench/out/compare_train_step.json]
+      [--predictions 0] [--remat_policy none] [--scan_layers] [--rng_impl threefry2x32]
+      [--out bench/out/compare_train_step.json]
 
 Each side runs forward, the MLM loss at the masked positions + the NSP loss, backward and an AdamW
 step (decay 0.01, not on LayerNorm/bias; eps 1e-6; global-norm clipping at 1.0; linear warmup) in
@@ -60,7 +61,7 @@ from flaxbert.config import SIZES, BertConfig  # noqa: E402
 from flaxbert.errors import InputError  # noqa: E402
 from flaxbert.heads import build_model  # noqa: E402
 from flaxbert.model import check_remat_policy  # noqa: E402
-from flaxbert.train import create_train_state, pretraining_step  # noqa: E402
+from flaxbert.train import check_rng_impl, create_train_state, pretraining_step  # noqa: E402
 
 
 def parse_configs(text: str) -> list[tuple[str, int]]:
@@ -104,14 +105,14 @@ def sync_jax(state, step_metrics) -> None:
 class FlaxSide:
   """flaxbert's jitted, donated pretraining step on one device; times compile and the first step."""
 
-  def __init__(self, cfg: BertConfig, size: str, data: dict, seq: int, remat_policy: str):
-    model = build_model(cfg, remat_policy=remat_policy)
+  def __init__(self, cfg: BertConfig, size: str, data: dict, seq: int, args):
+    model = build_model(cfg, remat_policy=args.remat_policy, scan_layers=args.scan_layers)
     opt = optimizer_config(size)
     tx, schedule = optim.build_optimizer(opt), optim.learning_rate_schedule(opt)
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1)), jax.devices()[:1])
     start = time.perf_counter()
     self.state, shardings = create_train_state(model, tx, mesh, sharding.DATA_PARALLEL, 0,
-                                               (jax.ShapeDtypeStruct((1, seq), jnp.int32),))
+                                               (jax.ShapeDtypeStruct((1, seq), jnp.int32),), rng_impl=args.rng_impl)
     jax.block_until_ready(self.state)
     self.init_s = time.perf_counter() - start
     self.params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(self.state.params))
@@ -199,7 +200,7 @@ class TorchSide:
 def compare_one(size: str, batch: int, args, peak: float, measured_peak: float) -> dict:
   cfg = BertConfig.from_size(size, dtype=args.dtype, max_position_embeddings=max(512, args.seq))
   data = make_batch(batch, args.seq, cfg.vocab_size, args.predictions, args.seed)
-  flax_side = FlaxSide(cfg, size, data, args.seq, args.remat_policy)
+  flax_side = FlaxSide(cfg, size, data, args.seq, args)
   torch_side = TorchSide(cfg, size, data, args.device, args.dtype == "bfloat16", args.seed)
   sides = {"flaxbert": flax_side, "torch": torch_side}
   for side in sides.values():
@@ -239,6 +240,8 @@ def compare_one(size: str, batch: int, args, peak: float, measured_peak: float) 
       "final_loss": {k: round(v, 4) for k, v in losses.items()},
       "torch_attn_implementation": torch_side.attn_implementation,
       "flaxbert_remat_policy": args.remat_policy,
+      "flaxbert_rng_impl": args.rng_impl,
+      "flaxbert_scan_layers": args.scan_layers,
   }
   del flax_side, torch_side, sides
   gc.collect()
@@ -282,6 +285,8 @@ def main() -> None:
   parser.add_argument("--predictions", type=int, default=0,
                       help="masked positions per sequence; 0: 20 up to seq 128 (the original's), else ceil(0.15·seq)")
   parser.add_argument("--remat_policy", default="none", help="flaxbert side: none | full | dots")
+  parser.add_argument("--scan_layers", action="store_true", help="flaxbert side: lax.scan over the encoder layers")
+  parser.add_argument("--rng_impl", default="threefry2x32", help="flaxbert side's dropout PRNG: threefry2x32 | rbg | unsafe_rbg")
   parser.add_argument("--peak_size", type=int, default=0, help="matmul size for the peak; 0: 2048 CPU, 8192 GPU")
   parser.add_argument("--peak_seconds", type=float, default=3.0)
   parser.add_argument("--seed", type=int, default=0)
@@ -290,6 +295,7 @@ def main() -> None:
   configs = parse_configs(args.configs)
   check_devices(args.device)
   check_remat_policy(args.remat_policy, "--remat_policy")
+  check_rng_impl(args.rng_impl, "--rng_impl")
   if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
     raise InputError(f"--rounds, --steps, --warmup: expected >= 1, >= 1, >= 0; got {args.rounds}, "
                      f"{args.steps}, {args.warmup}")

@@ -54,6 +54,7 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   c.dropout = 0.1  # hidden and attention dropout of the encoder, and dropout before the head
   c.dtype = "float32"  # compute dtype: float32 | bfloat16 (params and optimizer stay float32)
   c.seed = 0  # head init, data order and dropout derive from it
+  c.rng_impl = "threefry2x32"  # dropout's PRNG: threefry2x32 (mesh-invariant) | rbg | unsafe_rbg (cheaper)
   # --- task-specific -------------------------------------------------------------------------------
   c.doc_stride = 128  # squad: stride between document windows
   c.max_query_length = 64  # squad: question wordpieces kept

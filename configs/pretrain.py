@@ -31,6 +31,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # none (keep all activations) | full (keep only layer inputs, recompute the layer) | dots (keep the
   # projection matmuls' outputs, recompute attention matrices and elementwise ops). Same parameters.
   c.model.remat_policy = "none"
+  # Run the encoder as one lax.scan over its layers' stacked parameters instead of unrolled: compile
+  # time and program size independent of depth (large models, TPU pods), same parameters and results.
+  c.model.scan_layers = False
   # --- data ------------------------------------------------------------------------------------
   c.dataset_dir = config_dict.placeholder(str)  # a folder written by `flaxbert prepare`
   c.global_batch_size = 256  # sequences per optimizer step, over all devices and hosts
@@ -38,6 +41,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.max_predictions_per_seq = 20  # dynamic-masking datasets only: masked positions per sequence
   c.whole_word_mask = False  # dynamic-masking datasets only: mask whole words
   c.seed = 0  # parameter init, data order, dropout and dynamic masks all derive from it
+  # Dropout's PRNG (flaxbert.train.RNG_IMPLS): threefry2x32 gives the same masks on any device
+  # count (1-vs-8-device equality, resume on another mesh); rbg | unsafe_rbg draw masks with XLA's
+  # RngBitGenerator, cheaper (bench/compare_train_step.py --rng_impl) but mesh-dependent.
+  c.rng_impl = "threefry2x32"
   # --- schedule and optimizer (flaxbert/optim.py) ----------------------------------------------
   c.num_train_steps = 1_000_000  # optimizer steps in the whole run
   c.optim = ml_collections.ConfigDict()

@@ -66,6 +66,18 @@ def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
   return None
 
 
+def resume(mngr: ocp.CheckpointManager, params_target, train_target) -> tuple[int, Any, Any, dict] | None:
+  """restore_latest for continuing a run in its own workdir: None when it holds no checkpoint yet,
+  InputError when it holds some but none restores into this run's layout (a changed optimizer,
+  model or rng_impl): starting afresh there would later save over, and so lose, the old run."""
+  found = restore_latest(mngr, params_target, train_target)
+  if found is None and mngr.all_steps():
+    raise InputError(f"{mngr.directory}: holds checkpoints (steps {sorted(mngr.all_steps())}) but none restores "
+                     "with this configuration (see the warnings above); rerun with the run's own settings, "
+                     "or use a new workdir")
+  return found
+
+
 def restore_params(workdir: str | Path, params_target) -> tuple[int, Any]:
   """The newest restorable step's parameters from a workdir (numpy when targets carry no sharding)."""
   directory = Path(workdir) / CHECKPOINTS

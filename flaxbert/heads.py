@@ -56,9 +56,10 @@ class BertForPreTraining(nn.Module):
   """
   config: BertConfig
   remat_policy: str = "none"
+  scan_layers: bool = False  # flaxbert.model.Encoder.scan_layers
 
   def setup(self):
-    self.bert = BertModel(self.config, remat_policy=self.remat_policy)
+    self.bert = BertModel(self.config, remat_policy=self.remat_policy, scan_layers=self.scan_layers)
     self.cls = PreTrainingHeads(self.config)
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
@@ -85,10 +86,11 @@ class BertEncoder(nn.Module):
   config: BertConfig
   add_pooling_layer: bool = True
   remat_policy: str = "none"  # flaxbert.model.REMAT_POLICIES
+  scan_layers: bool = False  # flaxbert.model.Encoder.scan_layers
 
   def setup(self):
     self.bert = BertModel(self.config, add_pooling_layer=self.add_pooling_layer,
-                          remat_policy=self.remat_policy)
+                          remat_policy=self.remat_policy, scan_layers=self.scan_layers)
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
                deterministic: bool = True) -> BertOutput:
@@ -97,18 +99,18 @@ class BertEncoder(nn.Module):
 
 
 def build_model(config: BertConfig, heads: bool = True, pooler: bool = True,
-                remat_policy: str = "none") -> nn.Module:
+                remat_policy: str = "none", scan_layers: bool = False) -> nn.Module:
   """BertForPreTraining when `heads` (which needs the pooler), else a headless BertEncoder.
 
-  remat_policy: flaxbert.model.REMAT_POLICIES key (training memory vs recomputation); it does not
-  change the parameter tree.
+  remat_policy: flaxbert.model.REMAT_POLICIES key (training memory vs recomputation); scan_layers:
+  a lax.scan over the encoder layers (compile time); neither changes the parameter tree.
   """
   check_remat_policy(remat_policy)
   if heads:
     if not pooler:
       raise ValueError("the pretraining heads need the pooler (NSP reads the pooled [CLS])")
-    return BertForPreTraining(config, remat_policy=remat_policy)
-  return BertEncoder(config, add_pooling_layer=pooler, remat_policy=remat_policy)
+    return BertForPreTraining(config, remat_policy=remat_policy, scan_layers=scan_layers)
+  return BertEncoder(config, add_pooling_layer=pooler, remat_policy=remat_policy, scan_layers=scan_layers)
 
 
 def describe(model: nn.Module) -> tuple[bool, bool]:

@@ -5,11 +5,10 @@ sharding module can place them with a short rules list; this file knows nothing 
 The parameter tree mirrors HF transformers' names (bert/embeddings/word_embeddings, …,
 encoder/layer_{i}/attention/query) so conversion is a rename plus reshapes.
 
-Rematerialisation (`remat_policy`, a module attribute rather than a BertConfig field, since
-BertConfig mirrors the checkpoint JSON) wraps each EncoderLayer in `nn.remat`; the parameter tree
-is the same under every policy (see `REMAT_POLICIES`).
+How the encoder runs — rematerialisation (`remat_policy`, see `REMAT_POLICIES`) and a scan over
+the layers (`scan_layers`) — are module attributes rather than BertConfig fields, since
+BertConfig mirrors the checkpoint JSON; neither changes the parameter tree.
 """
-import functools
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -90,6 +89,33 @@ def dense(config: BertConfig, features, kernel_axes, name: str, contract: int = 
                param_dtype=config.param_dtype, name=name)
 
 
+def dropout_keep(rng: jax.Array, rate: float, shape: Sequence[int]) -> tuple[jax.Array, float]:
+  """(keep mask, keep probability): a bool mask of `shape` with P(keep) = 1 - rate, rate rounded to
+  a multiple of 2⁻¹⁶ (0.1 → 0.1000061), and that exact probability for rescaling.
+
+  Two decisions per 32 random bits (the low and high 16 bits of each word, the two halves of the
+  last axis), so dropout costs half the PRNG work of `jax.random.bernoulli`, which draws 32 bits
+  per decision. The bits of element i depend only on (rng, i): the same on any device layout.
+  """
+  threshold = min(max(round(rate * 65536), 0), 65536)
+  *lead, last = shape
+  words = jax.random.bits(rng, (*lead, (last + 1) // 2), jnp.uint32)
+  halves = jnp.concatenate([words & 0xFFFF, words >> 16], axis=-1)[..., :last]
+  return halves >= jnp.uint32(threshold), 1.0 - threshold / 65536
+
+
+class Dropout(nn.Module):
+  """Inverted dropout drawing its mask with `dropout_keep` from the "dropout" RNG stream."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    keep, keep_prob = dropout_keep(self.make_rng("dropout"), self.rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
+
+
 def attention(q, k, v, mask, *, dropout_rate: float, deterministic: bool, dropout_rng=None):
   """Multi-head attention on [B, T, N, D] inputs with a [B, 1, T, S] boolean mask.
 
@@ -103,8 +129,8 @@ def attention(q, k, v, mask, *, dropout_rate: float, deterministic: bool, dropou
   logits = jnp.einsum("btnd,bsnd->bnts", q, k).astype(jnp.float32) * scale
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1)
-  keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-  probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(v.dtype)
+  keep, keep_prob = dropout_keep(dropout_rng, dropout_rate, probs.shape)
+  probs = jnp.where(keep, probs / keep_prob, 0.0).astype(v.dtype)
   return jnp.einsum("bnts,bsnd->btnd", probs, v)
 
 
@@ -117,14 +143,32 @@ class SelfAttention(nn.Module):
     cfg = self.config
     heads = (cfg.num_attention_heads, cfg.head_dim)
     q, k, v = (dense(cfg, heads, ("embed", "heads", "kv"), name)(x) for name in ("query", "key", "value"))
-    dropout_rng = None
-    if not deterministic and cfg.attention_probs_dropout_prob > 0:
-      dropout_rng = self.make_rng("dropout")
-    y = attention(q, k, v, mask, dropout_rate=cfg.attention_probs_dropout_prob,
-                  deterministic=deterministic, dropout_rng=dropout_rng)
-    y = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "output", contract=2)(y)
-    y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
-    return layer_norm(cfg, "LayerNorm")(y + x)
+    return attention_block(self, q, k, v, x, mask, deterministic)
+
+
+def attention_block(module: nn.Module, q, k, v, x, mask, deterministic: bool) -> jax.Array:
+  """attention → output projection → dropout → LayerNorm(· + x), called from the compact method of
+  `module` (an attention module with a `config`), whose parameters `output` and `LayerNorm` it makes."""
+  cfg = module.config
+  dropout_rng = None
+  if not deterministic and cfg.attention_probs_dropout_prob > 0:
+    dropout_rng = module.make_rng("dropout")
+  y = attention(q, k, v, mask, dropout_rate=cfg.attention_probs_dropout_prob,
+                deterministic=deterministic, dropout_rng=dropout_rng)
+  y = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "output", contract=2)(y)
+  y = Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
+  return layer_norm(cfg, "LayerNorm")(y + x)
+
+
+def feed_forward(cfg: BertConfig, x, deterministic: bool) -> jax.Array:
+  """BERT's feed-forward sublayer with residual + LayerNorm, called from a layer's compact method,
+  whose parameters `intermediate`, `output` and `LayerNorm` it makes."""
+  h = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x)
+  h = activation(cfg.hidden_act)(h)
+  h = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h)
+  h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+  x = layer_norm(cfg, "LayerNorm")(h + x)
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class EncoderLayer(nn.Module):
@@ -135,12 +179,7 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, mask, deterministic: bool):
     cfg = self.config
     x = SelfAttention(cfg, name="attention")(x, mask, deterministic)
-    h = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "intermediate")(x)
-    h = activation(cfg.hidden_act)(h)
-    h = dense(cfg, cfg.hidden_size, ("mlp", "embed"), "output")(h)
-    h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
-    x = layer_norm(cfg, "LayerNorm")(h + x)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return feed_forward(cfg, x, deterministic)
 
 
 # remat_policy → what the backward pass keeps of each encoder layer's forward (jax.checkpoint):
@@ -165,14 +204,16 @@ def check_remat_policy(policy: str, field: str = "remat_policy") -> str:
   return policy
 
 
-@functools.cache
-def encoder_layer_class(remat_policy: str = "none") -> type[nn.Module]:
-  """EncoderLayer, or it wrapped in nn.remat with the policy's jax.checkpoint policy."""
+def layer_function(config: BertConfig, remat_policy: str, deterministic: bool) -> Callable:
+  """f(params, x, mask, rng, i) -> x: one EncoderLayer applied with explicit parameters, its
+  dropout drawing from fold_in(rng, i), rematerialised in the backward pass as `remat_policy` says."""
   check_remat_policy(remat_policy)
-  if remat_policy == "none":
-    return EncoderLayer
-  # static_argnums counts `self` as 0: __call__(self, x, mask, deterministic) → deterministic is 3.
-  return nn.remat(EncoderLayer, static_argnums=(3,), policy=REMAT_POLICIES[remat_policy])
+  module = EncoderLayer(config, parent=None)
+
+  def apply(params, x, mask, rng, i):
+    rngs = None if rng is None else {"dropout": jax.random.fold_in(rng, i)}
+    return module.apply({"params": params}, x, mask, deterministic, rngs=rngs)
+  return apply if remat_policy == "none" else jax.checkpoint(apply, policy=REMAT_POLICIES[remat_policy])
 
 
 class Embeddings(nn.Module):
@@ -190,7 +231,7 @@ class Embeddings(nn.Module):
     self.position_embeddings = embed(cfg.max_position_embeddings, "position")
     self.token_type_embeddings = embed(cfg.type_vocab_size, "type")
     self.LayerNorm = layer_norm(cfg, "LayerNorm")  # pylint: disable=invalid-name
-    self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+    self.dropout = Dropout(cfg.hidden_dropout_prob)
 
   def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
     x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
@@ -217,16 +258,20 @@ class BertModel(nn.Module):
   config: BertConfig
   add_pooling_layer: bool = True
   remat_policy: str = "none"  # a REMAT_POLICIES key
+  scan_layers: bool = False  # Encoder.scan_layers
 
   def setup(self):
     cfg = self.config
     self.embeddings = Embeddings(cfg)
-    self.encoder = Encoder(cfg, remat_policy=self.remat_policy)
+    self.encoder = Encoder(cfg, remat_policy=self.remat_policy, scan_layers=self.scan_layers)
     if self.add_pooling_layer:
       self.pooler = Pooler(cfg)
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
                deterministic: bool = True):
+    """attention_mask [B, T]: 0 at padding, else the number of the example a token belongs to; a
+    row packing several examples (1, 1, 1, 2, 2, 0, …, with position_ids restarting at each
+    example) computes each as if it were alone in its row (see `attention_segments`)."""
     input_ids = jnp.asarray(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
@@ -235,7 +280,7 @@ class BertModel(nn.Module):
     if position_ids is None:
       position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
     x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
-    mask = jnp.asarray(attention_mask, bool)[:, None, None, :]  # [B, 1, 1(query), S]
+    mask = attention_segments(attention_mask)
     x = self.encoder(x, mask, deterministic)
     pooled = self.pooler(x) if self.add_pooling_layer else None
     return x, pooled
@@ -244,16 +289,52 @@ class BertModel(nn.Module):
     return self.embeddings.attend(x)
 
 
+def attention_segments(attention_mask: jax.Array) -> jax.Array:
+  """[B, T] example numbers (0 = padding) → the [B, 1, T(query), S(key)] boolean attention mask:
+  a token attends to the tokens of its own example only, never to padding.
+
+  With a 0/1 mask (one example per row) every real token attends to every real token, as BERT's
+  padding mask; packed rows (sequence packing: examples 1, 2, … side by side, no padding between
+  them) keep their examples apart, so the padding that packing removes is not computed at all.
+  Padding queries attend to every real token of their row, as in BERT and HF (their outputs are
+  ignored, but stay identical to theirs).
+  """
+  segments = jnp.asarray(attention_mask, jnp.int32)
+  queries, keys = segments[:, None, :, None], segments[:, None, None, :]
+  return ((queries == keys) | (queries == 0)) & (keys > 0)
+
+
 class Encoder(nn.Module):
-  """num_hidden_layers EncoderLayers named layer_0…, rematerialised as `remat_policy` says."""
+  """num_hidden_layers EncoderLayers, parameters named layer_0…, run by `layer_function`.
+
+  scan_layers: one `jax.lax.scan` over the layers' stacked parameters instead of an unrolled loop,
+  so the program holds one layer rather than L (compile time and program size stop growing with
+  depth). The parameter tree, the dropout streams and the result are the same either way; the
+  scan costs a copy of the encoder's parameters (and gradients) per step.
+  """
   config: BertConfig
   remat_policy: str = "none"  # a REMAT_POLICIES key
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, x, mask, deterministic: bool):
-    layer = encoder_layer_class(self.remat_policy)
-    for i in range(self.config.num_hidden_layers):
-      x = layer(self.config, name=f"layer_{i}")(x, mask, deterministic)
+    cfg = self.config
+    names = [f"layer_{i}" for i in range(cfg.num_hidden_layers)]
+    if self.is_initializing():  # create the parameters as submodules, named as checkpoints have them
+      for name in names:
+        x = EncoderLayer(cfg, name=name)(x, mask, True)
+      return x
+    layer = layer_function(cfg, self.remat_policy, deterministic)
+    dropout = cfg.hidden_dropout_prob > 0 or cfg.attention_probs_dropout_prob > 0
+    rng = self.make_rng("dropout") if dropout and not deterministic else None
+    params = [nn.unbox(self.variables["params"][name]) for name in names]
+    if not self.scan_layers:
+      for i, p in enumerate(params):
+        x = layer(p, x, mask, rng, i)
+      return x
+    stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *params)
+    x, _ = jax.lax.scan(lambda h, p_i: (layer(p_i[0], h, mask, rng, p_i[1]), None), x,
+                        (stacked, jnp.arange(len(names))))
     return x
 
 

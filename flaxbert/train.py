@@ -39,12 +39,28 @@ from flaxbert.tokenization import load_tokenizer
 log = logging.getLogger("flaxbert")
 
 
+# Dropout's PRNG (jax.random key implementations), the `rng_impl` config field:
+#   threefry2x32  JAX's default: the same bits on any device count (partitionable threefry), which
+#                 makes 1-vs-8-device equality and bit-exact resume across meshes possible
+#   rbg           XLA's RngBitGenerator for bits, threefry for splitting: cheaper dropout masks;
+#                 the bits depend on how the step is partitioned
+#   unsafe_rbg    RngBitGenerator for splitting too: cheapest; same caveat
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def check_rng_impl(impl: str, field: str = "rng_impl") -> str:
+  if impl not in RNG_IMPLS:
+    raise InputError(f"{field}: expected one of {list(RNG_IMPLS)}, got {impl!r}")
+  return impl
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # optimizer steps taken
   params: Any
   opt_state: Any
-  rng: jax.Array  # base key data; dropout uses fold_in(rng, step)
+  rng: jax.Array  # base key data of `rng_impl`; dropout uses fold_in(rng, step)
+  rng_impl: str = flax.struct.field(pytree_node=False, default="threefry2x32")  # RNG_IMPLS
 
   def train_items(self) -> dict:
     """What the checkpoint's `train` item holds (params are an item of their own)."""
@@ -75,9 +91,10 @@ def loss_sums(model: nn.Module, params, batch: dict, rng, deterministic: bool, n
   logp = jax.nn.log_softmax(out.mlm_logits.astype(jnp.float32))
   labels = batch["masked_lm_ids"]
   w = batch["masked_lm_weights"].astype(jnp.float32) * rows[:, None]
-  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-  sums = {"mlm_loss_sum": jnp.sum(nll * w), "mlm_count": jnp.sum(w),
-          "mlm_correct": jnp.sum((jnp.argmax(logp, -1) == labels) * w)}
+  label_logp = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+  # Correct when the label is (one of) the most likely: a max-reduce, not argmax's index-tracking one.
+  correct = label_logp >= jnp.max(logp, axis=-1)
+  sums = {"mlm_loss_sum": -jnp.sum(label_logp * w), "mlm_count": jnp.sum(w), "mlm_correct": jnp.sum(correct * w)}
   if nsp:
     nsp_logp = jax.nn.log_softmax(out.nsp_logits.astype(jnp.float32))
     nsp_labels = batch["next_sentence_labels"]
@@ -111,7 +128,7 @@ def make_train_step(sums_fn, counts_fn, objective, tx: optax.GradientTransformat
     return grads, sums
 
   def train_step(state: TrainState, batch: dict):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=state.rng_impl), state.step)
     totals = counts_fn(batch)
     if accum_steps == 1:
       grads, sums = micro_grads(state.params, batch, rng, totals)
@@ -157,10 +174,12 @@ def _zeros(inputs: tuple) -> tuple:
   return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), inputs)
 
 
-def create_train_state(model: nn.Module, tx, mesh, rules, seed: int, inputs: tuple, pretrained=None, merge=None):
+def create_train_state(model: nn.Module, tx, mesh, rules, seed: int, inputs: tuple, pretrained=None, merge=None,
+                       rng_impl: str = "threefry2x32"):
   """(state, shardings): initialised by one jitted call straight into the sharded layout.
 
   inputs: model.init's positional arguments as jax.ShapeDtypeStruct trees (zeros are fed).
+  rng_impl: dropout's PRNG (RNG_IMPLS); parameters are initialised with threefry whatever it is.
   pretrained, merge: `merge(fresh_params, pretrained) -> params` runs inside the jitted init, so
   loaded weights go straight to their shards (fine-tuning's encoder from a checkpoint).
   """
@@ -169,14 +188,16 @@ def create_train_state(model: nn.Module, tx, mesh, rules, seed: int, inputs: tup
   abstract_params = nn.unbox(boxed)
   opt_sh = sharding.opt_state_shardings(tx, jax.eval_shape(tx.init, abstract_params), params_sh, mesh)
   replicated = NamedSharding(mesh, P())
-  shardings = TrainState(step=replicated, params=params_sh, opt_state=opt_sh, rng=replicated)
+  check_rng_impl(rng_impl)
+  shardings = TrainState(step=replicated, params=params_sh, opt_state=opt_sh, rng=replicated, rng_impl=rng_impl)
 
   def init(key, pretrained):
     params = nn.unbox(model.init(key, *_zeros(inputs))["params"])
     if merge is not None:
       params = merge(params, pretrained)
+    dropout_key = key if rng_impl == "threefry2x32" else jax.random.key(seed, impl=rng_impl)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+                      rng=jax.random.key_data(jax.random.fold_in(dropout_key, 1)), rng_impl=rng_impl)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(seed), pretrained)
   return state, shardings
 
@@ -217,11 +238,11 @@ class StopRequest:
 
 def _start_state(config, workdir: Path, mngr, state: TrainState) -> TrainState:
   """The workdir's newest checkpoint; else init_from (params or full state); else the fresh state."""
-  found = checkpoint.restore_latest(mngr, state.params, state.train_items())
+  found = checkpoint.resume(mngr, state.params, state.train_items())
   if found is not None:
     step, params, train, _ = found
     log.info("resuming %s from step %d", workdir, step)
-    return TrainState(params=params, **train)
+    return state.replace(params=params, **train)
   if config.init_from:
     source = Path(config.init_from)
     src = checkpoint.manager(source, asynchronous=False)
@@ -236,7 +257,7 @@ def _start_state(config, workdir: Path, mngr, state: TrainState) -> TrainState:
       raise InputError(f"init_from {source}: no restorable checkpoint under {source / checkpoint.CHECKPOINTS}")
     step, params, train, _ = found
     log.info("initialising from %s step %d (%s)", source, step, config.init_mode)
-    return TrainState(params=params, **train) if full else state.replace(params=params)
+    return state.replace(params=params, **train) if full else state.replace(params=params)
   return state
 
 
@@ -263,13 +284,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   nsp = bool(settings["random_next_sentence"])
   cfg = bert_config(config, data.builder.info.metadata["tokenizer"]["vocab_size"], data.max_seq_length)
   _record_model(workdir, cfg, config.dataset_dir)
-  model = BertForPreTraining(cfg, remat_policy=remat)
+  model = BertForPreTraining(cfg, remat_policy=remat, scan_layers=config.model.scan_layers)
   accum = config.optim.grad_accum_steps
   if accum < 1 or config.global_batch_size % (accum * jax.process_count()):
     raise InputError(f"optim.grad_accum_steps ({accum}) must divide the global batch ({config.global_batch_size})")
   tx, schedule = optim.build_optimizer(config.optim), optim.learning_rate_schedule(config.optim)
   ids = jax.ShapeDtypeStruct((1, data.max_seq_length), jnp.int32)
-  state, shardings = create_train_state(model, tx, mesh, rules, config.seed, (ids,))
+  state, shardings = create_train_state(model, tx, mesh, rules, config.seed, (ids,),
+                                        rng_impl=check_rng_impl(config.rng_impl))
   mngr = checkpoint.manager(workdir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints)
   state = _start_state(config, workdir, mngr, state)
   batch_sh = sharding.batch_sharding(mesh)

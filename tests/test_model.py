@@ -12,7 +12,7 @@ from conftest import make_batch
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
 from flaxbert.heads import BertEncoder, BertForPreTraining, build_model, param_shapes
-from flaxbert.model import truncated_normal
+from flaxbert.model import Dropout, dropout_keep, truncated_normal
 
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -112,6 +112,27 @@ def test_dropout_on_and_off(tiny_model, tiny_params, tiny_config):
   np.testing.assert_allclose(z.last_hidden_state, a.last_hidden_state, atol=1e-5)
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.3])
+def test_dropout_mask_statistics_and_scaling(rate):
+  """Masks keep 1 - rate of the elements (rate to 2^-16), are unbiased after rescaling, independent
+  between the two 16-bit halves of each word, and fit an odd last axis."""
+  keep, keep_prob = dropout_keep(jax.random.key(0), rate, (64, 33, 301))
+  assert keep.shape == (64, 33, 301) and keep.dtype == jnp.bool_
+  assert keep_prob == 1 - round(rate * 65536) / 65536 and abs(keep_prob - (1 - rate)) < 1e-5
+  n = keep.size
+  assert abs(float(keep.mean()) - keep_prob) < 4 * math.sqrt(rate * (1 - rate) / n)
+  lo, hi = keep[..., :150], keep[..., 151:301]  # the words' low and high halves
+  both = float((lo & hi).mean())
+  assert abs(both - keep_prob ** 2) < 4 * math.sqrt(keep_prob ** 2 * (1 - keep_prob ** 2) / lo.size)
+  x = jnp.ones((256, 1024))
+  y = Dropout(rate).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  assert abs(float(y.mean()) - 1.0) < 4 * math.sqrt(rate / (1 - rate) / x.size)
+  np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 1 / keep_prob], rtol=1e-6)
+  np.testing.assert_array_equal(Dropout(rate).apply({}, x, deterministic=True), x)
+  other, _ = dropout_keep(jax.random.key(1), rate, (64, 33, 301))
+  assert float((keep != other).mean()) > rate  # another key draws another mask
+
+
 def test_attention_dropout_path_alone(tiny_config, tiny_params):
   """Attention-probability dropout alone changes outputs (the explicit attention path is live)."""
   model = build_model(tiny_config.replace(hidden_dropout_prob=0.0))
@@ -138,6 +159,42 @@ def test_padding_invariance(tiny_model, tiny_params, tiny_config):
   # And the mask matters: the same change without masking alters the real tokens' outputs.
   unmasked = tiny_model.apply({"params": tiny_params}, changed["input_ids"], changed["token_type_ids"])
   assert np.abs(np.asarray(unmasked.last_hidden_state)[keep] - np.asarray(out.last_hidden_state)[keep]).max() > 1e-3
+
+
+@pytest.mark.parametrize("dropout_rates", [(0.0, 0.0), (0.0, 0.1)])
+def test_packed_row_equals_examples_alone(tiny_config, tiny_params, dropout_rates):
+  """Sequence packing: examples side by side in one row (attention_mask numbering them, positions
+  restarting) give each example's outputs as if it were alone in a padded row. With attention
+  dropout on (explicit attention path) the masks differ, so only the deterministic outputs and
+  the mask's shape are compared there."""
+  cfg = tiny_config.replace(hidden_dropout_prob=dropout_rates[0], attention_probs_dropout_prob=dropout_rates[1])
+  model = build_model(cfg)
+  alone = make_batch(cfg, batch=3, length=16)
+  lengths = alone["attention_mask"].sum(1)  # 16, 11, 6
+  order = [1, 2]  # 11 + 6 tokens in a row of 20
+  packed = {k: np.zeros((1, 20), np.int32) for k in ("input_ids", "token_type_ids", "attention_mask", "position_ids")}
+  start = 0
+  for number, b in enumerate(order, 1):
+    n = lengths[b]
+    packed["input_ids"][0, start:start + n] = alone["input_ids"][b, :n]
+    packed["token_type_ids"][0, start:start + n] = alone["token_type_ids"][b, :n]
+    packed["attention_mask"][0, start:start + n] = number
+    packed["position_ids"][0, start:start + n] = np.arange(n)
+    start += n
+  ref = model.apply({"params": tiny_params}, **alone).last_hidden_state
+  got = model.apply({"params": tiny_params}, **packed).last_hidden_state
+  start = 0
+  for b in order:
+    n = lengths[b]
+    np.testing.assert_allclose(np.asarray(got)[0, start:start + n], np.asarray(ref)[b, :n], atol=2e-5)
+    start += n
+  # Numbering matters: the same row with one example number mixes the two examples.
+  mixed = dict(packed, attention_mask=(packed["attention_mask"] > 0).astype(np.int32))
+  mixed_out = model.apply({"params": tiny_params}, **mixed).last_hidden_state
+  assert np.abs(np.asarray(mixed_out)[0, :lengths[1]] - np.asarray(ref)[1, :lengths[1]]).max() > 1e-3
+  if dropout_rates[1]:
+    out = model.apply({"params": tiny_params}, **packed, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    assert np.isfinite(np.asarray(out.last_hidden_state)).all()
 
 
 def test_bfloat16_compute_close_to_float32(tiny_config, tiny_params):
@@ -171,9 +228,10 @@ def test_activations_differ(tiny_config, tiny_params, act):
 
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
-def test_remat_same_params_loss_and_gradients(tiny_config, tiny_params, policy):
-  """Rematerialisation changes memory, not maths: same tree, loss and gradients (dropout on)."""
+@pytest.mark.parametrize("policy,scan", [("full", False), ("dots", False), ("none", True), ("dots", True)])
+def test_remat_and_scan_same_params_loss_and_gradients(tiny_config, tiny_params, policy, scan):
+  """Rematerialisation and scanning the layers change memory and compile time, not maths: same tree,
+  init, loss and gradients (dropout on, so the layers' dropout streams agree too)."""
   batch = make_batch(tiny_config)
   positions = np.array([[1, 5, 7], [2, 3, 0], [9, 3, 4]])
   ids = np.zeros((1, 4), np.int32)
@@ -186,19 +244,22 @@ def test_remat_same_params_loss_and_gradients(tiny_config, tiny_params, policy):
       return mlm - jax.nn.log_softmax(out.nsp_logits)[:, 1].mean()
     return jax.jit(jax.value_and_grad(loss))(tiny_params)
 
-  def remats(model) -> int:
-    """How many jax.checkpoint (remat2) calls the forward pass makes."""
+  def count(model, primitive: str) -> int:
+    """How often the forward pass's jaxpr names `primitive` (remat: jax.checkpoint; scan)."""
     forward = lambda p: model.apply({"params": p}, ids).last_hidden_state  # noqa: E731
-    return str(jax.make_jaxpr(forward)(tiny_params)).count("remat")
+    return str(jax.make_jaxpr(forward)(tiny_params)).count(primitive)
 
-  plain, remat = build_model(tiny_config), build_model(tiny_config, remat_policy=policy)
-  assert _flat_shapes(param_shapes(remat)) == _flat_shapes(param_shapes(plain))
+  plain, other = build_model(tiny_config), build_model(tiny_config, remat_policy=policy, scan_layers=scan)
+  assert _flat_shapes(param_shapes(other)) == _flat_shapes(param_shapes(plain))
   fresh = lambda m: nn.unbox(m.init(jax.random.key(0), ids)["params"])  # noqa: E731
-  jax.tree_util.tree_map(np.testing.assert_array_equal, fresh(remat), fresh(plain))
-  assert remats(plain) == 0 and remats(remat) == tiny_config.num_hidden_layers
-  (loss, grads), (loss_r, grads_r) = loss_and_grads(plain), loss_and_grads(remat)
-  np.testing.assert_allclose(loss_r, loss, rtol=1e-6, atol=1e-6)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), grads_r, grads)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, fresh(other), fresh(plain))
+  assert count(plain, "remat") == 0 and count(plain, "scan[") == 0
+  layers = 1 if scan else tiny_config.num_hidden_layers  # a scan traces its one layer once
+  assert count(other, "remat") == (0 if policy == "none" else layers)
+  assert count(other, "scan[") == int(scan)
+  (loss, grads), (loss_o, grads_o) = loss_and_grads(plain), loss_and_grads(other)
+  np.testing.assert_allclose(loss_o, loss, rtol=1e-6, atol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_o, grads)
 
 
 def test_remat_policy_unknown_names_the_field(tiny_config):

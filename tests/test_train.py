@@ -160,11 +160,17 @@ def test_phase2_from_phase1_params_or_full_state(dataset, tmp_path):
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
   run = tmp_path / "run"
-  train_and_evaluate(tiny_config(dataset, num_train_steps=3), run)
+  unclipped = {"optim.max_grad_norm": 0.0, "optim.warmup_steps": 0}
+  train_and_evaluate(tiny_config(dataset, num_train_steps=3, **unclipped), run)
   with pytest.raises(FloatingPointError, match="diverged"):
     train_and_evaluate(tiny_config(dataset, **{"num_train_steps": 30, "optim.learning_rate": 1e12,
-                                               "optim.max_grad_norm": 0.0, "optim.warmup_steps": 0,
-                                               "log_every_steps": 1}), run)
+                                               "log_every_steps": 1}, **unclipped), run)
+  assert sorted(checkpoint.manager(run, asynchronous=False).all_steps()) == [3]
+  # A rerun whose state no longer fits the checkpoints (clipping adds optimizer state; another
+  # dropout PRNG has other key data) is refused rather than started afresh over the old run.
+  for changed in ({"optim.max_grad_norm": 1.0}, {"rng_impl": "rbg"}):
+    with pytest.raises(InputError, match="none restores with this configuration"):
+      train_and_evaluate(tiny_config(dataset, **dict(unclipped, num_train_steps=6, **changed)), run)
   assert sorted(checkpoint.manager(run, asynchronous=False).all_steps()) == [3]
 
 
@@ -236,3 +242,10 @@ def test_rerunning_a_finished_run_evaluates_without_training(dataset, tmp_path):
   again = train_and_evaluate(tiny_config(dataset, num_train_steps=2), tmp_path / "run")
   assert again["step"] == 2 and again["final_train_metrics"] == {}
   assert again["final_eval_metrics"]["eval_mlm_loss"] == pytest.approx(first["final_eval_metrics"]["eval_mlm_loss"])
+
+
+def test_rbg_dropout_prng_trains_and_bad_names_are_refused(dataset, tmp_path):
+  summary = train_and_evaluate(tiny_config(dataset, num_train_steps=2, rng_impl="unsafe_rbg"), tmp_path / "rbg")
+  assert summary["step"] == 2 and np.isfinite(summary["final_train_metrics"]["loss"])
+  with pytest.raises(InputError, match="rng_impl: expected one of"):
+    train_and_evaluate(tiny_config(dataset, num_train_steps=2, rng_impl="mt19937"), tmp_path / "bad")

@@ -22,7 +22,7 @@ import numpy as np
 
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.model import BertModel, EncoderLayer, dense, gather_positions
+from flaxbert.model import BertModel, Dropout, EncoderLayer, dense, gather_positions
 
 log = logging.getLogger("flaxbert")
 
@@ -65,7 +65,7 @@ class BertForTask(nn.Module):
     x = {"sequence": pooled, "token": hidden}.get(self.head)
     if self.head == "sentences":
       x = self._sentences(hidden, batch, deterministic)
-    x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
     logits = dense(cfg, self.num_outputs, ("embed", "classes"), "classifier")(x).astype(jnp.float32)
     if self.head == "sentences":
       return {"scores": logits[..., 0]}
