@@ -71,6 +71,24 @@ def entries(config: BertConfig, heads: bool, pooler: bool) -> list[Entry]:
   return out
 
 
+def encoder_decoder_entries(encoder: BertConfig, decoder: BertConfig, share: bool = False) -> list[Entry]:
+  """flaxbert.seq2seq.BertEncoderDecoder ⇄ HF EncoderDecoderModel (a BertModel encoder, a
+  BertLMHeadModel decoder with cross-attention); no TF1 names (tf is ""). With `share` (HF's
+  tie_encoder_decoder) the decoder's embeddings and layer entries point at the encoder's paths."""
+  out = [Entry(("encoder",) + e.path[1:], "encoder." + e.hf.removeprefix("bert."), "", e.kind)
+         for e in entries(encoder, heads=False, pooler=False)]
+  for e in entries(decoder, heads=True, pooler=False):
+    if "seq_relationship" in e.path:
+      continue
+    shared = share and e.path[0] == "bert"
+    out.append(Entry(("encoder",) + e.path[1:] if shared else ("decoder",) + e.path,
+                     "decoder." + e.hf, "", e.kind))
+    if e.path[3:4] == ("attention",):  # bert/encoder/layer_i/attention/… → …/crossattention/…
+      out.append(Entry(("decoder",) + e.path[:3] + ("crossattention",) + e.path[4:],
+                       "decoder." + e.hf.replace(".attention.", ".crossattention."), "", e.kind))
+  return out
+
+
 def _contract(kind: str) -> int:
   return 2 if kind == "kernel2" else 1
 
