@@ -11,6 +11,7 @@ Examples carry their source as "path:line" so that later checks (e.g. check_labe
 """
 import csv
 import dataclasses
+import gzip
 import json
 import logging
 import math
@@ -58,8 +59,15 @@ class ReadReport:
 # --- file access ---------------------------------------------------------------------------------
 
 
+def _open_text(path):
+  """A text stream of the file, gunzipped when its name ends in .gz (UTF-8, an optional BOM dropped)."""
+  if str(path).endswith(".gz"):
+    return gzip.open(path, "rt", encoding="utf-8-sig")
+  return open(path, encoding="utf-8-sig")
+
+
 def _bad_byte_line(path) -> int:
-  data = Path(path).read_bytes()
+  data = gzip.decompress(Path(path).read_bytes()) if str(path).endswith(".gz") else Path(path).read_bytes()
   try:
     data.decode("utf-8")
   except UnicodeDecodeError as e:
@@ -68,14 +76,14 @@ def _bad_byte_line(path) -> int:
 
 
 def _lines(path) -> Iterator[str]:
-  """The file's lines (UTF-8, an optional BOM dropped, universal newlines)."""
+  """The file's lines (UTF-8, an optional BOM dropped, universal newlines; .gz files gunzipped)."""
   try:
-    with open(path, encoding="utf-8-sig") as f:
+    with _open_text(path) as f:
       yield from f
   except UnicodeDecodeError as e:
     raise InputError(f"{path}:{_bad_byte_line(path)}: expected UTF-8 text ({e.reason})") from None
-  except OSError as e:
-    raise InputError(f"{path}: cannot read the file ({e.strerror or e})") from None
+  except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated .gz an EOFError
+    raise InputError(f"{path}: cannot read the file ({getattr(e, 'strerror', None) or e})") from None
 
 
 def _rows(path, delimiter: str, quoting: bool) -> Iterator[tuple[int, list[str]]]:
