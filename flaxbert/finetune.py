@@ -34,8 +34,7 @@ from flaxbert.tasks.base import existing
 from flaxbert.tasks.model import BertForTask, encoder_weights, merge_encoder
 from flaxbert.tasks.registry import get_task
 from flaxbert.tokenization import load_tokenizer
-from flaxbert.train import (StopRequest, boxed_param_shapes, check_rng_impl, create_train_state,
-                            make_train_step)
+from flaxbert.train import StopRequest, boxed_param_shapes, create_train_state, make_train_step
 
 log = logging.getLogger("flaxbert")
 TASK_FILE = "task.json"
@@ -166,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), train.arrays)
   pretrained = encoder_weights(nn.unbox(boxed_param_shapes(model, (shapes,))), loaded.params, str(c.init))
   state, shardings = create_train_state(model, tx, job.mesh, job.rules, c.seed, (shapes,), pretrained, merge_encoder,
-                                        rng_impl=check_rng_impl(c.rng_impl))
+                                        rng_impl=c.rng_impl)
   del pretrained, loaded
   mngr = checkpoint.manager(workdir, every_steps=c.checkpoint_every_steps, keep=c.keep_checkpoints)
   found = checkpoint.resume(mngr, state.params, state.train_items())

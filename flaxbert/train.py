@@ -290,8 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     raise InputError(f"optim.grad_accum_steps ({accum}) must divide the global batch ({config.global_batch_size})")
   tx, schedule = optim.build_optimizer(config.optim), optim.learning_rate_schedule(config.optim)
   ids = jax.ShapeDtypeStruct((1, data.max_seq_length), jnp.int32)
-  state, shardings = create_train_state(model, tx, mesh, rules, config.seed, (ids,),
-                                        rng_impl=check_rng_impl(config.rng_impl))
+  state, shardings = create_train_state(model, tx, mesh, rules, config.seed, (ids,), rng_impl=config.rng_impl)
   mngr = checkpoint.manager(workdir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints)
   state = _start_state(config, workdir, mngr, state)
   batch_sh = sharding.batch_sharding(mesh)
