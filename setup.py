@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6,<2.7",
     # ROUGE for summarization, the scorer the published BertSum / Lead-3 figures use (pulls nltk).
     "rouge-score>=0.1.2,<0.2",
+    # BLEU and chrF for translation (standard 13a tokenization, the WMT-comparable scores).
+    "sacrebleu>=2.6,<2.7",
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,7 +1,8 @@
 """Settings for `flaxbert finetune|evaluate|predict --config configs/finetune.py:TASK --workdir W`.
 
 TASK: glue_cola | glue_sst2 | glue_mrpc | glue_stsb | glue_qqp | glue_mnli | glue_qnli | glue_rte |
-      glue_wnli | ner | squad_v1 | squad_v2 | similarity | summarization
+      glue_wnli | ner | squad_v1 | squad_v2 | similarity | summarization |
+      translation | summarization_abstractive (BERT2BERT encoder-decoders: flaxbert/seq2seq_finetune.py)
       (append `,tiny` — e.g. `glue_sst2,tiny` — for the test-sized variant: short sequences, small
       batches, one epoch).
 
@@ -9,7 +10,9 @@ Defaults are the BERT paper's fine-tuning recipe (Devlin et al. 2018, section 4 
 Adam with lr in {5e-5, 3e-5, 2e-5} (`sweep`), batch 16 or 32, 2–4 epochs, 10% linear warmup then
 linear decay, weight decay 0.01, dropout 0.1; SQuAD v1.1: lr 5e-5, batch 32, 2 epochs (3 in the
 paper's v1.1 run), max_seq_length 384, doc_stride 128, max_query_length 64; SQuAD v2.0: batch 48,
-2 epochs. Summarization follows BertSumExt (max_seq_length 512, a [CLS] per sentence, 2 inter-sentence
+2 epochs. Translation / abstractive summarization follow Rothe et al. 2020 (BERT2BERT: encoder and
+decoder warm-started from BERT, cross-attention new; beam 4, length penalty 0.6, label smoothing
+0.1), with a learning rate sized for short CPU budgets. Summarization follows BertSumExt (max_seq_length 512, a [CLS] per sentence, 2 inter-sentence
 Transformer layers, 3 sentences, trigram blocking) with mean-pooled sentence vectors (pooling=cls:
 BertSum's [CLS] states).
 """
@@ -17,7 +20,8 @@ import ml_collections
 from ml_collections import config_dict
 
 GLUE = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-TASKS = tuple(f"glue_{t}" for t in GLUE) + ("ner", "squad_v1", "squad_v2", "similarity", "summarization")
+SEQ2SEQ_TASKS = ("translation", "summarization_abstractive")
+TASKS = tuple(f"glue_{t}" for t in GLUE) + ("ner", "squad_v1", "squad_v2", "similarity", "summarization") + SEQ2SEQ_TASKS
 
 
 def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
@@ -67,6 +71,21 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   c.oracle_sentences = 3  # summarization: greedy ROUGE oracle size for the training labels
   c.inter_sentence_layers = 2  # summarization: Transformer layers over the sentence vectors (BertSumExt: 2; 0: linear)
   c.max_sentences = 64  # summarization: sentence slots per document (ones that fit in max_seq_length)
+  c.warm_start = "bert2bert"  # seq2seq: bert2bert | bert2rnd | bertshare | random (init's architecture and vocab, fresh weights)
+  c.model_size = "small"  # seq2seq, warm_start=random without init: encoder and decoder size (tiny … large)
+  c.vocab = config_dict.placeholder(str)  # seq2seq: vocab.txt / spm.model for both sides; None: init's, or
+  #   without init a joint sentencepiece trained on both sides of the training pairs
+  c.vocab_size = 8000  # seq2seq: pieces of that joint sentencepiece
+  c.source_field = "source"  # seq2seq .jsonl files: the source text (or list of sentences, joined)
+  c.target_fields = "target"  # seq2seq .jsonl: reference field(s), comma-separated; the first one trains
+  c.eval_target_fields = config_dict.placeholder(str)  # … of the eval files when they differ (None: target_fields)
+  c.max_source_length = 64  # seq2seq: source wordpieces with [CLS]/[SEP]; longer training pairs are skipped
+  #   (counted), longer eval sources cut
+  c.max_target_length = 64  # seq2seq: target wordpieces + [SEP]; also the longest generated output
+  c.length_bucket = 16  # seq2seq: batches group similar lengths, padded to a multiple of this (0: to the max)
+  c.label_smoothing = 0.1  # seq2seq: share of the target mass spread over the vocabulary
+  c.beam_size = 4  # seq2seq evaluation/generation: beams (1: greedy)
+  c.length_penalty = 0.6  # seq2seq: GNMT's alpha; 0 ranks by summed log-probability
   c.block_trigrams = True  # summarization: skip a sentence sharing a trigram with one already chosen
   c.drop_headline = True  # summarization: BBC-style articles open with a headline paragraph; skip it
   # --- sweep (flaxbert.sweep) ---------------------------------------------------------------------
@@ -103,9 +122,14 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
     # Lead-3 by 6.6 ROUGE-1 where BertSum's "cls" (the sentence's [CLS] state) fell 0.8 short (README)
     c.eval_batch_size = 16
     c.train_split, c.eval_split = "train", "dev"
+  if task in SEQ2SEQ_TASKS:
+    c.learning_rate, c.batch_size, c.num_epochs, c.eval_batch_size = 1e-4, 32, 3.0, 64
+    if task == "summarization_abstractive":
+      c.max_source_length, c.max_target_length, c.batch_size, c.eval_batch_size = 512, 128, 16, 16
   if variant == "tiny":
     c.batch_size, c.eval_batch_size, c.num_epochs = 8, 8, 1.0
     c.max_seq_length = {"squad_v1": 64, "squad_v2": 64, "summarization": 96}.get(task, 32)
     c.doc_stride, c.max_query_length, c.max_sentences = 16, 12, 8
+    c.max_source_length, c.max_target_length, c.beam_size, c.vocab_size, c.model_size = 24, 16, 2, 64, "tiny"
     c.log_every_steps, c.checkpoint_every_steps = 2, 100
   return c

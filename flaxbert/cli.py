@@ -9,7 +9,16 @@ from flaxbert.errors import InputError
 
 
 def _convert(args: argparse.Namespace) -> None:
-  from flaxbert.pretrained import convert  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from flaxbert.interop.encoder_decoder import export_hf, is_seq2seq_workdir
+  from flaxbert.pretrained import convert
+  if is_seq2seq_workdir(args.src):
+    if args.to != "hf":
+      raise InputError(f"--to {args.to}: an encoder-decoder workdir exports to transformers' EncoderDecoderModel "
+                       "(--to hf) only")
+    export_hf(args.src, args.dst, overwrite=args.overwrite)
+    print(f"converted encoder-decoder workdir {args.src} → hf EncoderDecoderModel: {args.dst}")
+    return
   loaded = convert(args.src, args.dst, args.to, overwrite=args.overwrite)
   cfg = loaded.config
   print(f"converted {loaded.kind} → {args.to}: {args.dst} (L{cfg.num_hidden_layers}/H{cfg.hidden_size}, "
@@ -68,22 +77,39 @@ def _task_config(args: argparse.Namespace):
   return _config(args, _packaged("finetune.py:glue_sst2"), {})
 
 
+def _job(config):
+  """The module that runs a task: encoder-decoder tasks have their own loop around the shared parts."""
+  # pylint: disable=import-outside-toplevel
+  from configs.finetune import SEQ2SEQ_TASKS
+  if config.task in SEQ2SEQ_TASKS:
+    from flaxbert import seq2seq_finetune
+    return seq2seq_finetune
+  from flaxbert import finetune
+  return finetune
+
+
 def _finetune(args: argparse.Namespace) -> None:
-  from flaxbert.finetune import train_and_evaluate  # pylint: disable=import-outside-toplevel
-  results = train_and_evaluate(_task_config(args), args.workdir)
+  config = _task_config(args)
+  results = _job(config).train_and_evaluate(config, args.workdir)
   print(f"fine-tuned; dev scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-  from flaxbert.finetune import evaluate  # pylint: disable=import-outside-toplevel
-  results = evaluate(_task_config(args), args.workdir)
+  config = _task_config(args)
+  results = _job(config).evaluate(config, args.workdir)
   print(f"scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
 
 
 def _predict(args: argparse.Namespace) -> None:
-  from flaxbert.finetune import predict  # pylint: disable=import-outside-toplevel
-  count = predict(_task_config(args), args.workdir, args.input, args.output)
+  config = _task_config(args)
+  count = _job(config).predict(config, args.workdir, args.input, args.output)
   print(f"wrote {count} predictions to {args.output}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+  from flaxbert.seq2seq_finetune import generate_file  # pylint: disable=import-outside-toplevel
+  count = generate_file(args.model, args.input, args.output, args.beam_size, args.length_penalty, args.batch_size)
+  print(f"wrote {count} lines to {args.output}")
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -109,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = commands.add_parser("convert", allow_abbrev=False, help="convert weights between flaxbert, HF and TF1 formats",
                           description="Detects SRC's kind (flaxbert dir, HF dir, TF1 checkpoint) and "
-                                      "writes it to DST in the --to format.")
+                                      "writes it to DST in the --to format. A translation/"
+                                      "summarization_abstractive workdir exports (--to hf) to "
+                                      "transformers' EncoderDecoderModel.")
   p.add_argument("src", metavar="SRC")
   p.add_argument("dst", metavar="DST")
   p.add_argument("--to", required=True, choices=("flaxbert", "hf", "tf1"))
@@ -134,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(run=_pretrain)
 
   tasks = "glue_cola|glue_sst2|glue_mrpc|glue_stsb|glue_qqp|glue_mnli|glue_qnli|glue_rte|glue_wnli|ner|" \
-          "squad_v1|squad_v2|similarity|summarization"
+          "squad_v1|squad_v2|similarity|summarization|translation|summarization_abstractive"
   for name, run, text in (
       ("finetune", _finetune, "fine-tune a pretrained BERT on a task; dev scores to WORKDIR/eval_results.json"),
       ("evaluate", _evaluate, "score a fine-tuning workdir's model on --config.eval_path"),
@@ -150,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
       p.add_argument("--input", required=True, help="a file in the task's training format (labels optional)")
       p.add_argument("--output", required=True, help="predictions file to write")
     p.set_defaults(run=run)
+
+  p = commands.add_parser("generate", allow_abbrev=False, help="translate/summarize: one output line per input line",
+                          description="Decodes every line of --input with a translation or "
+                                      "summarization_abstractive workdir's encoder-decoder (beam search with a "
+                                      "key/value cache) and writes one line per input line to --output.")
+  p.add_argument("--model", required=True, help="a `flaxbert finetune` workdir of an encoder-decoder task")
+  p.add_argument("--input", required=True, help="text file, one source a line (.gz too)")
+  p.add_argument("--output", required=True, help="the hypotheses file to write")
+  p.add_argument("--beam_size", type=int, help="beams (1: greedy; default: the task config's)")
+  p.add_argument("--length_penalty", type=float, help="GNMT alpha (default: the task config's)")
+  p.add_argument("--batch_size", type=int, help="sources decoded at once (default: the task config's eval_batch_size)")
+  p.set_defaults(run=_generate)
 
   p = commands.add_parser("embed", allow_abbrev=False, help="sentences → L2-normalised vectors (.npy)",
                           description="Embeds one sentence per line of --input with any BERT checkpoint "

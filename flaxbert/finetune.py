@@ -118,7 +118,7 @@ class Job:
     return sets
 
 
-def _write_json(path: Path, value: dict) -> None:
+def write_json(path: Path, value: dict) -> None:
   if jax.process_index() == 0:
     with atomic_file(path) as tmp:
       tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
@@ -150,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   eval_sets = job.eval_sets()
   task.fit(train_examples, eval_sets)
   train = task.featurize(train_examples, tokenizer, training=True)
-  _check_record(workdir, _task_record(job, train.arrays))
+  check_record(workdir, _task_record(job, train.arrays))
   if jax.process_index() == 0:
     tokenizer.save(workdir)  # evaluate/predict/embed read the workdir's own vocabulary
   evals = [(name, ex, task.featurize(ex, tokenizer, training=False)) for name, ex in eval_sets]
@@ -167,11 +167,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   state, shardings = create_train_state(model, tx, job.mesh, job.rules, c.seed, (shapes,), pretrained, merge_encoder,
                                         rng_impl=c.rng_impl)
   del pretrained, loaded
-  mngr = checkpoint.manager(workdir, every_steps=c.checkpoint_every_steps, keep=c.keep_checkpoints)
-  found = checkpoint.resume(mngr, state.params, state.train_items())
-  if found is not None:
-    state = state.replace(params=found[1], **found[2])
-    log.info("resuming %s from step %d", workdir, found[0])
 
   def sums_fn(params, batch, rng):
     out = model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng})
@@ -185,15 +180,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   train_step = jax.jit(make_train_step(sums_fn, task.counts, objective, tx, schedule, 1), donate_argnums=0,
                        in_shardings=(shardings, batch_sh), out_shardings=(shardings, replicated))
   predict_step = job.predict_step(shardings.params)
+
+  def batch_at(step):
+    batch = batching.train_batch(train.arrays, step, c.batch_size, c.seed, jax.process_index(), jax.process_count())
+    return sharding.global_batch(batch, job.mesh)
+
+  def evaluate_all(params, final: bool) -> dict:
+    return job.evaluate_files(params, predict_step, evals, write_predictions=final) if evals else {}
+
+  results, stopped_by = fit(c, workdir, state, train_step, batch_at, total, per_epoch, evaluate_all)
+  if stopped_by is None and evals:
+    write_json(workdir / RESULTS_FILE, results)
+  return results
+
+
+def fit(config: ml_collections.ConfigDict, workdir: Path, state, train_step, batch_at, total: int,
+        per_epoch: int, evaluate) -> tuple[dict, str | None]:
+  """The fine-tuning loop every task shares: resume, train to `total` steps, evaluate, checkpoint.
+
+  batch_at(step) → the global batch of a step (a pure function of it, so resuming needs no data
+  state); evaluate(params, final) → dev scores ({} without eval data), after each epoch when
+  config.eval_every_epoch and at the end (final=True: the caller writes its predictions then).
+  Checkpoints every config.checkpoint_every_steps, after each epoch and at the end; a SIGTERM/
+  SIGINT saves and stops. Returns (the last scores, the signal that stopped the run or None).
+  """
+  c = config
+  mngr = checkpoint.manager(workdir, every_steps=c.checkpoint_every_steps, keep=c.keep_checkpoints)
+  found = checkpoint.resume(mngr, state.params, state.train_items())
+  if found is not None:
+    state = state.replace(params=found[1], **found[2])
+    log.info("resuming %s from step %d", workdir, found[0])
   writer = metrics.MetricWriter(workdir)
-  progress = metrics.ProgressBar(total, int(state.step), c.batch_size)
+  start = int(state.step)
+  progress = metrics.ProgressBar(total, start, c.batch_size)
   acc, stop, results, stopped_by = metrics.MetricsAccumulator(), StopRequest(), {}, None
   try:
-    for step in range(int(state.step), total):
-      batch = batching.train_batch(train.arrays, step, c.batch_size, c.seed, jax.process_index(), jax.process_count())
-      state, step_metrics = train_step(state, sharding.global_batch(batch, job.mesh))
+    for step in range(start, total):
+      state, step_metrics = train_step(state, batch_at(step))
       acc.add(step_metrics)
       done, stopped_by = step + 1, stop.signal  # read once: a later signal is handled next step
+      if done == start + 1:  # the one host sync outside log steps: seq/s counts from the compiled step
+        jax.block_until_ready(step_metrics)
+        progress.mark_compiled(done)
       stopping = stopped_by is not None
       final = done == total or stopping
       if done % c.log_every_steps == 0 or final:
@@ -203,26 +231,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
         progress.update(done, last)
         acc = metrics.MetricsAccumulator()
       epoch_end = done % per_epoch == 0
-      if evals and ((c.eval_every_epoch and epoch_end) or done == total):
-        results = job.evaluate_files(state.params, predict_step, evals, write_predictions=done == total)
-        writer.write_scalars(done, {f"eval_{k}": v for k, v in results.items()})
-        progress.note(done, results)
+      if (c.eval_every_epoch and epoch_end) or done == total:
+        results = evaluate(state.params, done == total)
+        if results:
+          writer.write_scalars(done, {f"eval_{k}": v for k, v in results.items()})
+          progress.note(done, results)
       if done % c.checkpoint_every_steps == 0 or epoch_end or final:
         checkpoint.save(mngr, done, state.params, state.train_items(), {"step": done, "seed": c.seed},
                         force=epoch_end or final)
       if stopping:
         log.warning("%s received: saved step %d; rerun the same command to resume", stopped_by, done)
         break
-    if evals and not results and stopped_by is None:  # a finished run, rerun: score what was restored
-      results = job.evaluate_files(state.params, predict_step, evals, write_predictions=True)
+    if not results and stopped_by is None:  # a finished run, rerun: score what was restored
+      results = evaluate(state.params, True)
   finally:
     stop.restore()
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
-  if stopped_by is None and evals:
-    _write_json(workdir / RESULTS_FILE, results)
-  return results
+  return results, stopped_by
 
 
 def _unsupervised(job: Job) -> dict:
@@ -238,11 +265,11 @@ def _unsupervised(job: Job) -> dict:
       job.task.write_predictions(job.workdir / job.task.prediction_file, examples, predictions)
   if not results:
     raise InputError("eval_path: required (no train_path: the encoder is scored without training)")
-  _write_json(job.workdir / RESULTS_FILE, results)
+  write_json(job.workdir / RESULTS_FILE, results)
   return results
 
 
-def _check_record(workdir: Path, record: dict) -> None:
+def check_record(workdir: Path, record: dict) -> None:
   """Writes task.json; an existing one for another task, labels or model is an error (new workdir)."""
   path = workdir / TASK_FILE
   if path.exists():
@@ -251,7 +278,7 @@ def _check_record(workdir: Path, record: dict) -> None:
       raise InputError(f"{path}: this workdir was fine-tuned with another task/labels/model "
                        f"({old['task']}, {old['state']}); use a new workdir")
     return
-  _write_json(path, record)
+  write_json(path, record)
 
 
 def _restore(config: ml_collections.ConfigDict, workdir: Path, devices=None):
@@ -295,7 +322,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=Non
   job.task.check(sets)
   evals = [(name, ex, job.task.featurize(ex, job.tokenizer, training=False)) for name, ex in sets]
   results = job.evaluate_files(params, predict_step, evals, write_predictions=True)
-  _write_json(workdir / RESULTS_FILE, results)
+  write_json(workdir / RESULTS_FILE, results)
   return results
 
 

@@ -102,6 +102,15 @@ class Tokenizer:
     """Whether `token` continues the word before it (for whole-word masking). Special tokens never do."""
     raise NotImplementedError
 
+  def decode(self, ids: Iterable[int]) -> str:
+    """The text of `ids` (generated tokens), BERT's special tokens dropped."""
+    ids = [int(i) for i in ids]
+    kept = [i for i, t in zip(ids, self.convert_ids_to_tokens(ids)) if t not in self._special]
+    return self._detokenize(kept, self.convert_ids_to_tokens(kept))
+
+  def _detokenize(self, ids: list[int], tokens: list[str]) -> str:
+    raise NotImplementedError
+
   def save(self, directory: str | os.PathLike) -> Path:
     """Writes vocab.txt or spm.model, and tokenizer_config.json; load_tokenizer(directory) reloads it."""
     directory = Path(directory)
@@ -120,6 +129,10 @@ def _check_text(text, index: int | None = None) -> str:
     where = "text" if index is None else f"text #{index}"
     raise InputError(f"{where} is a {type(text).__name__}; expected str")
   return text
+
+
+_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+             (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
 class WordPieceTokenizer(Tokenizer):
@@ -178,6 +191,15 @@ class WordPieceTokenizer(Tokenizer):
   def is_continuation(self, token: str) -> bool:
     return token.startswith("##")
 
+  def _detokenize(self, ids: list[int], tokens: list[str]) -> str:
+    """Wordpieces joined ("##" pieces glued on), then transformers' clean_up_tokenization: no space
+    before . , ! ? or inside English contractions. WordPiece keeps no record of the original spacing,
+    so this is the usual approximation."""
+    text = " ".join(tokens).replace(" ##", "").removeprefix("##")
+    for spaced, joined in _CLEAN_UP:
+      text = text.replace(spaced, joined)
+    return text
+
   def _save_model(self, directory: Path) -> None:
     (directory / VOCAB_FILE).write_text("".join(t + "\n" for t in self._vocab), encoding="utf-8")
 
@@ -212,6 +234,9 @@ class SentencePieceTokenizer(Tokenizer):
 
   def is_continuation(self, token: str) -> bool:
     return not token.startswith(SPM_SPACE) and token not in self._special
+
+  def _detokenize(self, ids: list[int], tokens: list[str]) -> str:
+    return self._sp.decode(ids)
 
   def _save_model(self, directory: Path) -> None:
     (directory / SPM_FILE).write_bytes(self._proto)

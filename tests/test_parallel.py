@@ -1,10 +1,11 @@
-"""Parallel-text readers: alignment, TSV, gzip, counted skips of blank and over-long segments."""
+"""Parallel-text readers: alignment, TSV, JSONL, gzip, counted skips of blank and over-long segments."""
 import gzip
+import json
 
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.tasks.parallel import filter_lengths, read_parallel, read_parallel_tsv
+from flaxbert.tasks.parallel import filter_lengths, read_parallel, read_parallel_tsv, read_spec
 from flaxbert.tasks.readers import ReadReport
 
 
@@ -72,3 +73,27 @@ def test_filter_lengths_counts_what_it_drops(tmp_path):
   assert report.examples == 1 and report.reasons == {"source over 3 tokens": 1, "target over 3 tokens": 1}
   with pytest.raises(InputError, match="max_source_tokens"):
     filter_lengths(examples, str.split, 0, 3, report)
+
+
+def test_read_spec_jsonl_with_lists_and_several_references(tmp_path):
+  path = tmp_path / "test.jsonl"
+  rows = [{"dialogue": ["Hi.", "Bye."], "s1": "A greeting.", "s2": ["Hello.", ""]},
+          {"dialogue": "  ", "s1": "x", "s2": "y"}, {"dialogue": "Rain.", "s1": "", "s2": "Weather."}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  report = ReadReport(str(path))
+  examples = read_spec(str(path), "dialogue", ["s1", "s2"], report)
+  assert [(e.source, e.references) for e in examples] == [("Hi. Bye.", ("A greeting.", "Hello."))]
+  assert examples[0].where == f"{path}:1" and report.reasons == {"empty source": 1, "empty target": 1}
+  assert [e.target for e in read_spec(str(path), "dialogue", ["s1"], sources_only=True)] == [None, None]
+  with pytest.raises(InputError, match=r"test.jsonl:1: field 'summary': expected text .*no such field"):
+    read_spec(str(path), "dialogue", ["summary"])
+  src, tgt = write(tmp_path / "a.en", ["one", "two"]), write(tmp_path / "a.de", ["eins", "zwei"])
+  assert [e.target for e in read_spec(f"{src}|{tgt}")] == ["eins", "zwei"]
+  assert [e.target for e in read_spec(f"{src}|{tgt}", sources_only=True)] == [None, None]
+  with pytest.raises(InputError, match=r"a\.fr: no such file"):
+    read_spec(f"{src}|{tmp_path / 'a.fr'}")
+  with pytest.raises(InputError, match="a single plain file holds sources only"):
+    read_spec(str(src))
+  tsv = tmp_path / "p.tsv"
+  tsv.write_text("one\teins\n")
+  assert [(e.source, e.target) for e in read_spec(str(tsv))] == [("one", "eins")]

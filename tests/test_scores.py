@@ -157,3 +157,18 @@ def test_entity_scores_match_seqeval():
       report = seqeval_metrics.classification_report(gold, pred, output_dict=True)
       per_type = {f"f1_{k}": v["f1-score"] for k, v in report.items() if "avg" not in k}
       assert {k: v for k, v in out.items() if k.startswith("f1_")} == pytest.approx(per_type)
+
+
+def test_translation_scores_are_sacrebleus_with_several_references():
+  sacrebleu = pytest.importorskip("sacrebleu")
+  hyps = ["Ein Mann läuft schnell.", "Zwei Hunde spielen im Park."]
+  refs = [["Ein Mann rennt schnell."], ["Zwei Hunde spielen im Park.", "zwei hunde spielen"]]
+  got = scores.translation_scores(hyps, refs)
+  streams = [["Ein Mann rennt schnell.", "Zwei Hunde spielen im Park."], [None, "zwei hunde spielen"]]
+  assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, streams).score)
+  assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, streams).score)
+  assert scores.translation_scores(["a b c d e"], [["a b c d e"]])["bleu"] == pytest.approx(100.0)
+  upper = scores.translation_scores(["EIN MANN LÄUFT SCHNELL."], [["Ein Mann läuft schnell."]])
+  assert upper["bleu"] < 20 and upper["bleu_uncased"] == pytest.approx(100.0)
+  with pytest.raises(ValueError, match="no reference"):
+    scores.translation_scores(["x"], [[]])

@@ -139,6 +139,11 @@ def test_rouge_scores_hand_checked():
   assert mean["rouge1"] == pytest.approx((200 / 3 + 100) / 2)
   assert S.rouge_scores(["Running dogs."], ["run dog"])["rouge1"] == pytest.approx(100.0)  # stemmer on
   assert S.rouge_scores([], []) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+  # several references: the best F1 over them, per variant
+  best = S.rouge_scores(["the cat sat"], [["a dog ran", "The cat sat on the mat."]])
+  assert best == got and S.rouge_scores(["x"], [("y", "x")])["rouge2"] == 0.0
+  with pytest.raises(ValueError, match="missing"):
+    S.rouge_scores(["x"], [[]])
   with pytest.raises(ValueError, match="2 predictions but 1 references"):
     S.rouge_scores(["a", "b"], ["a"])
 

@@ -362,3 +362,14 @@ def test_bad_folders_and_configs(tmp_path):
   (tmp_path / "tokenizer_config.json").write_text('{"kind": "wordpiece"}')
   with pytest.raises(InputError, match="says kind \"wordpiece\" but there is no vocab.txt"):
     load_tokenizer(tmp_path)
+
+
+def test_decode_drops_specials_and_joins_pieces(wordpiece, spm_model):
+  ids = [wordpiece.cls_id, *wordpiece.encode("The cat sat unaffable."), wordpiece.sep_id, wordpiece.pad_id]
+  assert wordpiece.decode(ids) == "the cat sat unaffable."  # "##" glued, no space before "."
+  assert wordpiece.decode(iter([5, 6])) == "the cat" and wordpiece.decode([]) == ""
+  with pytest.raises(InputError, match="token id 99 is out of range"):
+    wordpiece.decode([5, 99])
+  spm = load_tokenizer(spm_model)
+  text = "the river ran about bridges"
+  assert spm.decode([spm.cls_id, *spm.encode(text), spm.sep_id, spm.pad_id]) == text

@@ -37,6 +37,50 @@ def train_batch(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed:
   return local_slice(batch, process_index, process_count)
 
 
+def grouped_batch(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed: int, keys: np.ndarray,
+                  window: int = 100) -> dict[str, np.ndarray]:
+  """The global training batch `step` (`train_batch`'s, before `local_slice`) with rows of similar `keys` (lengths) batched together, fairseq/Tensor2Tensor style.
+
+  Each epoch's permutation (seeded by (seed, epoch), as train_batch's) is cut into windows of
+  `window` batches; a window is sorted by key and cut into batches, and the epoch's batches are
+  shuffled (same seed). Every example still comes once per epoch and only the epoch's last batch
+  in window order can be partial; a batch is a pure function of (seed, step), so resuming needs no
+  state. The plan of the newest epoch is cached.
+  """
+  n = len(keys)
+  per_epoch = steps_per_epoch(n, batch_size)
+  epoch, within = divmod(step, per_epoch)
+  cached = _PLANS.get(id(keys))
+  if cached is None or cached[0] is not keys or cached[1] != (seed, epoch, batch_size, window):
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    span = batch_size * window
+    order = np.concatenate([chunk[np.argsort(keys[chunk], kind="stable")]
+                            for chunk in np.split(order, range(span, n, span))])
+    batches = np.split(order, range(batch_size, n, batch_size))
+    plan = [batches[i] for i in rng.permutation(len(batches))]
+    _PLANS.clear()
+    _PLANS[id(keys)] = cached = (keys, (seed, epoch, batch_size, window), plan)
+  return take(arrays, cached[2][within], batch_size)
+
+
+_PLANS: dict = {}
+
+
+def trim(batch: dict[str, np.ndarray], groups: dict[str, tuple[str, ...]], multiple: int) -> dict[str, np.ndarray]:
+  """Cuts each group's arrays (axis 1) to the group's longest real row, rounded up to `multiple`
+  (so that few shapes compile); groups: mask name → the arrays padded along it. Trim the global
+  batch, then `local_slice` it: every process must see the same shapes."""
+  out = dict(batch)
+  for mask, names in groups.items():
+    full = batch[mask].shape[1]
+    longest = int(batch[mask].sum(axis=1).max(initial=1))
+    length = min(full, -(-longest // multiple) * multiple) if multiple > 0 else full
+    for name in names:
+      out[name] = batch[name][:, :length]
+  return out
+
+
 def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: int = 0,
                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """Every feature once, in order, in padded batches (this process's slice of each)."""

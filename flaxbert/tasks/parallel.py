@@ -6,6 +6,12 @@ Layouts (plain UTF-8, or gzipped when the name ends in .gz):
   counts and the first line the shorter one lacks: a misalignment is never silently truncated.
 - one TSV, `source<TAB>target` a line, no header, no quoting (Moses / OPUS exports).
 - a source file alone (`read_parallel(src)`), for generation input: targets are None.
+- JSONL (summarization sets: DialogSum, SciTLDR): the source and target picked by field name; a
+  list value is joined (sentences of a source) or gives several references (SciTLDR's TLDRs), and
+  several target fields (`summary1,summary2,summary3`) give several references; the first reference
+  is the training target.
+`read_spec` takes one string for all of them: `SRC|TGT` (two aligned files), `*.tsv[.gz]`,
+`*.jsonl[.gz]`, or any other single file (sources only).
 
 Blank segments on either side of a pair are skipped and counted in a ReadReport (real corpora have
 them; a pair with one side empty teaches nothing), as are segments longer than a limit in tokens
@@ -13,10 +19,11 @@ them; a pair with one side empty teaches nothing), as are segments longer than a
 """
 import dataclasses
 import itertools
+from pathlib import Path
 from typing import Callable, Sequence
 
 from flaxbert.errors import InputError
-from flaxbert.tasks.readers import ReadReport, _lines, _rows
+from flaxbert.tasks.readers import ReadReport, _jsonl_rows, _lines, _rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +31,12 @@ class ParallelExample:
   source: str
   target: str | None  # None when read from a source file alone
   where: str  # "path:line" (the source file's line for aligned files)
+  extra_references: tuple[str, ...] = ()  # further references of a multi-reference test set
+
+  @property
+  def references(self) -> tuple[str, ...]:
+    """Every reference target (empty when there is no target)."""
+    return (() if self.target is None else (self.target,)) + self.extra_references
 
 
 def read_parallel(source_path, target_path=None, report: ReadReport | None = None) -> list[ParallelExample]:
@@ -67,6 +80,66 @@ def read_parallel_tsv(path, report: ReadReport | None = None) -> list[ParallelEx
     examples.append(ParallelExample(src, tgt, f"{path}:{line}"))
   report.examples += len(examples)
   return examples
+
+
+def read_parallel_jsonl(path, source_field: str, target_fields: Sequence[str],
+                        report: ReadReport | None = None) -> list[ParallelExample]:
+  """One example per JSON object: `source_field` (text or a list of texts, joined by spaces) and
+  the references of `target_fields` (each text or a list of texts); no target fields: sources only.
+  A missing or non-text field is an error naming path:line; an empty source or first reference
+  is a counted skip."""
+  report = report if report is not None else ReadReport(str(path))
+  examples = []
+  for line, record in _jsonl_rows(path):
+    source = " ".join(_texts(record, source_field, path, line)).strip()
+    refs = [t.strip() for name in target_fields for t in _texts(record, name, path, line)]
+    if not source or (target_fields and (not refs or not refs[0])):
+      report.skip("empty source" if not source else "empty target")
+      continue
+    examples.append(ParallelExample(source, refs[0] if refs else None, f"{path}:{line}",
+                                    tuple(r for r in refs[1:] if r)))
+  report.examples += len(examples)
+  return examples
+
+
+def _texts(record: dict, field: str, path, line: int) -> list[str]:
+  value = record.get(field)
+  if isinstance(value, str):
+    return [value]
+  if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    return value
+  found = "no such field" if value is None else f"got {type(value).__name__}"
+  raise InputError(f"{path}:{line}: field {field!r}: expected text or a list of texts ({found}; "
+                   f"fields: {sorted(record)})")
+
+
+def read_spec(spec: str, source_field: str = "source", target_fields: Sequence[str] = ("target",),
+              report: ReadReport | None = None, sources_only: bool = False) -> list[ParallelExample]:
+  """Examples from `SRC|TGT`, a .tsv, a .jsonl or (sources only) a plain file; see the module doc.
+
+  sources_only: read the source side alone (generation input); a `SRC|TGT` spec then reads SRC."""
+  spec = str(spec)
+  name = spec.removesuffix(".gz")
+  if "|" in spec:
+    source, _, target = spec.partition("|")
+    for path in (source, target):
+      _exists(path, spec)
+    return read_parallel(source, None if sources_only else target, report)
+  _exists(spec, spec)
+  if name.endswith(".jsonl"):
+    return read_parallel_jsonl(spec, source_field, () if sources_only else tuple(target_fields), report)
+  if name.endswith(".tsv"):
+    examples = read_parallel_tsv(spec, report)
+    return [dataclasses.replace(e, target=None) for e in examples] if sources_only else examples
+  if not sources_only:
+    raise InputError(f"{spec}: expected SOURCE|TARGET (two aligned files), a .tsv (source<TAB>target) "
+                     "or a .jsonl file; a single plain file holds sources only")
+  return read_parallel(spec, None, report)
+
+
+def _exists(path: str, spec: str) -> None:
+  if not Path(path).is_file():
+    raise InputError(f"{spec}: {path}: no such file")
 
 
 def filter_lengths(examples: Sequence[ParallelExample], tokenize: Callable[[str], Sequence],

@@ -201,3 +201,24 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
   for type_, c in counts.items():
     out[f"f1_{type_}"] = _prf(*c)[2]
   return out
+
+
+# --- translation ---------------------------------------------------------------------------------
+
+
+def translation_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
+  """Corpus BLEU and chrF (sacrebleu's defaults: 13a tokenization, BLEU-4 with exponential
+  smoothing, chrF with character 6-grams and beta 2), plus case-insensitive BLEU (`bleu_uncased`,
+  for models whose vocabulary lower-cases). references: each hypothesis' reference(s); a varying
+  number is allowed."""
+  import sacrebleu  # pylint: disable=import-outside-toplevel
+  if len(hypotheses) != len(references):
+    raise ValueError(f"translation_scores: {len(hypotheses)} hypotheses but {len(references)} references")
+  if any(not refs for refs in references):
+    raise ValueError("translation_scores: a hypothesis has no reference")
+  streams = [[refs[i] if i < len(refs) else None for refs in references]
+             for i in range(max((len(r) for r in references), default=1))]
+  hypotheses = list(hypotheses)
+  return {"bleu": sacrebleu.corpus_bleu(hypotheses, streams).score,
+          "bleu_uncased": sacrebleu.corpus_bleu(hypotheses, streams, lowercase=True).score,
+          "chrf": sacrebleu.corpus_chrf(hypotheses, streams).score}

@@ -178,17 +178,21 @@ def _scorer() -> rouge_scorer.RougeScorer:
   return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
 
 
-def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-  """Mean ROUGE-1/2/L F1 × 100 (Google's rouge-score, Porter stemmer on); keys ROUGE_KEYS."""
+def rouge_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
+  """Mean ROUGE-1/2/L F1 × 100 (Google's rouge-score, Porter stemmer on); keys ROUGE_KEYS.
+
+  A reference may be several texts (DialogSum's three summaries, SciTLDR's TLDRs): each prediction
+  then scores its best F1 over them, per ROUGE variant (rouge-score's `score_multi`)."""
   if len(predictions) != len(references):
     raise ValueError(f"rouge_scores: {len(predictions)} predictions but {len(references)} references")
-  if any(r is None for r in references):
-    raise ValueError("rouge_scores: a reference summary is missing (None)")
+  refs = [[r] if isinstance(r, str) else list(r or ()) for r in references]
+  if any(not r or any(x is None for x in r) for r in refs):
+    raise ValueError("rouge_scores: a reference summary is missing (None or no text)")
   if not predictions:
     return {key: 0.0 for key in ROUGE_KEYS}
   totals = dict.fromkeys(ROUGE_KEYS, 0.0)
-  for prediction, reference in zip(predictions, references):
-    scores = _scorer().score(reference, prediction)  # score(target, prediction)
+  for prediction, targets in zip(predictions, refs):
+    scores = _scorer().score_multi(targets, prediction)  # best F1 over the targets
     for key in ROUGE_KEYS:
       totals[key] += scores[key].fmeasure
   return {key: 100.0 * total / len(predictions) for key, total in totals.items()}

@@ -1,0 +1,400 @@
+"""Sequence-to-sequence fine-tuning (BERT2BERT): translation and abstractive summarization.
+
+`train_and_evaluate(config, workdir)` builds a flaxbert.seq2seq.BertEncoderDecoder, warm-starts it
+from `config.init` as `config.warm_start` says (bert2bert | bert2rnd | bertshare, or random: the
+init's architecture and vocabulary with fresh weights, or `model_size` without init), and trains
+it with teacher forcing and label-smoothed cross-entropy on the machinery every job shares: the
+mesh and partition rules (flaxbert.sharding), the train state built from shapes and initialised
+straight into its sharded layout with the warm start inside that jitted init
+(flaxbert.train.create_train_state), one jitted train step (flaxbert.train.make_train_step), the
+optimizer and schedule (flaxbert.optim), and the fine-tuning loop with Orbax checkpoints, exact
+resume and SIGTERM saves (flaxbert.finetune.fit). Evaluation decodes every example of each eval
+file with beam search (flaxbert.generate: one compiled loop per batch shape) and scores the
+detokenized hypotheses against the references: BLEU, case-insensitive BLEU and chrF (sacrebleu,
+standard 13a tokenization) for translation; ROUGE-1/2/L (rouge-score, stemmed F1, best over
+several references) for summaries.
+
+Layout (transformers' bert2bert convention): source `[CLS] x [SEP]`; decoder input `[CLS] y`,
+labels `y [SEP]`; generation starts at [CLS] and stops at [SEP].
+
+Vocabulary: config.vocab, else the init checkpoint's, else a joint sentencepiece trained on both
+sides of the training pairs (config.vocab_size pieces, cased unless config.lower_case).
+
+The workdir holds task.json (task, warm start, both model configs, lengths: what `evaluate` and
+`generate` rebuild the model from), the tokenizer (vocab.txt or spm.model), checkpoints/,
+metrics.jsonl and events, eval_results.json, and hypotheses.txt for the first eval file
+(hypotheses_STEM.txt for the others).
+"""
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from flaxbert import checkpoint, optim, seq2seq, sharding
+from flaxbert.atomic import atomic_file
+from flaxbert.config import SIZES, BertConfig
+from flaxbert.errors import InputError
+from flaxbert.finetune import RESULTS_FILE, TASK_FILE, check_record, fit, optimizer_section, write_json
+from flaxbert.pretrained import load
+from flaxbert.tasks import batching, parallel
+from flaxbert.tasks.readers import ReadReport, _lines
+from flaxbert.tasks.scores import translation_scores
+from flaxbert.tasks.summarization import rouge_scores
+from flaxbert.tokenization import Tokenizer, load_tokenizer
+from flaxbert.train import create_train_state, make_train_step
+from flaxbert.warm_start import MODES, warm_start
+
+log = logging.getLogger("flaxbert")
+WARM_STARTS = MODES + ("random",)
+SOURCE_KEYS = ("source_ids", "source_mask")
+GROUPS = {"source_mask": SOURCE_KEYS, "target_mask": ("target_ids", "target_mask", "labels")}
+
+
+@dataclasses.dataclass
+class Seq2Seq:
+  """What training, evaluation and generation share: the model, tokenizer, mesh and lengths."""
+  model: seq2seq.BertEncoderDecoder
+  tokenizer: Tokenizer
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  max_source_length: int
+  max_target_length: int
+
+  def sources(self, texts: Sequence[str], report: ReadReport | None = None) -> dict[str, np.ndarray]:
+    """[CLS] x [SEP] rows, padded; a source over the limit is cut (and counted in `report`)."""
+    room = self.max_source_length - 2
+    ids = self.tokenizer.encode_batch(texts)
+    if report is not None and any(len(x) > room for x in ids):
+      cut = sum(len(x) > room for x in ids)
+      log.warning("%s: %d source(s) over %d wordpieces cut to fit max_source_length=%d", report.path, cut, room,
+                  self.max_source_length)
+    t = self.tokenizer
+    return _padded([[t.cls_id, *x[:room], t.sep_id] for x in ids], self.max_source_length, t.pad_id, "source")
+
+  def pairs(self, examples: Sequence[parallel.ParallelExample], report: ReadReport) -> dict[str, np.ndarray]:
+    """Training arrays; pairs whose source or target does not fit are skipped and counted."""
+    t = self.tokenizer
+    texts = sorted({e.source for e in examples} | {e.target for e in examples})
+    ids = dict(zip(texts, t.encode_batch(texts)))
+    kept = parallel.filter_lengths(examples, ids.__getitem__, self.max_source_length - 2,
+                                   self.max_target_length - 1, report)
+    if report.skipped:
+      log.warning("%s: %d training pair(s) skipped: %s", report.path, report.skipped, report.reasons)
+    if not kept:
+      raise InputError(f"{report.path}: no training pair fits max_source_length={self.max_source_length} and "
+                       f"max_target_length={self.max_target_length} ({report.reasons})")
+    arrays = self.sources([e.source for e in kept])
+    targets = [ids[e.target] for e in kept]
+    arrays.update(_padded([[t.cls_id, *y] for y in targets], self.max_target_length, t.pad_id, "target"))
+    arrays["labels"] = _padded([[*y, t.sep_id] for y in targets], self.max_target_length, t.pad_id, "x")["x_ids"]
+    return arrays
+
+  def generate(self, params, texts: Sequence[str], batch_size: int, beam_size: int, length_penalty: float,
+               report: ReadReport | None = None, bucket: int = 16) -> list[str]:
+    """Detokenized outputs for `texts`, in order; every text decoded once (the last batch padded);
+    sources are batched by length and padded to a multiple of `bucket` (0: max_source_length)."""
+    arrays, rows = self.sources(texts, report), []
+    t = self.tokenizer
+    # longest first, so that a batch's beams finish together and its padding is short (undone below)
+    order = np.argsort(-arrays["source_mask"].sum(axis=1), kind="stable")
+    arrays = {k: v[order] for k, v in arrays.items()}
+    for batch in batching.eval_batches(arrays, batch_size):
+      batch = batching.trim(batch, {"source_mask": SOURCE_KEYS}, bucket)
+      batch = batching.local_slice(batch, jax.process_index(), jax.process_count())
+      inputs = sharding.global_batch({k: batch[k] for k in SOURCE_KEYS}, self.mesh)
+      out = seq2seq.generate(self.model, params, inputs["source_ids"], inputs["source_mask"],
+                             max_length=self.max_target_length, start_id=t.cls_id, eos_id=t.sep_id,
+                             pad_id=t.pad_id, beam_size=beam_size, length_penalty=float(length_penalty))
+      best = out.sequences if beam_size == 1 else out.sequences[:, 0]
+      if jax.process_count() > 1:
+        best = multihost_utils.process_allgather(best, tiled=True)
+      rows.extend(np.asarray(best))
+    hyps = [t.decode(_until_eos(row, t.sep_id)) for row in rows[:len(texts)]]
+    out = [""] * len(texts)
+    for position, i in enumerate(order):
+      out[i] = hyps[position]
+    return out
+
+
+def _padded(rows: list[list[int]], length: int, pad: int, name: str) -> dict[str, np.ndarray]:
+  ids = np.full((len(rows), length), pad, np.int32)
+  mask = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    ids[i, :len(row)], mask[i, :len(row)] = row, 1
+  return {f"{name}_ids": ids, f"{name}_mask": mask}
+
+
+def _until_eos(row: np.ndarray, eos: int) -> list[int]:
+  row = [int(x) for x in row]
+  return row[:row.index(eos)] if eos in row else row
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def loss_sums(model, params, batch: dict, rng, label_smoothing: float) -> dict:
+  """Label-smoothed cross-entropy over the real target tokens, as sums with a token count."""
+  logits = model.apply({"params": params}, batch["source_ids"], batch["source_mask"], batch["target_ids"],
+                       batch["target_mask"], deterministic=rng is None,
+                       rngs=None if rng is None else {"dropout": rng})
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  rows = batch.get("example_mask", jnp.ones(logits.shape[:1], jnp.int32)).astype(jnp.float32)
+  w = batch["target_mask"].astype(jnp.float32) * rows[:, None]
+  label_logp = jnp.take_along_axis(logp, batch["labels"][..., None], axis=-1)[..., 0]
+  loss = -(1.0 - label_smoothing) * label_logp - label_smoothing * jnp.mean(logp, axis=-1)
+  return {"token_loss_sum": jnp.sum(loss * w), "token_nll_sum": -jnp.sum(label_logp * w),
+          "token_correct": jnp.sum((label_logp >= jnp.max(logp, axis=-1)) * w), "token_count": jnp.sum(w)}
+
+
+def _counts(batch: dict) -> dict:
+  rows = batch["example_mask"].astype(jnp.float32)
+  return {"token_count": jnp.sum(batch["target_mask"].astype(jnp.float32) * rows[:, None])}
+
+
+def _objective(sums: dict, counts: dict) -> jax.Array:
+  return sums["token_loss_sum"] / jnp.maximum(counts["token_count"], 1.0)
+
+
+def read(config: ml_collections.ConfigDict, spec: str, field: str, training: bool) -> tuple[list, ReadReport]:
+  if not spec:
+    raise InputError(f"{field}: required")
+  targets = config.target_fields if training or not config.eval_target_fields else config.eval_target_fields
+  report = ReadReport(spec)
+  examples = parallel.read_spec(spec, config.source_field, [f for f in targets.split(",") if f], report)
+  if not examples:
+    raise InputError(f"{field}: {spec}: no examples ({report.reasons or 'empty'})")
+  if report.skipped and not training:
+    log.warning("%s: skipped %d pair(s): %s", spec, report.skipped, report.reasons)
+  return examples, report
+
+
+def _tokenizer(config: ml_collections.ConfigDict, workdir: Path, loaded, train: list) -> Tokenizer:
+  """The workdir's own (a resumed run), config.vocab, the init's, or a new joint sentencepiece."""
+  if (workdir / "tokenizer_config.json").is_file():
+    return load_tokenizer(workdir)
+  if config.vocab:
+    return load_tokenizer(config.vocab, lower_case=config.lower_case)
+  if loaded is not None:
+    return load_tokenizer(loaded.vocab or config.init, lower_case=config.lower_case)
+  from data_prep.vocab import train_sentencepiece  # pylint: disable=import-outside-toplevel
+  lines = [text for e in train for text in (e.source, e.target)]
+  log.info("training a joint sentencepiece vocabulary of %d pieces on %d lines", config.vocab_size, len(lines))
+  try:
+    return train_sentencepiece(None, workdir / "joint_vocab", config.vocab_size, lines=lines,
+                               lower_case=bool(config.lower_case))
+  except InputError as e:
+    raise InputError(f"vocab_size: {config.vocab_size} pieces for the joint vocabulary of {config.train_path}: "
+                     f"{e}") from None
+
+
+def _configs(config: ml_collections.ConfigDict, loaded, vocab_size: int) -> BertConfig:
+  c = config
+  if loaded is not None:
+    cfg = loaded.config
+    if cfg.vocab_size != vocab_size:
+      raise InputError(f"vocab: {vocab_size} tokens, but {c.init} has vocab_size {cfg.vocab_size}; warm starting "
+                       "needs the checkpoint's own vocabulary (leave vocab unset)")
+  else:
+    cfg = BertConfig.from_size(c.model_size, vocab_size=vocab_size)
+  return cfg.replace(hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.dropout, dtype=c.dtype,
+                     param_dtype="float32")
+
+
+def _check_lengths(config: ml_collections.ConfigDict, loaded) -> None:
+  """Before any work: both lengths must fit the model's positions."""
+  if loaded is None and config.model_size not in SIZES:
+    raise InputError(f"model_size: expected one of {sorted(SIZES)}, got {config.model_size!r}")
+  limit = (loaded.config if loaded is not None else BertConfig.from_size(config.model_size)).max_position_embeddings
+  for field in ("max_source_length", "max_target_length"):
+    if not 3 <= config[field] <= limit:
+      raise InputError(f"{field}: {config[field]}; expected 3 to the model's max_position_embeddings ({limit})")
+
+
+def build(config: ml_collections.ConfigDict, cfg: BertConfig, tokenizer: Tokenizer, share: bool,
+          devices=None) -> Seq2Seq:
+  mesh = sharding.make_mesh(config.mesh, devices)
+  parallel_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  for field in ("batch_size", "eval_batch_size"):
+    if config[field] < 1 or config[field] % parallel_devices:
+      raise InputError(f"{field}: {config[field]} must be a positive multiple of the data-parallel devices "
+                       f"({parallel_devices})")
+  model = seq2seq.BertEncoderDecoder(cfg, cfg, share=share)
+  return Seq2Seq(model, tokenizer, mesh, sharding.rules_from_config(config.sharding_rules),
+                 config.max_source_length, config.max_target_length)
+
+
+def _input_shapes(s: Seq2Seq) -> tuple:
+  src = jax.ShapeDtypeStruct((1, s.max_source_length), jnp.int32)
+  tgt = jax.ShapeDtypeStruct((1, s.max_target_length), jnp.int32)
+  return (src, src, tgt, tgt)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
+  """Trains as `config` says in `workdir` (resuming what is there); returns the final dev scores."""
+  c, workdir = config, Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  sharding.initialize_distributed()
+  if c.warm_start not in WARM_STARTS:
+    raise InputError(f"warm_start: expected one of {list(WARM_STARTS)}, got {c.warm_start!r}")
+  if not c.init and c.warm_start != "random":
+    raise InputError(f"init: required for warm_start={c.warm_start!r} (a BERT checkpoint; or warm_start=random)")
+  loaded = load(c.init) if c.init else None
+  _check_lengths(c, loaded)
+  train, train_report = read(c, c.train_path, "train_path", training=True)
+  if any(e.target is None for e in train):
+    raise InputError(f"train_path: {c.train_path}: no targets; expected SOURCE|TARGET files, a .tsv or a .jsonl")
+  evals = [(Path(spec.split("|")[-1]).name.split(".")[0], *read(c, spec, "eval_path", training=False))
+           for spec in (c.eval_path or "").split(",") if spec]
+  tokenizer = _tokenizer(c, workdir, loaded, train)
+  cfg = _configs(c, loaded, tokenizer.vocab_size)
+  s = build(c, cfg, tokenizer, share=c.warm_start == "bertshare", devices=devices)
+  arrays = s.pairs(train, train_report)
+  record = {"task": c.task, "state": {"warm_start": c.warm_start, "init": str(c.init)}, "model": cfg.to_dict(),
+            "max_source_length": c.max_source_length, "max_target_length": c.max_target_length}
+  check_record(workdir, record)
+  if jax.process_index() == 0 and not (workdir / "tokenizer_config.json").is_file():
+    tokenizer.save(workdir)
+
+  n = len(arrays["labels"])
+  per_epoch = batching.steps_per_epoch(n, c.batch_size)
+  total = max(1, int(np.ceil(c.num_epochs * per_epoch)))
+  opt_config = optimizer_section(c, total)
+  tx, schedule = optim.build_optimizer(opt_config), optim.learning_rate_schedule(opt_config)
+  log.info("%s (%s): %d training pairs, %d steps (%d per epoch); %s", c.task, c.warm_start, n, total, per_epoch,
+           optim.describe(opt_config))
+  mode = None if c.warm_start == "random" else c.warm_start
+  state, shardings = create_train_state(
+      s.model, tx, s.mesh, s.rules, c.seed, _input_shapes(s), loaded.params if mode else None,
+      (lambda fresh, bert: warm_start(fresh, bert, mode)) if mode else None, rng_impl=c.rng_impl)
+  del loaded
+  smoothing = float(c.label_smoothing)
+  train_step = jax.jit(
+      make_train_step(lambda p, b, rng: loss_sums(s.model, p, b, rng, smoothing), _counts, _objective, tx,
+                      schedule, 1),
+      donate_argnums=0, in_shardings=(shardings, sharding.batch_sharding(s.mesh)),
+      out_shardings=(shardings, NamedSharding(s.mesh, P())))
+
+  keys = arrays["target_mask"].sum(axis=1) * (c.max_source_length + 1) + arrays["source_mask"].sum(axis=1)
+
+  def batch_at(step):
+    if c.length_bucket:
+      batch = batching.trim(batching.grouped_batch(arrays, step, c.batch_size, c.seed, keys), GROUPS, c.length_bucket)
+    else:
+      batch = batching.train_batch(arrays, step, c.batch_size, c.seed)
+    return sharding.global_batch(batching.local_slice(batch, jax.process_index(), jax.process_count()), s.mesh)
+
+  def evaluate_all(params, final: bool) -> dict:
+    return evaluate_sets(c, s, params, evals, workdir if final else None)
+
+  results, stopped_by = fit(c, workdir, state, train_step, batch_at, total, per_epoch, evaluate_all)
+  if stopped_by is None and evals:
+    write_json(workdir / RESULTS_FILE, results)
+  return results
+
+
+def evaluate_sets(config: ml_collections.ConfigDict, s: Seq2Seq, params, evals, workdir: Path | None) -> dict:
+  """Scores of each (name, examples, report); the first file's unprefixed. With a workdir, the
+  hypotheses go to hypotheses.txt (first file) and hypotheses_NAME.txt."""
+  results = {}
+  for n, (name, examples, report) in enumerate(evals):
+    hyps = s.generate(params, [e.source for e in examples], config.eval_batch_size, config.beam_size,
+                      config.length_penalty, report, config.length_bucket)
+    refs = [e.references for e in examples]
+    if any(not r for r in refs):
+      raise InputError(f"eval_path: {report.path}: no references; expected SOURCE|TARGET files, a .tsv or a .jsonl")
+    scores = translation_scores(hyps, refs) if config.task == "translation" else rouge_scores(hyps, refs)
+    results.update({(k if n == 0 else f"{name}_{k}"): float(v) for k, v in scores.items()})
+    if workdir is not None and jax.process_index() == 0:
+      write_lines(workdir / ("hypotheses.txt" if n == 0 else f"hypotheses_{name}.txt"), hyps)
+  return results
+
+
+def write_lines(path: Path, lines: Sequence[str]) -> None:
+  with atomic_file(path) as tmp:
+    tmp.write_text("".join(line.replace("\n", " ") + "\n" for line in lines), encoding="utf-8")
+
+
+# --- a finished workdir ------------------------------------------------------------------------
+
+
+def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None, devices=None):
+  """(Seq2Seq, params, record) from a seq2seq workdir's task.json, tokenizer and newest checkpoint."""
+  workdir = Path(workdir)
+  path = workdir / TASK_FILE
+  if not path.is_file():
+    raise InputError(f"{workdir}: no {TASK_FILE}; not a fine-tuning workdir (run `flaxbert finetune` first)")
+  record = json.loads(path.read_text())
+  if "max_target_length" not in record:
+    raise InputError(f"{path}: fine-tuned for {record.get('task')}, not a translation/summarization_abstractive "
+                     "encoder-decoder")
+  if config is None:
+    from configs.finetune import get_config  # pylint: disable=import-outside-toplevel
+    config = get_config(record["task"])
+  config = config.copy_and_resolve_references()
+  config.max_source_length, config.max_target_length = record["max_source_length"], record["max_target_length"]
+  cfg = BertConfig.from_dict(record["model"])
+  s = build(config, cfg, load_tokenizer(workdir), share=record["state"]["warm_start"] == "bertshare",
+            devices=devices)
+  boxed = jax.eval_shape(lambda k: s.model.init(k, *(jnp.zeros(x.shape, x.dtype) for x in _input_shapes(s))),
+                         jax.random.key(0))["params"]
+  params_sh = sharding.param_shardings(boxed, s.mesh, s.rules)
+  target = jax.tree_util.tree_map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                                  nn.unbox(boxed), params_sh)
+  mngr = checkpoint.manager(workdir, asynchronous=False)
+  try:
+    found = checkpoint.restore_latest(mngr, target)
+  finally:
+    mngr.close()
+  if found is None:
+    raise InputError(f"{workdir / checkpoint.CHECKPOINTS}: no restorable checkpoint")
+  log.info("restored %s step %d", workdir, found[0])
+  return s, found[1], record, config
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
+  """Scores the workdir's newest checkpoint on config.eval_path; writes WORKDIR/eval_results.json."""
+  s, params, record, config = restore(workdir, config, devices)
+  if record["task"] != config.task:
+    raise InputError(f"{Path(workdir) / TASK_FILE}: fine-tuned for {record['task']}, but the config is for "
+                     f"{config.task}")
+  evals = [(Path(spec.split("|")[-1]).name.split(".")[0], *read(config, spec, "eval_path", training=False))
+           for spec in (config.eval_path or "").split(",") if spec]
+  if not evals:
+    raise InputError("eval_path: required")
+  results = evaluate_sets(config, s, params, evals, Path(workdir))
+  write_json(Path(workdir) / RESULTS_FILE, results)
+  return results
+
+
+def generate_file(model: str | Path, input_path: str | Path, output: str | Path, beam_size: int | None = None,
+                  length_penalty: float | None = None, batch_size: int | None = None) -> int:
+  """Writes one output line per line of `input_path` (a blank line gives a blank output); returns
+  how many lines. Unset options take the workdir's task defaults (configs/finetune.py)."""
+  s, params, _, config = restore(model)
+  batch_size = batch_size or config.eval_batch_size
+  devices = s.mesh.shape["data"] * s.mesh.shape["fsdp"]
+  if batch_size < 1 or batch_size % devices:
+    raise InputError(f"--batch_size: {batch_size} must be a positive multiple of the data-parallel devices ({devices})")
+  lines = [line.strip() for line in _lines(input_path)]
+  texts = [line for line in lines if line]
+  hyps = iter(s.generate(params, texts, batch_size,
+                         config.beam_size if beam_size is None else beam_size,
+                         config.length_penalty if length_penalty is None else length_penalty,
+                         ReadReport(str(input_path)), config.length_bucket) if texts else [])
+  if jax.process_index() == 0:
+    write_lines(Path(output), [next(hyps) if line else "" for line in lines])
+  return len(lines)
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str | Path, input_path: str, output: str) -> int:
+  """`flaxbert predict` for an encoder-decoder task: generate_file with the config's beam settings."""
+  return generate_file(workdir, input_path, output, config.beam_size, config.length_penalty, config.eval_batch_size)
