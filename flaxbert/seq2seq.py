@@ -254,17 +254,24 @@ def init_cache(model: BertEncoderDecoder, params, src_ids, src_mask, max_length:
   """The decoder's cache for up to `max_length` fed tokens: empty self-attention keys/values,
   the source's cross-attention keys/values (encoded and projected once), the source mask.
 
-  The cache is created by one decoder pass over `max_length` dummy tokens (flax's pattern for
-  sizing "cache" variables); its outputs are discarded."""
+  One decoder call on a single dummy token creates the cache (flax's pattern for "cache"
+  variables; its output is discarded); the self-attention slots are then widened to max_length
+  zeros, so priming costs one token, not max_length."""
   limit = model.decoder_config.max_position_embeddings
   if not isinstance(max_length, int) or not 1 <= max_length <= limit:
     raise InputError(f"max_length: expected an integer from 1 to the decoder's "
                      f"max_position_embeddings ({limit}), got {max_length!r}")
   encoded = model.apply({"params": params}, src_ids, src_mask, method=BertEncoderDecoder.encode)
-  slots = jnp.zeros((src_ids.shape[0], max_length), jnp.int32)  # sizes the self-attention cache
-  _, variables = model.apply({"params": params}, encoded, src_mask, slots, decode=True,
+  slot = jnp.zeros((src_ids.shape[0], 1), jnp.int32)
+  _, variables = model.apply({"params": params}, encoded, src_mask, slot, decode=True,
                              method=BertEncoderDecoder.decode, mutable=["cache"])
-  return variables["cache"]
+
+  def widen(path, x):
+    names = [getattr(k, "key", None) for k in path]
+    if names[-2:-1] == ["attention"] and names[-1] in ("cached_key", "cached_value"):
+      return jnp.zeros((x.shape[0], max_length, *x.shape[2:]), x.dtype)
+    return x
+  return jax.tree_util.tree_map_with_path(widen, variables["cache"])
 
 
 @functools.cache
