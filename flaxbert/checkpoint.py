@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -78,8 +79,7 @@ def resume(mngr: ocp.CheckpointManager, params_target, train_target) -> tuple[in
   return found
 
 
-def restore_params(workdir: str | Path, params_target) -> tuple[int, Any]:
-  """The newest restorable step's parameters from a workdir (numpy when targets carry no sharding)."""
+def _newest(workdir: str | Path, params_target) -> tuple[int, Any, Any, dict]:
   directory = Path(workdir) / CHECKPOINTS
   if not directory.is_dir():
     raise InputError(f"{workdir}: no {CHECKPOINTS}/ folder; not a flaxbert training workdir")
@@ -90,5 +90,22 @@ def restore_params(workdir: str | Path, params_target) -> tuple[int, Any]:
     mngr.close()
   if found is None:
     raise InputError(f"{directory}: holds no restorable checkpoint (steps found: {list(mngr.all_steps())})")
-  step, params, _, _ = found
+  log.info("restored %s step %d", workdir, found[0])
+  return found
+
+
+def restore_params(workdir: str | Path, params_target) -> tuple[int, Any]:
+  """The newest restorable step's parameters from a workdir (numpy when targets carry no sharding)."""
+  step, params, _, _ = _newest(workdir, params_target)
   return step, jax.tree_util.tree_map(np.asarray, params)
+
+
+def restore_sharded(workdir: str | Path, boxed_params, mesh, rules) -> tuple[int, Any, Any]:
+  """(step, params, shardings): the newest restorable step's parameters read straight into the
+  layout `rules` give `boxed_params` (model.init's boxed shapes) on `mesh`."""
+  from flaxbert import sharding  # pylint: disable=import-outside-toplevel
+  params_sh = sharding.param_shardings(boxed_params, mesh, rules)
+  target = jax.tree_util.tree_map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                                  nn.unbox(boxed_params), params_sh)
+  step, params, _, _ = _newest(workdir, target)
+  return step, params, params_sh

@@ -28,14 +28,8 @@ BUCKETS = (16, 32, 64, 128, 256, 512)
 
 def _finetuned_encoder(workdir: Path) -> tuple[BertConfig, dict]:
   record = json.loads((workdir / "task.json").read_text())
-  mngr = checkpoint.manager(workdir, asynchronous=False)
-  try:
-    found = checkpoint.restore_latest(mngr, None)
-  finally:
-    mngr.close()
-  if found is None:
-    raise InputError(f"{workdir / checkpoint.CHECKPOINTS}: no restorable checkpoint")
-  return BertConfig.from_dict(record["model"]), jax.tree_util.tree_map(np.asarray, found[1])["bert"]
+  _, params = checkpoint.restore_params(workdir, None)
+  return BertConfig.from_dict(record["model"]), params["bert"]
 
 
 class Embedder:

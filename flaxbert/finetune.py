@@ -297,19 +297,8 @@ def _restore(config: ml_collections.ConfigDict, workdir: Path, devices=None):
   job.task.load_state(record["state"])
   mesh, model = job.mesh, job.model
   dummy = {k: jax.ShapeDtypeStruct((1, *shape), dtype) for k, (shape, dtype) in record["inputs"].items()}
-  boxed = boxed_param_shapes(model, (dummy,))
-  params_sh = sharding.param_shardings(boxed, mesh, job.rules)
-  target = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                  nn.unbox(boxed), params_sh)
-  mngr = checkpoint.manager(workdir, asynchronous=False)
-  try:
-    found = checkpoint.restore_latest(mngr, target)
-  finally:
-    mngr.close()
-  if found is None:
-    raise InputError(f"{workdir / checkpoint.CHECKPOINTS}: no restorable checkpoint")
-  log.info("restored %s step %d", workdir, found[0])
-  return job, found[1], job.predict_step(params_sh)
+  _, params, params_sh = checkpoint.restore_sharded(workdir, boxed_param_shapes(model, (dummy,)), mesh, job.rules)
+  return job, params, job.predict_step(params_sh)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:

@@ -31,7 +31,6 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -50,7 +49,7 @@ from flaxbert.tasks.readers import ReadReport, _lines
 from flaxbert.tasks.scores import translation_scores
 from flaxbert.tasks.summarization import rouge_scores
 from flaxbert.tokenization import Tokenizer, load_tokenizer
-from flaxbert.train import create_train_state, make_train_step
+from flaxbert.train import boxed_param_shapes, create_train_state, make_train_step
 from flaxbert.warm_start import MODES, warm_start
 
 log = logging.getLogger("flaxbert")
@@ -344,20 +343,8 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   cfg = BertConfig.from_dict(record["model"])
   s = build(config, cfg, load_tokenizer(workdir), share=record["state"]["warm_start"] == "bertshare",
             devices=devices)
-  boxed = jax.eval_shape(lambda k: s.model.init(k, *(jnp.zeros(x.shape, x.dtype) for x in _input_shapes(s))),
-                         jax.random.key(0))["params"]
-  params_sh = sharding.param_shardings(boxed, s.mesh, s.rules)
-  target = jax.tree_util.tree_map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                                  nn.unbox(boxed), params_sh)
-  mngr = checkpoint.manager(workdir, asynchronous=False)
-  try:
-    found = checkpoint.restore_latest(mngr, target)
-  finally:
-    mngr.close()
-  if found is None:
-    raise InputError(f"{workdir / checkpoint.CHECKPOINTS}: no restorable checkpoint")
-  log.info("restored %s step %d", workdir, found[0])
-  return s, found[1], record, config
+  _, params, _ = checkpoint.restore_sharded(workdir, boxed_param_shapes(s.model, _input_shapes(s)), s.mesh, s.rules)
+  return s, params, record, config
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
