@@ -208,11 +208,15 @@ def _configs(config: ml_collections.ConfigDict, loaded, vocab_size: int) -> Bert
                      param_dtype="float32")
 
 
-def _check_lengths(config: ml_collections.ConfigDict, loaded) -> None:
-  """Before any work: both lengths must fit the model's positions."""
+def _position_limit(config: ml_collections.ConfigDict, loaded) -> int:
+  """The model's max_position_embeddings: the init checkpoint's, or model_size's."""
   if loaded is None and config.model_size not in SIZES:
     raise InputError(f"model_size: expected one of {sorted(SIZES)}, got {config.model_size!r}")
-  limit = (loaded.config if loaded is not None else BertConfig.from_size(config.model_size)).max_position_embeddings
+  return (loaded.config if loaded is not None else BertConfig.from_size(config.model_size)).max_position_embeddings
+
+
+def _check_lengths(config: ml_collections.ConfigDict, limit: int) -> None:
+  """Before any work: both lengths must fit the model's positions."""
   for field in ("max_source_length", "max_target_length"):
     if not 3 <= config[field] <= limit:
       raise InputError(f"{field}: {config[field]}; expected 3 to the model's max_position_embeddings ({limit})")
@@ -247,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   if not c.init and c.warm_start != "random":
     raise InputError(f"init: required for warm_start={c.warm_start!r} (a BERT checkpoint; or warm_start=random)")
   loaded = load(c.init) if c.init else None
-  _check_lengths(c, loaded)
+  _check_lengths(c, _position_limit(c, loaded))
   train, train_report = read(c, c.train_path, "train_path", training=True)
   if any(e.target is None for e in train):
     raise InputError(f"train_path: {c.train_path}: no targets; expected SOURCE|TARGET files, a .tsv or a .jsonl")
@@ -335,12 +339,14 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   if "max_target_length" not in record:
     raise InputError(f"{path}: fine-tuned for {record.get('task')}, not a translation/summarization_abstractive "
                      "encoder-decoder")
-  if config is None:
+  cfg = BertConfig.from_dict(record["model"])
+  if config is None:  # generation: the task's settings with the lengths the model was trained with
     from configs.finetune import get_config  # pylint: disable=import-outside-toplevel
     config = get_config(record["task"])
-  config = config.copy_and_resolve_references()
-  config.max_source_length, config.max_target_length = record["max_source_length"], record["max_target_length"]
-  cfg = BertConfig.from_dict(record["model"])
+    config.max_source_length, config.max_target_length = record["max_source_length"], record["max_target_length"]
+  else:  # evaluation: the config's lengths (parameters do not depend on them; e.g. longer out-of-domain text)
+    config = config.copy_and_resolve_references()
+    _check_lengths(config, cfg.max_position_embeddings)
   s = build(config, cfg, load_tokenizer(workdir), share=record["state"]["warm_start"] == "bertshare",
             devices=devices)
   _, params, _ = checkpoint.restore_sharded(workdir, boxed_param_shapes(s.model, _input_shapes(s)), s.mesh, s.rules)
