@@ -15,7 +15,7 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q --durations=15 tests
 
 demo: $(STAMP)
 	$(PY) -m flaxbert.demo --workdir $(or $(WORKDIR),demo_out)

@@ -1,10 +1,18 @@
 """Shared fixtures: 8 simulated CPU devices, tiny configs, random weights, a padded sentence-pair batch."""
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 
 # Must precede the first `import jax` anywhere in the test session.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent XLA compilation cache for the session (subprocesses inherit it): the many runs
+# that compile the same tiny train step compile it once. Fresh per session, removed at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="flaxbert-test-xla-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
