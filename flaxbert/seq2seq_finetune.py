@@ -69,7 +69,7 @@ class Seq2Seq:
   max_target_length: int
 
   def sources(self, texts: Sequence[str], report: ReadReport | None = None) -> dict[str, np.ndarray]:
-    """[CLS] x [SEP] rows, padded; a source over the limit is cut (and counted in `report`)."""
+    """[CLS] x [SEP] rows, padded; a source over the limit is cut (with a warning naming report.path)."""
     room = self.max_source_length - 2
     ids = self.tokenizer.encode_batch(texts)
     if report is not None and any(len(x) > room for x in ids):
@@ -77,7 +77,8 @@ class Seq2Seq:
       log.warning("%s: %d source(s) over %d wordpieces cut to fit max_source_length=%d", report.path, cut, room,
                   self.max_source_length)
     t = self.tokenizer
-    return _padded([[t.cls_id, *x[:room], t.sep_id] for x in ids], self.max_source_length, t.pad_id, "source")
+    source_ids, source_mask = _padded([[t.cls_id, *x[:room], t.sep_id] for x in ids], self.max_source_length, t.pad_id)
+    return {"source_ids": source_ids, "source_mask": source_mask}
 
   def pairs(self, examples: Sequence[parallel.ParallelExample], report: ReadReport) -> dict[str, np.ndarray]:
     """Training arrays; pairs whose source or target does not fit are skipped and counted."""
@@ -93,8 +94,9 @@ class Seq2Seq:
                        f"max_target_length={self.max_target_length} ({report.reasons})")
     arrays = self.sources([e.source for e in kept])
     targets = [ids[e.target] for e in kept]
-    arrays.update(_padded([[t.cls_id, *y] for y in targets], self.max_target_length, t.pad_id, "target"))
-    arrays["labels"] = _padded([[*y, t.sep_id] for y in targets], self.max_target_length, t.pad_id, "x")["x_ids"]
+    arrays["target_ids"], arrays["target_mask"] = _padded([[t.cls_id, *y] for y in targets], self.max_target_length,
+                                                          t.pad_id)
+    arrays["labels"], _ = _padded([[*y, t.sep_id] for y in targets], self.max_target_length, t.pad_id)
     return arrays
 
   def generate(self, params, texts: Sequence[str], batch_size: int, beam_size: int, length_penalty: float,
@@ -124,12 +126,13 @@ class Seq2Seq:
     return out
 
 
-def _padded(rows: list[list[int]], length: int, pad: int, name: str) -> dict[str, np.ndarray]:
+def _padded(rows: list[list[int]], length: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ids, mask) [N, length]: each row left-aligned, `pad` after it."""
   ids = np.full((len(rows), length), pad, np.int32)
   mask = np.zeros((len(rows), length), np.int32)
   for i, row in enumerate(rows):
     ids[i, :len(row)], mask[i, :len(row)] = row, 1
-  return {f"{name}_ids": ids, f"{name}_mask": mask}
+  return ids, mask
 
 
 def _until_eos(row: np.ndarray, eos: int) -> list[int]:
