@@ -179,6 +179,12 @@ def read(config: ml_collections.ConfigDict, spec: str, field: str, training: boo
   return examples, report
 
 
+def eval_sets(config: ml_collections.ConfigDict) -> list[tuple[str, list, ReadReport]]:
+  """(name, examples, report) of each comma-separated eval spec; name: the target file's stem."""
+  return [(Path(spec.split("|")[-1]).name.split(".")[0], *read(config, spec, "eval_path", training=False))
+          for spec in (config.eval_path or "").split(",") if spec]
+
+
 def _tokenizer(config: ml_collections.ConfigDict, workdir: Path, loaded, train: list) -> Tokenizer:
   """The workdir's own (a resumed run), config.vocab, the init's, or a new joint sentencepiece."""
   if (workdir / "tokenizer_config.json").is_file():
@@ -258,8 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   train, train_report = read(c, c.train_path, "train_path", training=True)
   if any(e.target is None for e in train):
     raise InputError(f"train_path: {c.train_path}: no targets; expected SOURCE|TARGET files, a .tsv or a .jsonl")
-  evals = [(Path(spec.split("|")[-1]).name.split(".")[0], *read(c, spec, "eval_path", training=False))
-           for spec in (c.eval_path or "").split(",") if spec]
+  evals = eval_sets(c)
   tokenizer = _tokenizer(c, workdir, loaded, train)
   cfg = _configs(c, loaded, tokenizer.vocab_size)
   s = build(c, cfg, tokenizer, share=c.warm_start == "bertshare", devices=devices)
@@ -362,8 +367,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=Non
   if record["task"] != config.task:
     raise InputError(f"{Path(workdir) / TASK_FILE}: fine-tuned for {record['task']}, but the config is for "
                      f"{config.task}")
-  evals = [(Path(spec.split("|")[-1]).name.split(".")[0], *read(config, spec, "eval_path", training=False))
-           for spec in (config.eval_path or "").split(",") if spec]
+  evals = eval_sets(config)
   if not evals:
     raise InputError("eval_path: required")
   results = evaluate_sets(config, s, params, evals, Path(workdir))
