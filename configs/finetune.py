@@ -72,6 +72,8 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   c.inter_sentence_layers = 2  # summarization: Transformer layers over the sentence vectors (BertSumExt: 2; 0: linear)
   c.max_sentences = 64  # summarization: sentence slots per document (ones that fit in max_seq_length)
   c.warm_start = "bert2bert"  # seq2seq: bert2bert | bert2rnd | bertshare | random (init's architecture and vocab, fresh weights)
+  c.fresh_lr_scale = 1.0  # seq2seq warm starts: learning-rate multiplier of the weights the checkpoint lacks
+  #   (cross-attention, a missing MLM head; bert2rnd: the decoder), so they catch up with the pretrained ones
   c.model_size = "small"  # seq2seq, warm_start=random without init: encoder and decoder size (tiny … large)
   c.vocab = config_dict.placeholder(str)  # seq2seq: vocab.txt / spm.model for both sides; None: init's, or
   #   without init a joint sentencepiece trained on both sides of the training pairs
@@ -81,6 +83,8 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   c.eval_target_fields = config_dict.placeholder(str)  # … of the eval files when they differ (None: target_fields)
   c.max_source_length = 64  # seq2seq: source wordpieces with [CLS]/[SEP]; longer training pairs are skipped
   #   (counted), longer eval sources cut
+  c.cut_long_sources = task == "summarization_abstractive"  # seq2seq: cut longer training sources (as BertSum)
+  #   instead of skipping the pair (summaries of long documents are still worth learning)
   c.max_target_length = 64  # seq2seq: target wordpieces + [SEP]; also the longest generated output
   c.length_bucket = 16  # seq2seq: batches group similar lengths, padded to a multiple of this (0: to the max)
   c.label_smoothing = 0.1  # seq2seq: share of the target mass spread over the vocabulary

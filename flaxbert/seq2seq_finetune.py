@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -50,7 +51,7 @@ from flaxbert.tasks.scores import translation_scores
 from flaxbert.tasks.summarization import rouge_scores
 from flaxbert.tokenization import Tokenizer, load_tokenizer
 from flaxbert.train import boxed_param_shapes, create_train_state, make_train_step
-from flaxbert.warm_start import MODES, warm_start
+from flaxbert.warm_start import MODES, fresh_mask, warm_start
 
 log = logging.getLogger("flaxbert")
 WARM_STARTS = MODES + ("random",)
@@ -80,19 +81,21 @@ class Seq2Seq:
     source_ids, source_mask = _padded([[t.cls_id, *x[:room], t.sep_id] for x in ids], self.max_source_length, t.pad_id)
     return {"source_ids": source_ids, "source_mask": source_mask}
 
-  def pairs(self, examples: Sequence[parallel.ParallelExample], report: ReadReport) -> dict[str, np.ndarray]:
-    """Training arrays; pairs whose source or target does not fit are skipped and counted."""
+  def pairs(self, examples: Sequence[parallel.ParallelExample], report: ReadReport,
+            cut_long_sources: bool = False) -> dict[str, np.ndarray]:
+    """Training arrays; pairs whose target (and, unless `cut_long_sources`, source) does not fit
+    are skipped and counted; with `cut_long_sources` a long source is cut (with a warning)."""
     t = self.tokenizer
     texts = sorted({e.source for e in examples} | {e.target for e in examples})
     ids = dict(zip(texts, t.encode_batch(texts)))
-    kept = parallel.filter_lengths(examples, ids.__getitem__, self.max_source_length - 2,
+    kept = parallel.filter_lengths(examples, ids.__getitem__, None if cut_long_sources else self.max_source_length - 2,
                                    self.max_target_length - 1, report)
     if report.skipped:
       log.warning("%s: %d training pair(s) skipped: %s", report.path, report.skipped, report.reasons)
     if not kept:
       raise InputError(f"{report.path}: no training pair fits max_source_length={self.max_source_length} and "
                        f"max_target_length={self.max_target_length} ({report.reasons})")
-    arrays = self.sources([e.source for e in kept])
+    arrays = self.sources([e.source for e in kept], report)
     targets = [ids[e.target] for e in kept]
     arrays["target_ids"], arrays["target_mask"] = _padded([[t.cls_id, *y] for y in targets], self.max_target_length,
                                                           t.pad_id)
@@ -250,6 +253,16 @@ def _input_shapes(s: Seq2Seq) -> tuple:
   return (src, src, tgt, tgt)
 
 
+def optimizer(opt_config: ml_collections.ConfigDict, fresh_lr_scale: float, mode: str | None,
+              has_mlm_head: bool) -> optax.GradientTransformation:
+  """flaxbert.optim's optimizer, whose updates of the weights the warm start leaves fresh
+  (warm_start.fresh_mask) are scaled by fresh_lr_scale: they learn at that multiple of the lr."""
+  if isinstance(fresh_lr_scale, bool) or not isinstance(fresh_lr_scale, (int, float)) or not fresh_lr_scale > 0:
+    raise InputError(f"fresh_lr_scale: expected a positive number, got {fresh_lr_scale!r}")
+  return optax.chain(optim.build_optimizer(opt_config),
+                     optax.masked(optax.scale(float(fresh_lr_scale)), fresh_mask(mode, has_mlm_head)))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
   """Trains as `config` says in `workdir` (resuming what is there); returns the final dev scores."""
   c, workdir = config, Path(workdir)
@@ -268,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   tokenizer = _tokenizer(c, workdir, loaded, train)
   cfg = _configs(c, loaded, tokenizer.vocab_size)
   s = build(c, cfg, tokenizer, share=c.warm_start == "bertshare", devices=devices)
-  arrays = s.pairs(train, train_report)
+  arrays = s.pairs(train, train_report, c.cut_long_sources)
   record = {"task": c.task, "state": {"warm_start": c.warm_start, "init": str(c.init)}, "model": cfg.to_dict(),
             "max_source_length": c.max_source_length, "max_target_length": c.max_target_length}
   check_record(workdir, record)
@@ -279,10 +292,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   per_epoch = batching.steps_per_epoch(n, c.batch_size)
   total = max(1, int(np.ceil(c.num_epochs * per_epoch)))
   opt_config = optimizer_section(c, total)
-  tx, schedule = optim.build_optimizer(opt_config), optim.learning_rate_schedule(opt_config)
-  log.info("%s (%s): %d training pairs, %d steps (%d per epoch); %s", c.task, c.warm_start, n, total, per_epoch,
-           optim.describe(opt_config))
   mode = None if c.warm_start == "random" else c.warm_start
+  has_head = loaded is not None and "predictions" in loaded.params.get("cls", {})
+  tx, schedule = optimizer(opt_config, c.fresh_lr_scale, mode, has_head), optim.learning_rate_schedule(opt_config)
+  log.info("%s (%s, fresh weights at %g× the lr): %d training pairs, %d steps (%d per epoch); %s", c.task,
+           c.warm_start, c.fresh_lr_scale, n, total, per_epoch, optim.describe(opt_config))
   state, shardings = create_train_state(
       s.model, tx, s.mesh, s.rules, c.seed, _input_shapes(s), loaded.params if mode else None,
       (lambda fresh, bert: warm_start(fresh, bert, mode)) if mode else None, rng_impl=c.rng_impl)

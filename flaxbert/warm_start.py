@@ -9,8 +9,10 @@ In bert2bert and bertshare the LM head's transform and bias come from the checkp
 decoder matrix is always the (tied) decoder word embeddings. The pooler and NSP head are unused.
 """
 import logging
+from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from flaxbert.errors import InputError
@@ -54,6 +56,26 @@ def warm_start(model_params_fresh: dict, bert_params: dict, mode: str) -> dict:
     decoder["cls"] = dict(decoder["cls"], predictions=_copy(
         decoder["cls"]["predictions"], predictions, "decoder/cls/predictions", "cls/predictions"))
   return dict(fresh, encoder=_copy(fresh["encoder"], bert, "encoder", "bert"), decoder=decoder)
+
+
+def fresh_mask(mode: str | None, has_mlm_head: bool) -> Callable[[Any], Any]:
+  """tree → the same tree of bools: True at the parameters `warm_start(…, mode)` leaves fresh.
+
+  bert2rnd: the whole decoder; bert2bert and bertshare: the cross-attention, plus the LM head's
+  transform and bias when the checkpoint has no MLM head; None (random init): nothing. It reads
+  paths only, so it applies to params, shapes, gradients or updates alike (optax.masked).
+  """
+  if mode is not None and mode not in MODES:
+    raise InputError(f"mode: expected one of {MODES} or None, got {mode!r}")
+
+  def fresh(path) -> bool:
+    names = [str(getattr(k, "key", k)) for k in path]
+    if mode is None:
+      return False
+    if mode == "bert2rnd":
+      return names[0] == "decoder"
+    return "crossattention" in names or (not has_mlm_head and names[:2] == ["decoder", "cls"])
+  return lambda tree: jax.tree_util.tree_map_with_path(lambda path, _: fresh(path), tree)
 
 
 def _keys(tree) -> str:

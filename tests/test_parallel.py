@@ -73,6 +73,11 @@ def test_filter_lengths_counts_what_it_drops(tmp_path):
   assert report.examples == 1 and report.reasons == {"source over 3 tokens": 1, "target over 3 tokens": 1}
   with pytest.raises(InputError, match="max_source_tokens"):
     filter_lengths(examples, str.split, 0, 3, report)
+  # None: sources are the caller's to cut (summarization); only the long target still goes
+  report = ReadReport(str(src))
+  kept = filter_lengths(read_parallel(src, tgt, report), str.split, None, 3, report)
+  assert [e.source for e in kept] == ["one two", "one two three four"]
+  assert report.reasons == {"target over 3 tokens": 1}
 
 
 def test_read_spec_jsonl_with_lists_and_several_references(tmp_path):

@@ -13,7 +13,7 @@ from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
 from flaxbert.heads import build_model, param_shapes
 from flaxbert.interop import names
-from flaxbert.warm_start import warm_start
+from flaxbert.warm_start import fresh_mask, warm_start
 
 START, EOS, PAD = 2, 3, 0
 
@@ -223,8 +223,15 @@ def test_warm_start_modes():
   checkpoint = {"bert": {}, "cls": {}}
   for k, v in bert.items():
     names.set_path(checkpoint, tuple(k.split("/")), v)
+  without_head = {"bert": checkpoint["bert"]}
   for mode, share in (("bert2bert", False), ("bert2rnd", False), ("bertshare", True)):
     init = random_tree(shapes(seq2seq.BertEncoderDecoder(cfg, cfg, share=share)), seed=6)
+    # fresh_mask (the fresh weights' learning-rate scale) names exactly what the warm start left alone
+    for source, has_head in ((checkpoint, True), (without_head, False)):
+      warmed, fresh = flat(warm_start(init, source, mode)), flat(fresh_mask(mode, has_head)(init))
+      assert {k for k, v in fresh.items() if v} == {k for k, v in warmed.items()
+                                                   if np.array_equal(v, flat(init)[k])}, mode
+    assert not any(flat(fresh_mask(None, True)(init)).values())
     out, init = flat(warm_start(init, checkpoint, mode)), flat(init)
     assert out.keys() == init.keys()
     for k, v in out.items():

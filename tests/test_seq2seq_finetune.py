@@ -3,6 +3,7 @@ data with tiny models: trains through the shared loop, scores with BLEU/chrF/ROU
 evaluates, generates line by line; the warm start lands the checkpoint's weights; bad input is named."""
 import functools
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from finetune_fixtures import STEMS, write_pretrained
 from flaxbert import cli
 from flaxbert.errors import InputError
 from flaxbert.pretrained import load
-from flaxbert.seq2seq_finetune import evaluate, generate_file, restore, train_and_evaluate
+from flaxbert.finetune import optimizer_section
+from flaxbert.seq2seq_finetune import evaluate, generate_file, optimizer, restore, train_and_evaluate
 from flaxbert.tasks import batching
 
 
@@ -105,12 +107,12 @@ def test_export_loads_in_transformers_with_the_same_logits_and_greedy_output(tra
   assert ours == [t.decode(row[1:]) for row in hf_ids.numpy()]
 
 
-def test_summarization_warm_start_lands_the_checkpoint_and_scores_rouge(tmp_path):
+def test_summarization_warm_start_lands_the_checkpoint_and_scores_rouge(tmp_path, caplog):
   bert = write_pretrained(tmp_path / "bert", "hf")
   rows = sentences(24, 2)
   train = tmp_path / "train.jsonl"
   train.write_text("".join(json.dumps({"text": [" ".join(r), "w1 w2 ."], "summary": " ".join(r[:2])}) + "\n"
-                           for r in rows))
+                           for r in rows) + json.dumps({"text": "w3 " * 40, "summary": "w3"}) + "\n")
   dev = tmp_path / "dev.jsonl"
   dev.write_text("".join(json.dumps({"text": " ".join(r), "s1": r[0], "s2": [" ".join(r[:2])]}) + "\n"
                          for r in rows[:5]))
@@ -119,8 +121,11 @@ def test_summarization_warm_start_lands_the_checkpoint_and_scores_rouge(tmp_path
            weight_decay=0.0,
            max_source_length=16, max_target_length=8)
   w = tmp_path / "w"
-  results = train_and_evaluate(c, w)
+  with caplog.at_level(logging.WARNING, logger="flaxbert"):
+    results = train_and_evaluate(c, w)
   assert set(results) == {"rouge1", "rouge2", "rougeL"}
+  # summarization cuts a long training source (cut_long_sources) rather than dropping the pair
+  assert "train.jsonl: 1 source(s) over 14 wordpieces cut" in caplog.text and "skipped" not in caplog.text
   # a learning rate of ~0: the checkpoint's weights, as the warm start placed them (bert2bert)
   _, params, _, _ = restore(w)
   bert_params = load(bert).params["bert"]
@@ -130,6 +135,24 @@ def test_summarization_warm_start_lands_the_checkpoint_and_scores_rouge(tmp_path
   same(params["decoder"]["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"],
        bert_params["encoder"]["layer_0"]["attention"]["query"]["kernel"])
   same(params["decoder"]["cls"]["predictions"]["bias"], load(bert).params["cls"]["predictions"]["bias"])
+
+
+def test_fresh_weights_learn_at_fresh_lr_scale_times_the_rate():
+  opt = optimizer_section(tiny("translation", learning_rate=1e-3, warmup_proportion=0.0, weight_decay=0.0), 10)
+  grads = {"encoder": {"kernel": np.ones(3, np.float32)},
+           "decoder": {"bert": {"layer_0": {"crossattention": {"kernel": np.ones(3, np.float32)},
+                                            "attention": {"kernel": np.ones(3, np.float32)}}}}}
+  for mode, scale, fresh in (("bert2bert", 10.0, ["crossattention"]), ("bert2rnd", 4.0, ["crossattention", "attention"]),
+                             (None, 10.0, [])):
+    tx = optimizer(opt, scale, mode, has_mlm_head=True)
+    updates, _ = tx.update(grads, tx.init(grads), grads)
+    base = float(updates["encoder"]["kernel"][0])
+    assert base < 0
+    for name in ("crossattention", "attention"):
+      got = float(updates["decoder"]["bert"]["layer_0"][name]["kernel"][0])
+      np.testing.assert_allclose(got, base * (scale if name in fresh else 1.0), rtol=1e-6, err_msg=f"{mode} {name}")
+  with pytest.raises(InputError, match="fresh_lr_scale: expected a positive number, got 0"):
+    optimizer(opt, 0, "bert2bert", True)
 
 
 def test_bad_inputs_are_named(tmp_path):

@@ -143,16 +143,17 @@ def _exists(path: str, spec: str) -> None:
 
 
 def filter_lengths(examples: Sequence[ParallelExample], tokenize: Callable[[str], Sequence],
-                   max_source_tokens: int, max_target_tokens: int,
+                   max_source_tokens: int | None, max_target_tokens: int,
                    report: ReadReport) -> list[ParallelExample]:
   """The examples whose source and target fit (in `tokenize`'s tokens); the others counted as
-  skipped in `report` ("source over N tokens" / "target over N tokens")."""
-  if max_source_tokens < 1 or max_target_tokens < 1:
+  skipped in `report` ("source over N tokens" / "target over N tokens"). max_source_tokens None:
+  sources are not checked (the caller cuts them, as summarization does)."""
+  if (max_source_tokens is not None and max_source_tokens < 1) or max_target_tokens < 1:
     raise InputError(f"max_source_tokens, max_target_tokens: expected >= 1, got {max_source_tokens}, "
                      f"{max_target_tokens}")
   kept = []
   for example in examples:
-    if len(tokenize(example.source)) > max_source_tokens:
+    if max_source_tokens is not None and len(tokenize(example.source)) > max_source_tokens:
       report.skip(f"source over {max_source_tokens} tokens")
     elif example.target is not None and len(tokenize(example.target)) > max_target_tokens:
       report.skip(f"target over {max_target_tokens} tokens")
