@@ -1,7 +1,8 @@
 """flaxbert vs transformers (PyTorch) fine-tuning the same pretrained BERT on the same data.
 
 Both sides read and featurize with flaxbert's task code (identical wordpieces and windows), see
-the same batches in the same order (flaxbert.tasks.batching, one seed), start from the same
+the same batches in the same order (flaxbert.tasks.batching, one seed; for classification the
+examples of each of flaxbert's packed batches, one a row on the PyTorch side), start from the same
 weights — the encoder from --model, and the task head's initial values copied from flaxbert's
 init into the PyTorch model — and use the same recipe: AdamW (decay 0.01, not on LayerNorm/bias,
 eps 1e-6), linear warmup then linear decay, global-norm clipping at 1.0, dropout 0.1. Both are
@@ -108,14 +109,16 @@ def run_torch(config, work: Path) -> dict:
                                                       attention_probs_dropout_prob=config.dropout)
   # the head starts from flaxbert's initial values (same seed), so only training differs
   flax_model = BertForTask(loaded.config, task.head, task.num_outputs)
-  shapes = {k: jax.numpy.zeros((1,) + v.shape[1:], v.dtype) for k, v in train.arrays.items()}
+  # flaxbert's batches: packed rows for classification (several sentences a row), else the features
+  arrays, rows_per_batch = finetune.Job(config, work, loaded.config, tokenizer).rows(train, config.batch_size)
+  shapes = {k: jax.numpy.zeros((1,) + v.shape[1:], v.dtype) for k, v in arrays.items()}
   head_name = "qa_outputs" if task.head == "span" else "classifier"
   head = nn.unbox(flax_model.init(jax.random.key(config.seed), shapes)["params"])[head_name]
   torch_head = getattr(model, head_name)
   with torch.no_grad():
     torch_head.weight.copy_(torch.from_numpy(np.asarray(head["kernel"]).T.copy()))
     torch_head.bias.copy_(torch.from_numpy(np.asarray(head["bias"])))
-  steps_per_epoch = batching.steps_per_epoch(len(train), config.batch_size)
+  steps_per_epoch = batching.steps_per_epoch(len(arrays["input_ids"]), rows_per_batch)
   total = max(1, int(np.ceil(config.num_epochs * steps_per_epoch)))
   warmup = int(round(config.warmup_proportion * total))
   decay = [p for n, p in model.named_parameters() if "LayerNorm" not in n and "bias" not in n]
@@ -127,9 +130,13 @@ def run_torch(config, work: Path) -> dict:
       opt, lambda s: s / warmup if s < warmup else max(0.0, 1.0 - s / total))
   model.train()
   for step in range(total):
-    batch = batching.train_batch(train.arrays, step, config.batch_size, config.seed)
-    real = batch["example_mask"] > 0
-    t = {k: torch.from_numpy(v[real]).long() for k, v in batch.items()}
+    batch = batching.train_batch(arrays, step, rows_per_batch, config.seed)
+    if task.packed:  # the same examples as flaxbert's packed batch, one a row
+      index = batch["example_index"][(batch["example_index"] >= 0) & (batch["example_mask"][:, None] > 0)]
+      t = {k: torch.from_numpy(v[index]) for k, v in train.arrays.items()}
+    else:
+      t = {k: torch.from_numpy(v[batch["example_mask"] > 0]) for k, v in batch.items()}
+    t = {k: v.long() for k, v in t.items()}
     out = model(input_ids=t["input_ids"], token_type_ids=t["segment_ids"], attention_mask=t["input_mask"])
     if task.head == "sequence":
       loss = torch.nn.functional.cross_entropy(out.logits, t["label"])

@@ -29,8 +29,8 @@ from flaxbert.atomic import atomic_file
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
 from flaxbert.pretrained import load
-from flaxbert.tasks import batching
-from flaxbert.tasks.base import existing
+from flaxbert.tasks import batching, packing
+from flaxbert.tasks.base import Features, existing
 from flaxbert.tasks.model import BertForTask, encoder_weights, merge_encoder
 from flaxbert.tasks.registry import get_task
 from flaxbert.tokenization import load_tokenizer
@@ -63,10 +63,14 @@ class Job:
     self.cfg = cfg
     self.mesh = sharding.make_mesh(config.mesh, devices)
     self.rules = sharding.rules_from_config(config.sharding_rules)
+    self.parallel = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     for field in ("batch_size", "eval_batch_size"):
-      if config[field] < 1 or config[field] % (self.mesh.shape["data"] * self.mesh.shape["fsdp"]):
+      if config[field] < 1 or config[field] % self.parallel:
         raise InputError(f"{field}: {config[field]} must be a positive multiple of the data-parallel "
-                         f"devices ({self.mesh.shape['data'] * self.mesh.shape['fsdp']})")
+                         f"devices ({self.parallel})")
+    if self.task.packed and not (isinstance(config.max_examples_per_row, int) and config.max_examples_per_row >= 1):
+      raise InputError(f"max_examples_per_row: expected an integer >= 1, got {config.max_examples_per_row!r}")
+    self._packed: dict = {}
 
   @property
   def model(self) -> BertForTask:
@@ -76,16 +80,34 @@ class Job:
   def read(self, path: str, split: str | None, training: bool, field: str):
     return self.task.read(existing(path, field), split, training)
 
+  def rows(self, features: Features, batch_size: int) -> tuple[dict[str, np.ndarray], int]:
+    """(arrays, rows per batch) that batches are cut from: for a packing task its features packed
+    (flaxbert.tasks.packing; a batch of about batch_size examples), else the features as they are."""
+    if not self.task.packed:
+      return features.arrays, batch_size
+    c = self.config
+    # a device holds at least one row, so a row holds at most its share of the batch's examples
+    per_row = max(1, min(c.max_examples_per_row, batch_size // self.parallel))
+    cached = self._packed.get((id(features), per_row))
+    if cached is None or cached[0] is not features:
+      plan = packing.plan(features.arrays["input_mask"].sum(axis=1), c.max_seq_length, per_row, c.seed)
+      cached = self._packed[(id(features), per_row)] = (features, packing.pack(features.arrays, plan, per_row))
+    arrays = cached[1]
+    return arrays, packing.rows_per_batch(batch_size, len(features), len(arrays["input_ids"]), self.parallel)
+
   def outputs(self, params, features, predict_step) -> dict[str, np.ndarray]:
     """Every feature's head outputs, in order; padding rows dropped (exact evaluation)."""
+    arrays, batch_size = self.rows(features, self.config.eval_batch_size)
     parts = []
-    for batch in batching.eval_batches(features.arrays, self.config.eval_batch_size,
-                                       jax.process_index(), jax.process_count()):
+    for batch in batching.eval_batches(arrays, batch_size, jax.process_index(), jax.process_count()):
       out = predict_step(params, sharding.global_batch(batch, self.mesh))
       if jax.process_count() > 1:
         out = multihost_utils.process_allgather(out, tiled=True)
       parts.append(jax.tree_util.tree_map(np.asarray, out))
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    if self.task.packed:
+      index = arrays["example_index"]
+      return packing.unpack({k: v[:len(index)] for k, v in merged.items()}, index, len(features))
     return {k: v[:len(features)] for k, v in merged.items()}
 
   def predict_step(self, params_sharding):
@@ -150,19 +172,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   eval_sets = job.eval_sets()
   task.fit(train_examples, eval_sets)
   train = task.featurize(train_examples, tokenizer, training=True)
-  check_record(workdir, _task_record(job, train.arrays))
+  train_arrays, train_batch = job.rows(train, c.batch_size)
+  check_record(workdir, _task_record(job, train_arrays))
   if jax.process_index() == 0:
     tokenizer.save(workdir)  # evaluate/predict/embed read the workdir's own vocabulary
   evals = [(name, ex, task.featurize(ex, tokenizer, training=False)) for name, ex in eval_sets]
-  per_epoch = batching.steps_per_epoch(len(train), c.batch_size)
+  rows = len(train_arrays["input_ids"])
+  per_epoch = batching.steps_per_epoch(rows, train_batch)
   total = max(1, int(np.ceil(c.num_epochs * per_epoch)))
   opt_config = optimizer_section(c, total)
   tx, schedule = optim.build_optimizer(opt_config), optim.learning_rate_schedule(opt_config)
-  log.info("%s: %d train examples → %d features, %d steps (%d per epoch); %s", c.task, len(train_examples),
-           len(train), total, per_epoch, optim.describe(opt_config))
+  packed = f" packed into {rows} rows ({len(train) / rows:.2f} a row), {train_batch} rows a batch," if task.packed else ""
+  log.info("%s: %d train examples → %d features,%s %d steps (%d per epoch); %s", c.task, len(train_examples),
+           len(train), packed, total, per_epoch, optim.describe(opt_config))
 
   model = job.model
-  shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), train.arrays)
+  shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct((1,) + a.shape[1:], a.dtype), train_arrays)
   pretrained = encoder_weights(nn.unbox(boxed_param_shapes(model, (shapes,))), loaded.params, str(c.init))
   state, shardings = create_train_state(model, tx, job.mesh, job.rules, c.seed, (shapes,), pretrained, merge_encoder,
                                         rng_impl=c.rng_impl)
@@ -182,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   predict_step = job.predict_step(shardings.params)
 
   def batch_at(step):
-    batch = batching.train_batch(train.arrays, step, c.batch_size, c.seed, jax.process_index(), jax.process_count())
+    batch = batching.train_batch(train_arrays, step, train_batch, c.seed, jax.process_index(), jax.process_count())
     return sharding.global_batch(batch, job.mesh)
 
   def evaluate_all(params, final: bool) -> dict:

@@ -245,12 +245,14 @@ class Embeddings(nn.Module):
 
 
 class Pooler(nn.Module):
-  """tanh(W·h[CLS] + b)."""
+  """tanh(W·h[CLS] + b): of the first position [B, H], or of each of `positions` [B, P] → [B, P, H]
+  (packed rows: every example's [CLS])."""
   config: BertConfig
 
   @nn.compact
-  def __call__(self, hidden):
-    return jnp.tanh(dense(self.config, self.config.hidden_size, ("embed", "embed_out"), "dense")(hidden[:, 0]))
+  def __call__(self, hidden, positions=None):
+    first = hidden[:, 0] if positions is None else gather_positions(hidden, positions)
+    return jnp.tanh(dense(self.config, self.config.hidden_size, ("embed", "embed_out"), "dense")(first))
 
 
 class BertModel(nn.Module):
@@ -268,10 +270,11 @@ class BertModel(nn.Module):
       self.pooler = Pooler(cfg)
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, position_ids=None,
-               deterministic: bool = True):
+               deterministic: bool = True, pooled_positions=None):
     """attention_mask [B, T]: 0 at padding, else the number of the example a token belongs to; a
     row packing several examples (1, 1, 1, 2, 2, 0, …, with position_ids restarting at each
-    example) computes each as if it were alone in its row (see `attention_segments`)."""
+    example) computes each as if it were alone in its row (see `attention_segments`), and
+    `pooled_positions` [B, P] (their [CLS] positions) pools each: pooled_output [B, P, H]."""
     input_ids = jnp.asarray(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
@@ -282,7 +285,7 @@ class BertModel(nn.Module):
     x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
     mask = attention_segments(attention_mask)
     x = self.encoder(x, mask, deterministic)
-    pooled = self.pooler(x) if self.add_pooling_layer else None
+    pooled = self.pooler(x, pooled_positions) if self.add_pooling_layer else None
     return x, pooled
 
   def attend(self, x):

@@ -103,13 +103,21 @@ def test_interrupted_run_resumes_exactly(bert, tmp_path, monkeypatch):
       json.loads((tmp_path / "straight" / "eval_results.json").read_text())
 
 
-def test_mrpc_pairs_and_stsb_regression(bert, tmp_path):
-  mrpc = train_and_evaluate(config("glue_mrpc", bert, write_mrpc(tmp_path / "m.tsv", 96, 0),
-                                   write_mrpc(tmp_path / "md.tsv", 24, 1)), tmp_path / "mrpc")
+def test_mrpc_pairs_and_stsb_regression_packed(bert, tmp_path, caplog):
+  # one device: a batch of 8 examples packs several a row (with 8 devices a row holds 8 / 8 = 1)
+  one = jax.devices()[:1]
+  c = config("glue_mrpc", bert, write_mrpc(tmp_path / "m.tsv", 96, 0), write_mrpc(tmp_path / "md.tsv", 24, 1))
+  with caplog.at_level("INFO", logger="flaxbert"):
+    mrpc = train_and_evaluate(c, tmp_path / "mrpc", devices=one)
   assert set(mrpc) == {"accuracy", "f1"}
-  stsb = train_and_evaluate(config("glue_stsb", bert, write_stsb(tmp_path / "s.tsv", 96, 0, additive=True),
-                                   write_stsb(tmp_path / "sd.tsv", 32, 1, additive=True)), tmp_path / "stsb")
+  assert "96 train examples → 96 features, packed into" in caplog.text
+  s = config("glue_stsb", bert, write_stsb(tmp_path / "s.tsv", 96, 0, additive=True),
+             write_stsb(tmp_path / "sd.tsv", 32, 1, additive=True))
+  stsb = train_and_evaluate(s, tmp_path / "stsb", devices=one)
   assert set(stsb) == {"pearson", "spearman"} and stsb["spearman"] > 0.5, stsb
+  # packed evaluation (one device) scores as one example a row does (8 devices, eval batch 8)
+  assert evaluate(c, tmp_path / "mrpc") == pytest.approx(mrpc)
+  assert evaluate(s, tmp_path / "stsb") == pytest.approx(stsb, rel=1e-3)  # float sums differ slightly
 
 
 def test_ner_entity_f1(bert, tmp_path):
@@ -200,8 +208,8 @@ def test_encoder_weights_from_every_checkpoint_kind(tmp_path):
   from flaxbert.tasks.model import BertForTask, encoder_weights, merge_encoder  # pylint: disable=import-outside-toplevel
   from finetune_fixtures import WORDS, tiny_bert_config  # pylint: disable=import-outside-toplevel
   model = BertForTask(tiny_bert_config(len(WORDS)), "sequence", 3)
-  batch = {k: np.zeros((1, 8), np.int32) for k in ("input_ids", "segment_ids", "input_mask")}
-  fresh = nn.unbox(model.init(jax.random.key(0), batch)["params"])
+  batch = {k: np.zeros((1, 8), np.int32) for k in ("input_ids", "segment_ids", "input_mask", "position_ids")}
+  fresh = nn.unbox(model.init(jax.random.key(0), dict(batch, cls_positions=np.zeros((1, 2), np.int32)))["params"])
   got = {}
   for fmt in ("hf", "tf1", "flaxbert"):
     loaded = load(write_pretrained(tmp_path / fmt, fmt))

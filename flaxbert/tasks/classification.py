@@ -4,7 +4,8 @@ GLUE TSVs are read with their shipped column layout (flaxbert.tasks.readers.GLUE
 `.csv`/`.jsonl` files (and `.tsv` files of a custom task) by column name (config.text_a_column,
 text_b_column, label_column). Inputs are `[CLS] a [SEP] b [SEP]`, truncated longest-first as the
 original run_classifier.py (the number of truncated examples is logged). The head is a dense
-layer on the pooled [CLS]; the loss is cross-entropy, or the squared error for STS-B
+layer on the pooled [CLS]; rows are packed (flaxbert.tasks.packing), several examples each,
+so a batch holds about batch_size examples in fewer rows; the loss is cross-entropy, or the squared error for STS-B
 (HF's BertForSequenceClassification with num_labels=1). Scores are GLUE's per task.
 """
 import logging
@@ -22,6 +23,7 @@ log = logging.getLogger("flaxbert")
 
 class Classification(Task):
   head = "sequence"
+  packed = True  # several examples per row (flaxbert.tasks.packing); outputs come back per example
 
   def __init__(self, config):
     super().__init__(config)
@@ -91,13 +93,17 @@ class Classification(Task):
                     meta={"truncated": cut})
 
   def loss_sums(self, outputs: dict, batch: dict) -> dict:
-    w = rows(batch)
+    """Over the examples of packed rows: logits [B, K, C], label and label_mask [B, K]."""
+    w = _examples(batch)
     if self.regression:
-      err = jnp.square(outputs["logits"][:, 0] - batch["label"].astype(jnp.float32))
+      err = jnp.square(outputs["logits"][..., 0] - batch["label"].astype(jnp.float32))
       return {"task_loss_sum": jnp.sum(err * w), "task_count": jnp.sum(w)}
     nll = cross_entropy(outputs["logits"], batch["label"])
     correct = (jnp.argmax(outputs["logits"], -1) == batch["label"]).astype(jnp.float32)
     return {"task_loss_sum": jnp.sum(nll * w), "task_count": jnp.sum(w), "task_correct": jnp.sum(correct * w)}
+
+  def counts(self, batch: dict) -> dict:
+    return {"task_count": jnp.sum(_examples(batch))}
 
   def predict(self, examples, features, outputs) -> list:
     logits = outputs["logits"]
@@ -113,3 +119,8 @@ class Classification(Task):
     gold = features.arrays["label"]
     preds = outputs["logits"][:, 0] if self.regression else np.argmax(outputs["logits"], -1)
     return scores.glue_scores(self.metric_names, preds, gold)
+
+
+def _examples(batch: dict) -> jnp.ndarray:
+  """[B, K] weights: 1 at each real example of a packed row (not in the padding rows of a last batch)."""
+  return batch["label_mask"].astype(jnp.float32) * rows(batch)[:, None]

@@ -2,7 +2,9 @@
 
 `BertForTask(config, head, num_outputs)` reads a batch dict (`input_ids`, `segment_ids`,
 `input_mask`, plus `cls_positions` for sentence scoring) and returns a dict of outputs:
-  sequence   dropout + dense on the pooled [CLS]         → logits [B, C]  (HF BertForSequenceClassification)
+  sequence   dropout + dense on the pooled [CLS] of each example of a packed row (`position_ids`,
+             `cls_positions` [B, K]; flaxbert.tasks.packing) → logits [B, K, C]
+             (HF BertForSequenceClassification, one example per row)
   token      dropout + dense on every position           → logits [B, T, C] (BertForTokenClassification)
   span       dense to 2 on every position (no dropout)   → start_logits, end_logits [B, T] (BertForQuestionAnswering)
   sentences  each sentence's vector (its [CLS] state, or with pooling="mean" the mean of its
@@ -57,8 +59,10 @@ class BertForTask(nn.Module):
     bert = BertModel(cfg, add_pooling_layer=self.head == "sequence", name="bert")
     if self.head == "embedding":
       return self._embed(bert, batch, deterministic)
+    packed = self.head == "sequence"  # classification rows are packed (flaxbert.tasks.packing)
     hidden, pooled = bert(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
-                          deterministic=deterministic)
+                          batch["position_ids"] if packed else None, deterministic=deterministic,
+                          pooled_positions=batch["cls_positions"] if packed else None)
     if self.head == "span":
       logits = dense(cfg, 2, ("embed", "classes"), "qa_outputs")(hidden).astype(jnp.float32)
       return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
