@@ -40,6 +40,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.masked_lm_prob = 0.15  # dynamic-masking datasets only: masking rate (e.g. 0.3, MosaicBERT)
   c.max_predictions_per_seq = 20  # dynamic-masking datasets only: masked positions per sequence
   c.whole_word_mask = False  # dynamic-masking datasets only: mask whole words
+  c.max_examples_per_row = 1  # dynamic masking without NSP: pack up to this many sequences into each
+  #   max_seq_length row, each attending only to itself (flaxbert.packing; fewer padded tokens); 1: no packing
   c.seed = 0  # parameter init, data order, dropout and dynamic masks all derive from it
   # Dropout's PRNG (flaxbert.train.RNG_IMPLS): threefry2x32 gives the same masks on any device
   # count (1-vs-8-device equality, resume on another mesh); rbg | unsafe_rbg draw masks with XLA's

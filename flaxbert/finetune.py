@@ -24,12 +24,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flaxbert import checkpoint, metrics, optim, sharding
+from flaxbert import checkpoint, metrics, optim, packing, sharding
 from flaxbert.atomic import atomic_file
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
 from flaxbert.pretrained import load
-from flaxbert.tasks import batching, packing
+from flaxbert.tasks import batching
 from flaxbert.tasks.base import Features, existing
 from flaxbert.tasks.model import BertForTask, encoder_weights, merge_encoder
 from flaxbert.tasks.registry import get_task
@@ -82,7 +82,7 @@ class Job:
 
   def rows(self, features: Features, batch_size: int) -> tuple[dict[str, np.ndarray], int]:
     """(arrays, rows per batch) that batches are cut from: for a packing task its features packed
-    (flaxbert.tasks.packing; a batch of about batch_size examples), else the features as they are."""
+    (flaxbert.packing; a batch of about batch_size examples), else the features as they are."""
     if not self.task.packed:
       return features.arrays, batch_size
     c = self.config

@@ -11,6 +11,15 @@ Resuming is therefore just "start at step N": nothing about the iterator needs s
 dynamic-masking dataset the masks are drawn per example from (seed, epoch, example index):
 fresh every epoch, identical on any number of processes or devices. Evaluation reads a split
 once, in order, padding the last batch and marking real rows with `example_mask`.
+
+Packing (`max_examples_per_row` > 1; dynamic masking without next-sentence prediction, as
+RoBERTa / MosaicBERT): the split's sequences are binned once into rows of max_seq_length tokens
+(flaxbert.packing.plan over every sequence's length, best-fit decreasing), and "examples" above
+become those rows: an epoch permutes the rows, a batch holds `global_batch_size` of them. A row
+numbers its sequences in `input_mask` (1, 2, …; 0 = padding), restarts `position_ids` at each, so
+each attends only to itself, and holds every sequence's masks (drawn exactly as unpacked, from
+the sequence's own index) at offset positions; masked_lm_positions has room for the most
+predictions any row of the plan can have.
 """
 import concurrent.futures
 import dataclasses
@@ -21,7 +30,8 @@ import jax
 import numpy as np
 
 from data_prep.builder import open_dataset
-from data_prep.masking import mask_tokens
+from data_prep.masking import mask_tokens, num_to_predict
+from flaxbert import packing
 from flaxbert.errors import InputError
 from flaxbert.tokenization import load_tokenizer
 
@@ -42,7 +52,7 @@ class PretrainingData:
 
   def __init__(self, directory: str | os.PathLike, split: str, *, global_batch_size: int, seed: int,
                masking: DynamicMasking | None = None, process_index: int | None = None,
-               process_count: int | None = None, prefetch: int = 2):
+               process_count: int | None = None, prefetch: int = 2, max_examples_per_row: int = 1):
     self.builder = open_dataset(directory)
     if split not in self.builder.info.splits:
       raise InputError(f"{directory}: has no split {split!r}; it has {sorted(self.builder.info.splits)}")
@@ -55,7 +65,6 @@ class PretrainingData:
                        f"number of processes ({self.process_count})")
     self.global_batch_size, self.seed, self.prefetch = global_batch_size, seed, prefetch
     self.local_batch_size = global_batch_size // self.process_count
-    self.steps_per_epoch = self.num_examples // global_batch_size
     metadata = self.builder.info.metadata
     self.dynamic = metadata["settings"]["masking"] == "dynamic"
     self.max_seq_length = metadata["settings"]["max_seq_length"]
@@ -64,6 +73,11 @@ class PretrainingData:
     if self.dynamic:
       self._setup_dynamic(directory, masking or DynamicMasking(), metadata)
       self.max_predictions = self._masking.max_predictions_per_seq
+    self._plan = None  # packed rows: example indices per row
+    if max_examples_per_row != 1:
+      self._setup_packing(directory, max_examples_per_row, metadata["settings"])
+    self.num_rows = self.num_examples if self._plan is None else len(self._plan)
+    self.steps_per_epoch = self.num_rows // global_batch_size
 
   def _setup_dynamic(self, directory, masking: DynamicMasking, metadata) -> None:
     self._masking = masking
@@ -73,14 +87,32 @@ class PretrainingData:
       tokenizer = load_tokenizer(directory)
       self._continuation = np.array([tokenizer.is_continuation(t) for t in tokenizer.vocab])
 
+  def _setup_packing(self, directory, per_row, settings) -> None:
+    if not (isinstance(per_row, int) and per_row >= 1):
+      raise InputError(f"max_examples_per_row: expected an integer >= 1, got {per_row!r}")
+    if not self.dynamic or settings["random_next_sentence"]:
+      raise InputError(f"max_examples_per_row: {per_row}; packing needs a dynamic-masking dataset without "
+                       f"next-sentence prediction, and {directory} has masking={settings['masking']!r}, "
+                       f"random_next_sentence={settings['random_next_sentence']} (prepare with "
+                       "--masking dynamic --no-random_next_sentence, or set max_examples_per_row=1)")
+    self._lengths = np.concatenate([
+        [int(np.asarray(e["input_mask"]).sum()) for e in self.source.__getitems__(list(range(i, min(i + 4096,
+                                                                                          self.num_examples))))]
+        for i in range(0, self.num_examples, 4096)] or [np.zeros(0, np.int64)]).astype(np.int64)
+    self._plan = packing.plan(self._lengths, self.max_seq_length, per_row, self.seed)
+    m = self._masking
+    counts = num_to_predict(self._lengths, m.masked_lm_prob, m.max_predictions_per_seq)
+    self.max_predictions = max([int(counts[r].sum()) for r in self._plan] or [1])
+
   # --- training: a pure function of the step ------------------------------------------------
 
   def _rows(self, step: int) -> tuple[int, np.ndarray]:
     if self.steps_per_epoch == 0:
-      raise InputError(f"split has {self.num_examples} examples, fewer than one global batch "
+      packed = "" if self._plan is None else f" ({self.num_examples} sequences packed)"
+      raise InputError(f"split has {self.num_rows} examples{packed}, fewer than one global batch "
                        f"({self.global_batch_size})")
     epoch, position = divmod(step, self.steps_per_epoch)
-    order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
     start = position * self.global_batch_size + self.process_index * self.local_batch_size
     return epoch, order[start:start + self.local_batch_size]
 
@@ -106,10 +138,10 @@ class PretrainingData:
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
     """The whole split in order; the last global batch padded, `example_mask` 1 on real rows."""
-    for start in range(0, self.num_examples, self.global_batch_size):
+    for start in range(0, self.num_rows, self.global_batch_size):
       first = start + self.process_index * self.local_batch_size
       rows = np.arange(first, first + self.local_batch_size)
-      real = rows < self.num_examples
+      real = rows < self.num_rows
       batch = self._read(np.where(real, rows, 0), epoch=0)
       for name, value in batch.items():
         batch[name] = np.where(real.reshape((-1,) + (1,) * (value.ndim - 1)), value, 0).astype(value.dtype)
@@ -119,12 +151,44 @@ class PretrainingData:
   # --- reading --------------------------------------------------------------------------------
 
   def _read(self, rows: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
+    if self._plan is not None:
+      return self._read_packed(rows, epoch)
+    return self._read_examples(rows, epoch)
+
+  def _read_examples(self, rows: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
     examples = self.source.__getitems__([int(r) for r in rows])
     batch = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
     batch = {k: v.astype(np.float32 if k == "masked_lm_weights" else np.int32) for k, v in batch.items()}
     if self.dynamic:
       batch.update(self._mask(batch, rows, epoch))
     return {k: batch[k] for k in STATIC_FEATURES}
+
+  def _read_packed(self, rows: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
+    """Packed rows `rows` of the plan: their sequences read and masked as unpacked, laid side by side."""
+    members = [self._plan[int(r)] for r in rows]
+    flat = np.concatenate(members)
+    seqs = self._read_examples(flat, epoch)
+    n, length, p = len(rows), self.max_seq_length, self.max_predictions
+    out = {k: np.zeros((n, length), np.int32) for k in ("input_ids", "input_mask", "segment_ids", "position_ids")}
+    out.update(masked_lm_positions=np.zeros((n, p), np.int32), masked_lm_ids=np.zeros((n, p), np.int32),
+               masked_lm_weights=np.zeros((n, p), np.float32), next_sentence_labels=np.zeros((n,), np.int32))
+    i = 0
+    for row, member in enumerate(members):
+      start = filled = 0
+      for slot in range(len(member)):
+        size = int(self._lengths[member[slot]])
+        span = slice(start, start + size)
+        for k in ("input_ids", "segment_ids"):
+          out[k][row, span] = seqs[k][i, :size]
+        out["input_mask"][row, span] = slot + 1
+        out["position_ids"][row, span] = np.arange(size)
+        real = seqs["masked_lm_weights"][i] > 0
+        count = int(real.sum())
+        out["masked_lm_positions"][row, filled:filled + count] = seqs["masked_lm_positions"][i][real] + start
+        out["masked_lm_ids"][row, filled:filled + count] = seqs["masked_lm_ids"][i][real]
+        out["masked_lm_weights"][row, filled:filled + count] = 1.0
+        start, filled, i = start + size, filled + count, i + 1
+    return out
 
   def _mask(self, batch: dict[str, np.ndarray], rows: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
     """Masks drawn per example from (seed, epoch, example index): the same on any batch layout."""

@@ -85,6 +85,7 @@ def bert_config(config: ml_collections.ConfigDict, vocab_size: int, seq_len: int
 def loss_sums(model: nn.Module, params, batch: dict, rng, deterministic: bool, nsp: bool) -> dict:
   """Sums and counts of the MLM and NSP losses over a batch (rows weighted by `example_mask`)."""
   out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                    batch.get("position_ids"),  # packed rows (flaxbert.packing) restart them per sequence
                     masked_positions=batch["masked_lm_positions"], deterministic=deterministic,
                     rngs=None if deterministic else {"dropout": rng})
   rows = batch.get("example_mask", jnp.ones(batch["input_ids"].shape[:1], jnp.int32)).astype(jnp.float32)
@@ -277,9 +278,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   rules = sharding.rules_from_config(config.sharding_rules)
   masking = DynamicMasking(config.masked_lm_prob, config.max_predictions_per_seq, config.whole_word_mask)
   data = PretrainingData(config.dataset_dir, "train", global_batch_size=config.global_batch_size,
-                         seed=config.seed, masking=masking)
+                         seed=config.seed, masking=masking, max_examples_per_row=config.max_examples_per_row)
   eval_data = PretrainingData(config.dataset_dir, "validation", global_batch_size=config.global_batch_size,
-                              seed=config.seed, masking=masking)
+                              seed=config.seed, masking=masking, max_examples_per_row=config.max_examples_per_row)
   settings = data.builder.info.metadata["settings"]
   nsp = bool(settings["random_next_sentence"])
   cfg = bert_config(config, data.builder.info.metadata["tokenizer"]["vocab_size"], data.max_seq_length)

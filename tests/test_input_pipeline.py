@@ -112,3 +112,81 @@ def test_missing_dataset_and_split(tmp_path, static_dir):
     PretrainingData(tmp_path, "train", global_batch_size=8, seed=0)
   with pytest.raises(InputError, match="has no split 'test'"):
     PretrainingData(static_dir, "test", global_batch_size=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def unpaired_dir(tmp_path_factory):
+  """Dynamic masking without NSP, many short sequences: what packing is for."""
+  return build(tmp_path_factory.mktemp("unpaired"), "data", masking="dynamic", dupe_factor=1,
+               random_next_sentence=False, short_seq_prob=0.5)
+
+
+def slots(batch: dict, row: int):
+  """(tokens, masked positions within the sequence, masked ids) of each sequence of a packed row."""
+  out = []
+  mask, pos = batch["input_mask"][row], batch["masked_lm_positions"][row]
+  real = batch["masked_lm_weights"][row] > 0
+  for slot in range(1, mask.max() + 1):
+    where = np.flatnonzero(mask == slot)
+    start, end = where[0], where[-1] + 1
+    assert np.array_equal(batch["position_ids"][row, start:end], np.arange(end - start))
+    mine = real & (pos >= start) & (pos < end)
+    out.append((batch["input_ids"][row, start:end].tolist(), (pos[mine] - start).tolist(),
+                batch["masked_lm_ids"][row][mine].tolist()))
+  return out
+
+
+def test_packed_rows_hold_every_sequence_masked_as_unpacked(unpaired_dir):
+  masking = DynamicMasking(masked_lm_prob=0.15, max_predictions_per_seq=5)
+  plain = PretrainingData(unpaired_dir, "train", global_batch_size=4, seed=7, masking=masking)
+  packed = PretrainingData(unpaired_dir, "train", global_batch_size=4, seed=7, masking=masking, max_examples_per_row=4)
+  assert packed.num_rows < 0.8 * plain.num_examples == 0.8 * packed.num_examples
+  b = packed.batch(0)
+  assert set(b) == set(STATIC_FEATURES) | {"position_ids"}
+  assert b["masked_lm_positions"].shape == (4, packed.max_predictions)
+  seen = []
+  for step in range(packed.steps_per_epoch):  # epoch 0: each sequence's masks as unpacked reading gives
+    batch, (_, rows) = packed.batch(step), packed._rows(step)  # pylint: disable=protected-access
+    for r, row in enumerate(rows):
+      members = packed._plan[int(row)]  # pylint: disable=protected-access
+      alone = plain._read(members, epoch=0)  # pylint: disable=protected-access
+      for i, (tokens, positions, ids) in zip(members, slots(batch, r)):
+        n = int(alone["input_mask"][list(members).index(i)].sum())
+        k = list(members).index(i)
+        w = alone["masked_lm_weights"][k] > 0
+        assert tokens == alone["input_ids"][k, :n].tolist()
+        assert positions == alone["masked_lm_positions"][k][w].tolist() and ids == alone["masked_lm_ids"][k][w].tolist()
+        seen.append(int(i))
+  assert len(seen) == len(set(seen)) >= packed.steps_per_epoch * 4
+  evaluated = sorted(int(i) for r in range(packed.num_rows) for i in packed._plan[r])  # pylint: disable=protected-access
+  assert evaluated == list(range(packed.num_examples))
+
+
+def test_packing_needs_dynamic_masking_without_nsp(static_dir, dynamic_dir):
+  for directory in (static_dir, dynamic_dir):  # masks stored; NSP pairs
+    with pytest.raises(InputError, match="packing needs a dynamic-masking dataset without next-sentence"):
+      PretrainingData(directory, "train", global_batch_size=4, seed=0, max_examples_per_row=2)
+
+
+def test_packed_pretraining_loss_equals_the_unpacked_one(unpaired_dir):
+  """Over the whole validation split the MLM loss sums are the same packed and one sequence a row."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from flaxbert.config import BertConfig  # pylint: disable=import-outside-toplevel
+  from flaxbert.heads import BertForPreTraining  # pylint: disable=import-outside-toplevel
+  from flaxbert.train import loss_sums  # pylint: disable=import-outside-toplevel
+  masking = DynamicMasking(masked_lm_prob=0.15, max_predictions_per_seq=5)
+  plain = PretrainingData(unpaired_dir, "validation", global_batch_size=8, seed=1, masking=masking)
+  packed = PretrainingData(unpaired_dir, "validation", global_batch_size=8, seed=1, masking=masking,
+                           max_examples_per_row=8)
+  assert packed.num_rows < plain.num_rows
+  vocab = plain.builder.info.metadata["tokenizer"]["vocab_size"]
+  model = BertForPreTraining(BertConfig.from_size("tiny", vocab_size=vocab, max_position_embeddings=32))
+  params = model.init(jax.random.key(0), np.zeros((1, 32), np.int32))["params"]
+  step = jax.jit(lambda b: loss_sums(model, params, b, None, deterministic=True, nsp=False))
+  totals = []
+  for data in (plain, packed):
+    sums = [step(b) for b in data.eval_batches()]
+    totals.append({k: float(sum(s[k] for s in sums)) for k in ("mlm_loss_sum", "mlm_count", "mlm_correct")})
+  assert totals[0]["mlm_count"] == totals[1]["mlm_count"] > 0
+  assert totals[0]["mlm_correct"] == totals[1]["mlm_correct"]
+  np.testing.assert_allclose(totals[1]["mlm_loss_sum"], totals[0]["mlm_loss_sum"], rtol=1e-5)

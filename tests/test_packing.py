@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from finetune_fixtures import tiny_bert_config
-from flaxbert.tasks import packing
+from flaxbert import packing
 from flaxbert.tasks.model import BertForTask
 
 

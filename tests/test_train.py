@@ -1,4 +1,5 @@
 """Pretraining end to end: a short run, exact resume, 1 vs 8 devices (DP and FSDP), checkpoints."""
+import functools
 import json
 import os
 import shutil
@@ -98,6 +99,21 @@ def test_resume_is_exact(dataset, tmp_path):
   summary = train_and_evaluate(tiny_config(dataset), split)  # the same command again: resumes at 3
   assert summary["step"] == 6
   assert_params_equal(final_params(split), final_params(straight))
+
+
+def test_packed_dynamic_masking_trains_and_resumes_exactly(tmp_path):
+  tmp = tmp_path / "data"
+  c = prepare_config.get_config("tiny")
+  c.input = (str(write_corpus(tmp / "corpus", num_files=4)),)
+  c.vocab, c.output_dir = str(write_vocab(tmp / "vocab.txt")), str(tmp / "packed")
+  c.validation_fraction, c.masking, c.dupe_factor, c.random_next_sentence, c.short_seq_prob = 0.2, "dynamic", 1, False, 0.5
+  dataset = prepare(c)[0]
+  config = functools.partial(tiny_config, dataset, max_examples_per_row=4)
+  summary = train_and_evaluate(config(), tmp_path / "straight")
+  assert "nsp_loss" not in summary["final_train_metrics"] and np.isfinite(summary["final_eval_metrics"]["eval_mlm_loss"])
+  train_and_evaluate(stopped_at(config(), 3), tmp_path / "split")
+  train_and_evaluate(config(), tmp_path / "split")
+  assert_params_equal(final_params(tmp_path / "split"), final_params(tmp_path / "straight"))
 
 
 @pytest.mark.parametrize("rules", ["data_parallel", "fsdp"])

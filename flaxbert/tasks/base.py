@@ -38,7 +38,7 @@ class Task:
   """The base of the task families; subclasses set `head` and implement the methods below."""
   head: str = ""
   prediction_file: str = "predictions.jsonl"
-  packed = False  # True: featurize's per-example rows are packed for the model (flaxbert.tasks.packing)
+  packed = False  # True: featurize's per-example rows are packed for the model (flaxbert.packing)
 
   def __init__(self, config):
     self.config = config

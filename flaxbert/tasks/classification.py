@@ -4,7 +4,7 @@ GLUE TSVs are read with their shipped column layout (flaxbert.tasks.readers.GLUE
 `.csv`/`.jsonl` files (and `.tsv` files of a custom task) by column name (config.text_a_column,
 text_b_column, label_column). Inputs are `[CLS] a [SEP] b [SEP]`, truncated longest-first as the
 original run_classifier.py (the number of truncated examples is logged). The head is a dense
-layer on the pooled [CLS]; rows are packed (flaxbert.tasks.packing), several examples each,
+layer on the pooled [CLS]; rows are packed (flaxbert.packing), several examples each,
 so a batch holds about batch_size examples in fewer rows; the loss is cross-entropy, or the squared error for STS-B
 (HF's BertForSequenceClassification with num_labels=1). Scores are GLUE's per task.
 """
@@ -23,7 +23,7 @@ log = logging.getLogger("flaxbert")
 
 class Classification(Task):
   head = "sequence"
-  packed = True  # several examples per row (flaxbert.tasks.packing); outputs come back per example
+  packed = True  # several examples per row (flaxbert.packing); outputs come back per example
 
   def __init__(self, config):
     super().__init__(config)

@@ -3,7 +3,7 @@
 `BertForTask(config, head, num_outputs)` reads a batch dict (`input_ids`, `segment_ids`,
 `input_mask`, plus `cls_positions` for sentence scoring) and returns a dict of outputs:
   sequence   dropout + dense on the pooled [CLS] of each example of a packed row (`position_ids`,
-             `cls_positions` [B, K]; flaxbert.tasks.packing) → logits [B, K, C]
+             `cls_positions` [B, K]; flaxbert.packing) → logits [B, K, C]
              (HF BertForSequenceClassification, one example per row)
   token      dropout + dense on every position           → logits [B, T, C] (BertForTokenClassification)
   span       dense to 2 on every position (no dropout)   → start_logits, end_logits [B, T] (BertForQuestionAnswering)
@@ -59,7 +59,7 @@ class BertForTask(nn.Module):
     bert = BertModel(cfg, add_pooling_layer=self.head == "sequence", name="bert")
     if self.head == "embedding":
       return self._embed(bert, batch, deterministic)
-    packed = self.head == "sequence"  # classification rows are packed (flaxbert.tasks.packing)
+    packed = self.head == "sequence"  # classification rows are packed (flaxbert.packing)
     hidden, pooled = bert(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
                           batch["position_ids"] if packed else None, deterministic=deterministic,
                           pooled_positions=batch["cls_positions"] if packed else None)
