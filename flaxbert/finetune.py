@@ -172,8 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   eval_sets = job.eval_sets()
   task.fit(train_examples, eval_sets)
   train = task.featurize(train_examples, tokenizer, training=True)
+  check_record(workdir, _task_record(job, train.arrays))  # the per-example layout (packing may vary)
   train_arrays, train_batch = job.rows(train, c.batch_size)
-  check_record(workdir, _task_record(job, train_arrays))
   if jax.process_index() == 0:
     tokenizer.save(workdir)  # evaluate/predict/embed read the workdir's own vocabulary
   evals = [(name, ex, task.featurize(ex, tokenizer, training=False)) for name, ex in eval_sets]
@@ -321,7 +321,10 @@ def _restore(config: ml_collections.ConfigDict, workdir: Path, devices=None):
   job = Job(config, workdir, cfg, load_tokenizer(workdir, lower_case=config.lower_case), devices)
   job.task.load_state(record["state"])
   mesh, model = job.mesh, job.model
-  dummy = {k: jax.ShapeDtypeStruct((1, *shape), dtype) for k, (shape, dtype) in record["inputs"].items()}
+  # one dummy example in the recorded per-example layout, as the model reads it (packed or not)
+  example = {k: np.ones((1, *shape), dtype) for k, (shape, dtype) in record["inputs"].items()}
+  arrays, _ = job.rows(Features(example), job.parallel)
+  dummy = {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in arrays.items()}
   _, params, params_sh = checkpoint.restore_sharded(workdir, boxed_param_shapes(model, (dummy,)), mesh, job.rules)
   return job, params, job.predict_step(params_sh)
 
