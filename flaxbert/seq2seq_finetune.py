@@ -295,8 +295,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   mode = None if c.warm_start == "random" else c.warm_start
   has_head = loaded is not None and "predictions" in loaded.params.get("cls", {})
   tx, schedule = optimizer(opt_config, c.fresh_lr_scale, mode, has_head), optim.learning_rate_schedule(opt_config)
-  log.info("%s (%s, fresh weights at %g× the lr): %d training pairs, %d steps (%d per epoch); %s", c.task,
-           c.warm_start, c.fresh_lr_scale, n, total, per_epoch, optim.describe(opt_config))
+  fresh = f", the weights it lacks at {c.fresh_lr_scale:g}× the lr" if mode else ""
+  log.info("%s (%s%s): %d training pairs, %d steps (%d per epoch); %s", c.task, c.warm_start, fresh, n, total,
+           per_epoch, optim.describe(opt_config))
   state, shardings = create_train_state(
       s.model, tx, s.mesh, s.rules, c.seed, _input_shapes(s), loaded.params if mode else None,
       (lambda fresh, bert: warm_start(fresh, bert, mode)) if mode else None, rng_impl=c.rng_impl)
