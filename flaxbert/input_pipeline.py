@@ -99,7 +99,7 @@ class PretrainingData:
         [int(np.asarray(e["input_mask"]).sum()) for e in self.source.__getitems__(list(range(i, min(i + 4096,
                                                                                           self.num_examples))))]
         for i in range(0, self.num_examples, 4096)] or [np.zeros(0, np.int64)]).astype(np.int64)
-    self._plan = packing.plan(self._lengths, self.max_seq_length, per_row, self.seed)
+    self._plan, self._per_row = packing.plan(self._lengths, self.max_seq_length, per_row, self.seed), per_row
     m = self._masking
     counts = num_to_predict(self._lengths, m.masked_lm_prob, m.max_predictions_per_seq)
     self.max_predictions = max([int(counts[r].sum()) for r in self._plan] or [1])
@@ -164,30 +164,24 @@ class PretrainingData:
     return {k: batch[k] for k in STATIC_FEATURES}
 
   def _read_packed(self, rows: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
-    """Packed rows `rows` of the plan: their sequences read and masked as unpacked, laid side by side."""
+    """Packed rows `rows` of the plan: their sequences read and masked as unpacked, laid side by side
+    by flaxbert.packing.pack; each sequence's masked positions move by its start in the row."""
     members = [self._plan[int(r)] for r in rows]
-    flat = np.concatenate(members)
-    seqs = self._read_examples(flat, epoch)
-    n, length, p = len(rows), self.max_seq_length, self.max_predictions
-    out = {k: np.zeros((n, length), np.int32) for k in ("input_ids", "input_mask", "segment_ids", "position_ids")}
+    seqs = self._read_examples(np.concatenate(members), epoch)
+    bounds = np.cumsum([0] + [len(m) for m in members])
+    local = [np.arange(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    packed = packing.pack({k: seqs[k] for k in packing.TOKEN_ARRAYS}, local, self._per_row)
+    n, p = len(rows), self.max_predictions
+    out = {k: packed[k] for k in (*packing.TOKEN_ARRAYS, "position_ids")}
     out.update(masked_lm_positions=np.zeros((n, p), np.int32), masked_lm_ids=np.zeros((n, p), np.int32),
                masked_lm_weights=np.zeros((n, p), np.float32), next_sentence_labels=np.zeros((n,), np.int32))
-    i = 0
-    for row, member in enumerate(members):
-      start = filled = 0
-      for slot in range(len(member)):
-        size = int(self._lengths[member[slot]])
-        span = slice(start, start + size)
-        for k in ("input_ids", "segment_ids"):
-          out[k][row, span] = seqs[k][i, :size]
-        out["input_mask"][row, span] = slot + 1
-        out["position_ids"][row, span] = np.arange(size)
-        real = seqs["masked_lm_weights"][i] > 0
-        count = int(real.sum())
-        out["masked_lm_positions"][row, filled:filled + count] = seqs["masked_lm_positions"][i][real] + start
-        out["masked_lm_ids"][row, filled:filled + count] = seqs["masked_lm_ids"][i][real]
-        out["masked_lm_weights"][row, filled:filled + count] = 1.0
-        start, filled, i = start + size, filled + count, i + 1
+    for row, slot in zip(*np.nonzero(packed["label_mask"])):  # row-major: slots in order within a row
+      i, start = packed["example_index"][row, slot], packed["cls_positions"][row, slot]
+      real = seqs["masked_lm_weights"][i] > 0
+      filled, count = int(out["masked_lm_weights"][row].sum()), int(real.sum())
+      out["masked_lm_positions"][row, filled:filled + count] = seqs["masked_lm_positions"][i][real] + start
+      out["masked_lm_ids"][row, filled:filled + count] = seqs["masked_lm_ids"][i][real]
+      out["masked_lm_weights"][row, filled:filled + count] = 1.0
     return out
 
   def _mask(self, batch: dict[str, np.ndarray], rows: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
