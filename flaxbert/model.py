@@ -116,15 +116,23 @@ class Dropout(nn.Module):
     return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
 
 
+def attention_implementation(dtype) -> str | None:
+  """`jax.nn.dot_product_attention`'s implementation for inputs of `dtype`: "cudnn" (cuDNN's fused
+  flash attention, which takes only 16-bit inputs) on a GPU, else None (XLA, which jax's default
+  None also means on GPUs)."""
+  return "cudnn" if jax.default_backend() == "gpu" and jnp.dtype(dtype).itemsize == 2 else None
+
+
 def attention(q, k, v, mask, *, dropout_rate: float, deterministic: bool, dropout_rng=None):
   """Multi-head attention on [B, T, N, D] inputs with a [B, 1, T, S] boolean mask.
 
   Without attention dropout (inference, or a rate of 0 as in MosaicBERT/cramming) this is
-  `jax.nn.dot_product_attention` (cuDNN flash attention on GPU, XLA elsewhere); with it, the
-  same computation written out so the probabilities can be dropped.
+  `jax.nn.dot_product_attention`: cuDNN flash attention for bf16/fp16 on a GPU
+  (`attention_implementation`), XLA otherwise; with dropout, the same computation written out so
+  that the probabilities can be dropped.
   """
   if deterministic or dropout_rate == 0.0:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=attention_implementation(q.dtype))
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("btnd,bsnd->bnts", q, k).astype(jnp.float32) * scale
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
