@@ -93,6 +93,21 @@ def make_batch(batch: int, seq: int, vocab: int, predictions: int, seed: int) ->
           "next_sentence_labels": rng.randint(0, 2, batch).astype(np.int32)}
 
 
+def default_predictions(seq: int) -> int:
+  """Masked positions per sequence: 20 up to seq 128 (the original's), else ceil(0.15·seq)."""
+  return 20 if seq <= 128 else math.ceil(0.15 * seq)
+
+
+def add_single_run_arguments(parser: argparse.ArgumentParser, steps: int) -> None:
+  """--size --batch --seq --dtype --steps of the one-configuration GPU scripts (step_ablation,
+  profile_step): base, batch 256, seq 128, bfloat16 by default."""
+  parser.add_argument("--size", default="base", choices=sorted(SIZES))
+  parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--seq", type=int, default=128)
+  parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+  parser.add_argument("--steps", type=int, default=steps, help="timed steps")
+
+
 def optimizer_config(size: str) -> ml_collections.ConfigDict:
   opt = pretrain_config.get_config(size).optim
   opt.num_train_steps, opt.warmup_steps = 10_000, 100
@@ -310,7 +325,7 @@ def main() -> None:
   if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
     raise InputError(f"--rounds, --steps, --warmup: expected >= 1, >= 1, >= 0; got {args.rounds}, "
                      f"{args.steps}, {args.warmup}")
-  args.predictions = args.predictions or (20 if args.seq <= 128 else math.ceil(0.15 * args.seq))
+  args.predictions = args.predictions or default_predictions(args.seq)
   if not 1 <= args.predictions <= args.seq - 2:
     raise InputError(f"--predictions: expected 1 … seq - 2 = {args.seq - 2}, got {args.predictions}")
   torch.set_num_threads(os.cpu_count())

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from bench.compare_train_step import FlaxSide, make_batch  # noqa: E402
+from bench.compare_train_step import (  # noqa: E402
+    add_single_run_arguments, default_predictions, FlaxSide, make_batch)
 from flaxbert.config import BertConfig  # noqa: E402
 
 
@@ -81,11 +82,7 @@ def summarize(trace_dir: Path, steps: int, top: int) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--size", default="base")
-  parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--seq", type=int, default=128)
-  parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
-  parser.add_argument("--steps", type=int, default=10)
+  add_single_run_arguments(parser, steps=10)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--attention_dropout", type=float, default=None)
   parser.add_argument("--rng_impl", default="threefry2x32")
@@ -95,7 +92,7 @@ def main() -> None:
   parser.add_argument("--out", type=Path, default=Path("bench/out/profile_step.json"))
   parser.add_argument("--top", type=int, default=25)
   args = parser.parse_args()
-  predictions = 20 if args.seq <= 128 else -(-15 * args.seq // 100)
+  predictions = default_predictions(args.seq)
   overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
   cfg = BertConfig.from_size(args.size, dtype=args.dtype, max_position_embeddings=max(512, args.seq), **overrides)
   side = FlaxSide(cfg, args.size, make_batch(args.batch, args.seq, cfg.vocab_size, predictions, 0), args.seq, args)

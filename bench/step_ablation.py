@@ -25,7 +25,8 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from bench.compare_train_step import make_batch, optimizer_config  # noqa: E402
+from bench.compare_train_step import (  # noqa: E402
+    add_single_run_arguments, default_predictions, make_batch, optimizer_config)
 from flaxbert import metrics, optim, sharding  # noqa: E402
 from flaxbert.config import BertConfig  # noqa: E402
 from flaxbert.heads import build_model  # noqa: E402
@@ -43,14 +44,10 @@ VARIANTS = {
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--size", default="base")
-  parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--seq", type=int, default=128)
-  parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
-  parser.add_argument("--steps", type=int, default=20)
+  add_single_run_arguments(parser, steps=20)
   parser.add_argument("--out", type=Path, default=Path("bench/out/step_ablation.json"))
   args = parser.parse_args()
-  predictions = 20 if args.seq <= 128 else -(-15 * args.seq // 100)
+  predictions = default_predictions(args.seq)
   base_cfg = BertConfig.from_size(args.size, dtype=args.dtype, max_position_embeddings=max(512, args.seq))
   data = make_batch(args.batch, args.seq, base_cfg.vocab_size, predictions, 0)
   opt = optimizer_config(args.size)
