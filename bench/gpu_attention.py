@@ -48,7 +48,8 @@ def make_mask(kind: str, batch: int, t: int, s: int, rng: np.random.RandomState)
   if kind == "cross":
     return np.broadcast_to(keys[:, None, None, :], (batch, 1, t, s)).copy()
   if kind == "causal":
-    return (np.tril(np.ones((t, s), bool))[None, None] & keys[:, None, None, :]) | (np.eye(t, s, dtype=bool)[None, None])
+    causal = np.tril(np.ones((t, s), bool))[None, None]
+    return (causal & keys[:, None, None, :]) | np.eye(t, s, dtype=bool)[None, None]
   raise ValueError(kind)
 
 
@@ -75,7 +76,8 @@ def check(kind: str, batch: int, t: int, s: int, seed: int) -> dict:
   out = jax.jit(ours)(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
   grads = jax.jit(jax.grad(loss(ours, jnp.bfloat16), argnums=(0, 1, 2)))(q, k, v)
   errors = {"out": rel_err(out, ref_out), **{f"d{n}": rel_err(g, r) for n, g, r in zip("qkv", grads, ref_grads)}}
-  return {"kind": kind, "batch": batch, "t": t, "s": s, "implementation": attention_implementation(jnp.bfloat16) or "xla",
+  return {"kind": kind, "batch": batch, "t": t, "s": s,
+          "implementation": attention_implementation(jnp.bfloat16) or "xla",
           "rel_errors": {n: round(e, 6) for n, e in errors.items()}, "finite": all(np.isfinite(list(errors.values())))}
 
 
@@ -83,8 +85,8 @@ def time_fwd_bwd(implementation: str | None, batch: int, t: int, repeats: int) -
   rng = np.random.RandomState(1)
   q, k, v = (jnp.asarray(rng.standard_normal((batch, t, HEADS, HEAD_DIM)), jnp.bfloat16) for _ in range(3))
   mask = jnp.asarray(make_mask("padding", batch, t, t, rng))
-  fn = lambda q, k, v: jnp.sum(jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)  # noqa: E731
-                               .astype(jnp.float32))
+  def fn(q, k, v):
+    return jnp.sum(jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation).astype(jnp.float32))
   step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2)))
   jax.block_until_ready(step(q, k, v))
   times = []
@@ -110,7 +112,8 @@ def main() -> int:
   if chosen is not None:
     for batch, t in ((256, 128), (64, 512)):
       xla_s, chosen_s = time_fwd_bwd("xla", batch, t, args.repeats), time_fwd_bwd(chosen, batch, t, args.repeats)
-      timings.append({"batch": batch, "seq": t, "xla_ms": round(1e3 * xla_s, 3), f"{chosen}_ms": round(1e3 * chosen_s, 3),
+      timings.append({"batch": batch, "seq": t, "xla_ms": round(1e3 * xla_s, 3),
+                      f"{chosen}_ms": round(1e3 * chosen_s, 3),
                       "speedup": round(xla_s / chosen_s, 3)})
   report = {"device_kind": device.device_kind, "platform": device.platform, "jax": jax.__version__,
             "implementation": chosen or "xla", "tolerance": args.tolerance, "passed": ok, "checks": checks,

@@ -45,7 +45,8 @@ def device_lines(profile) -> list:
          for line in plane.lines if "stream" in line.name.lower()]
   if gpu:
     return gpu
-  return [line for plane in profile.planes if plane.name == "/host:CPU" for line in plane.lines if line.name != "python"]
+  return [line for plane in profile.planes if plane.name == "/host:CPU"
+          for line in plane.lines if line.name != "python"]
 
 
 def busy_ns(intervals: list[tuple[float, float]]) -> float:
@@ -110,7 +111,8 @@ def main() -> None:
   args.out.write_text(json.dumps(report, indent=2) + "\n")
   print(f"{device.device_kind}: {args.size} batch {args.batch} seq {args.seq} {args.dtype}; step "
         f"{report['step_ms']:.1f} ms, device busy {report['device_busy_ms']:.1f} ms "
-        f"(kernel sum {report['device_kernel_sum_ms']:.1f} ms); init {report['init_s']} s, compile {report['compile_s']} s")
+        f"(kernel sum {report['device_kernel_sum_ms']:.1f} ms); init {report['init_s']} s, "
+        f"compile {report['compile_s']} s")
   for op in report["top_ops"]:
     print(f"  {op['ms_per_step']:9.3f} ms  {100 * op['share']:5.1f}%  {op['op']}"
           + (f"  [{op['kernel'][:90]}]" if op["kernel"] != op["op"] else ""))
