@@ -17,6 +17,7 @@ leaves a dataset that loads as complete. The vocabulary is saved inside the data
 import dataclasses
 import functools
 import json
+import logging
 import multiprocessing
 import os
 import resource
@@ -196,6 +197,11 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
         self._documents(inputs, stats), work, chunk_chars=s.chunk_chars,
         validation_fraction=s.validation_fraction)
     chunks.stats = stats
+    for split, count in chunks.documents.items():
+      if count == 1 and s.random_next_sentence:
+        logging.warning("the %s split holds one document: it has no other document to draw random next "
+                        "sentences from, so all its pairs are real continuations (label 0); hold out more "
+                        "documents (validation_fraction) for a balanced next-sentence split", split)
     config = InstanceConfig(
         max_seq_length=s.max_seq_length, max_predictions_per_seq=s.max_predictions_per_seq,
         masked_lm_prob=s.masked_lm_prob, short_seq_prob=s.short_seq_prob, dupe_factor=s.dupe_factor,
@@ -275,6 +281,7 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
         "peak_worker_rss_mb": self._peak_worker_rss_mb,
         "sources": dataclasses.asdict(chunks.stats),
         "sources_summary": chunks.stats.summary(),
+        "documents": chunks.documents,  # per split
     })
 
 

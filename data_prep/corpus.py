@@ -23,14 +23,21 @@ class Chunks:
   train: list[Path] = dataclasses.field(default_factory=list)
   validation: list[Path] = dataclasses.field(default_factory=list)
   stats: sources.SourceStats = dataclasses.field(default_factory=sources.SourceStats)
+  documents: dict[str, int] = dataclasses.field(default_factory=dict)  # per split
 
 
 class _ChunkWriter:
-  """Appends documents to the current chunk file; starts a new one past `chunk_chars`."""
+  """Appends documents to the current chunk file; starts a new one past `chunk_chars`.
+
+  A chunk is closed only once it holds two documents, and a last chunk of one document joins the
+  chunk before it (`finish`): next-sentence prediction draws its random B segments from the other
+  documents of the chunk, so a document is alone in its chunk only when it is alone in its split.
+  """
 
   def __init__(self, directory: Path, prefix: str, chunk_chars: int, paths: list[Path]):
     self._dir, self._prefix, self._limit, self._paths = directory, prefix, chunk_chars, paths
-    self._file, self._chars = None, 0
+    self._file, self._chars, self._documents = None, 0, 0
+    self.documents = 0  # in the whole split
 
   def add(self, document: list[str]) -> None:
     if self._file is None:
@@ -40,13 +47,24 @@ class _ChunkWriter:
     text = "\n".join(document) + "\n\n"
     self._file.write(text)
     self._chars += len(text)
-    if self._chars >= self._limit:
+    self._documents += 1
+    self.documents += 1
+    if self._chars >= self._limit and self._documents >= 2:
       self.close()
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
-    self._file, self._chars = None, 0
+    self._file, self._chars, self._documents = None, 0, 0
+
+  def finish(self) -> None:
+    alone = self._file is not None and self._documents == 1
+    self.close()
+    if alone and len(self._paths) > 1:
+      last = self._paths.pop()
+      with open(self._paths[-1], "a", encoding="utf-8") as previous:
+        previous.write(last.read_text(encoding="utf-8"))
+      last.unlink()
 
 
 def split_documents(documents: Iterable[list[str]], directory: Path, *, chunk_chars: int,
@@ -63,9 +81,13 @@ def split_documents(documents: Iterable[list[str]], directory: Path, *, chunk_ch
     for doc in documents:
       writers["validation" if index % every == 0 else "train"].add(doc)
       index += 1
-  finally:
+  except BaseException:
     for writer in writers.values():
       writer.close()
+    raise
+  for writer in writers.values():
+    writer.finish()
+  chunks.documents = {split: writer.documents for split, writer in writers.items()}
   if not chunks.train:
     raise InputError(f"the corpus has {index} non-empty document(s): too few for a train split beside "
                      f"the validation split (every {every}th document, the first included, is held out)")

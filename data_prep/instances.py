@@ -9,7 +9,11 @@ Documents are lists of segments (tokenized sentences); empty ones are dropped, a
 - A = the chunk's first a_end ∈ [1, len(chunk) - 1] segments (1 for one segment). B is random with
   p 0.5, and always for a one-segment chunk: up to 10 draws of another document index (over ALL
   documents), a random start segment, filled to target - len(A) tokens; the chunk's unused segments
-  are put back. Else B is the rest of the chunk. Label 1 when B is random.
+  are put back. Else B is the rest of the chunk. Label 1 when B is random. One deviation: in a
+  corpus of one document there is no other document, and where the original would take a
+  "random" B from the document itself, B is always the rest of the chunk (label 0) and a
+  one-segment chunk makes no pair (builds keep that to a split holding a single document:
+  `corpus.split_documents` never leaves a document alone in a chunk of a larger split).
 - truncate_seq_pair trims the longer side (B on a tie) at the front or back, p 0.5 each, until
   len(A) + len(B) <= max_num_tokens; which side is a function of the lengths, so the front trims
   per side are drawn at once (a binomial: the same distribution). [CLS] A [SEP] B [SEP], segment
@@ -237,7 +241,12 @@ def _document_pairs(job: _Job, dupe_pass: int, d: int, out: list[int]) -> int:
       else:
         a_end = rng.randint(1, size - 1) if size >= 2 else 1
         a0, a1 = ends[first], ends[first + a_end]
-        if size == 1 or rng.random() < 0.5:
+        if num_docs == 1 and size == 1:
+          # A document alone in its corpus has no other document to draw a random B from (the
+          # original takes B from the document itself and labels it random): no pair.
+          first, i = i + 1, i + 1
+          continue
+        if num_docs > 1 and (size == 1 or rng.random() < 0.5):
           label = 1
           for _ in range(10):
             r = rng.randint(0, num_docs - 1)

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import prepare as prepare_config
+from data_prep import corpus as corpus_lib
 from corpus_fixtures import write_corpus, write_vocab
 from data_prep.builder import prepare
 from flaxbert.cli import main
@@ -59,6 +60,31 @@ def test_static_dataset_features_and_rules(tmp_path):
     assert ex["next_sentence_labels"] in (0, 1)
   assert metadata["sources"]["files"] == 3 and metadata["settings"]["masking"] == "static"
   assert metadata["tokenizer"]["mask_id"] == tok.mask_id == 4
+
+
+def test_no_document_is_alone_in_a_chunk_of_a_larger_split(tmp_path, caplog):
+  """Random next sentences come from the chunk's other documents: a chunk holds at least two (a
+  last chunk of one joins the one before), and a split of one document is named in a warning and
+  gets real continuations only."""
+  rng = np.random.RandomState(0)
+  docs = [[f"doc {d} sentence {i} " + "x" * int(rng.randint(1, 300)) for i in range(rng.randint(1, 6))]
+          for d in range(41)]
+  chunks = corpus_lib.split_documents(iter(docs), tmp_path, chunk_chars=500, validation_fraction=0.2)
+  assert chunks.documents == {"train": 32, "validation": 9}
+  for split, expected in (("train", [d for i, d in enumerate(docs) if i % 5]), ("validation", docs[::5])):
+    files = getattr(chunks, split)
+    assert len(files) >= 3
+    per_chunk = [[d.split("\n") for d in f.read_text(encoding="utf-8").split("\n\n") if d] for f in files]
+    assert all(len(c) >= 2 for c in per_chunk)
+    assert [d for c in per_chunk for d in c] == expected  # every document once, in order
+  # 5 documents: one held out; its split warns and its pairs are all real continuations.
+  c = settings(tmp_path / "one", validation_fraction=0.2)
+  c.input = (str(write_corpus(tmp_path / "small", num_files=1, docs_per_file=5, seed=1)),)
+  _, metadata = prepare(c)
+  assert metadata["documents"] == {"train": 4, "validation": 1}
+  assert "validation split holds one document" in caplog.text
+  validation = read_split(c.output_dir, "validation")
+  assert validation and all(ex["next_sentence_labels"] == 0 for ex in validation)
 
 
 def test_deterministic_for_a_seed(tmp_path):

@@ -89,8 +89,17 @@ def test_one_segment_documents_always_get_a_random_next_sentence_from_another_do
     assert len(set(doc_of[b])) == 1 and doc_of[b[0]] != pairs.document[r] and len(b) == 8
     partners.add((int(pairs.document[r]), int(doc_of[b[0]])))
   assert len(partners) == 20  # every other document is drawn
-  alone = pairs_of(docs[:1], max_seq_length=32, dupe_factor=3)  # 10 draws fail: B from itself
-  assert all(split(alone, r)[1].tolist() == docs[0][0].tolist() for r in range(3))
+  # A corpus of one document has no other document: the original takes B from the document itself
+  # and labels it random; here a one-segment chunk makes no pair, a longer one a real continuation.
+  assert len(pairs_of(docs[:1], max_seq_length=32, dupe_factor=3)) == 0
+  one, _, _ = unique_docs([[5] * 12])
+  alone = pairs_of(one, max_seq_length=64, short_seq_prob=0.0, dupe_factor=20)  # 60 tokens: no truncation
+  assert len(alone) == 20 and alone.next_sentence_labels.tolist() == [0] * 20
+  for r in range(len(alone)):
+    a, b = split(alone, r)
+    tokens = np.concatenate(one[0]).tolist()
+    start = tokens.index(a[0])
+    assert tokens[start:start + len(a) + len(b)] == a.tolist() + b.tolist()  # B continues A
 
 
 def test_put_back_and_the_next_sentence_coin():
