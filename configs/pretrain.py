@@ -80,8 +80,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.global_batch_size = 256 if arg in ("base", "large") else 128
     c.optim.learning_rate = 1e-4 if arg in ("base", "large") else 5e-4
   elif arg == "paper":
+    del c.optim["num_train_steps"]  # unlinked from num_train_steps (assigning would set both)
+    c.optim.num_train_steps = 1_000_000  # the schedule decays to 0 at 1M, as in the paper
     c.num_train_steps = 900_000  # phase 1 ends here; paper_phase2 continues the same schedule to 1M
-    c.optim.num_train_steps = 1_000_000
   elif arg == "paper_phase2":
     c.num_train_steps = 1_000_000
     c.init_mode = "full_state"
