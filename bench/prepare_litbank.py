@@ -27,8 +27,8 @@ from configs import prepare as prepare_config  # noqa: E402
 from data_prep.builder import prepare  # noqa: E402
 
 
-def write_original_format(litbank: Path, path: Path) -> int:
-  books = sorted((litbank / "texts").glob("*.txt"))
+def write_original_format(litbank: Path, path: Path, max_books: int = 0) -> int:
+  books = sorted((litbank / "texts").glob("*.txt"))[:max_books or None]
   if not books:
     raise SystemExit(f"{litbank}/texts: no .txt books found")
   with open(path, "w", encoding="utf-8") as out:
@@ -47,6 +47,9 @@ def main() -> None:
   parser.add_argument("--vocab", type=Path, required=True)
   parser.add_argument("--out", type=Path, default=Path("bench/out/prepare_litbank.json"))
   parser.add_argument("--dupe_factor", type=int, default=5)
+  parser.add_argument("--books", type=int, default=0,
+                      help="only the first N books in file-name order (0: all), e.g. to see that peak memory "
+                           "does not grow with the corpus")
   parser.add_argument("--num_workers", type=int, default=0)
   parser.add_argument("--chunk_chars", type=int, default=None, help="default: configs/prepare.py's")
   parser.add_argument("--reference_seconds", type=float, default=427.0)
@@ -56,7 +59,8 @@ def main() -> None:
 
   with tempfile.TemporaryDirectory() as tmp:
     corpus = Path(tmp) / "litbank_original_format.txt"
-    books = write_original_format(args.litbank, corpus)
+    books = write_original_format(args.litbank, corpus, args.books)
+    corpus_bytes = corpus.stat().st_size  # the original-format input file
     c = prepare_config.get_config("original")
     c.input, c.vocab, c.output_dir = (str(corpus),), str(args.vocab), str(Path(tmp) / "dataset")
     c.max_seq_length, c.max_predictions_per_seq, c.dupe_factor, c.seed = 128, 20, args.dupe_factor, 12345
@@ -71,7 +75,7 @@ def main() -> None:
   rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
   total = sum(examples.values())
   result = {
-      "corpus": str(args.litbank), "books": books, "corpus_bytes": corpus_size(args.litbank),
+      "corpus": str(args.litbank), "books": books, "corpus_bytes": corpus_bytes,
       "settings": {"max_seq_length": 128, "max_predictions_per_seq": 20, "dupe_factor": args.dupe_factor,
                    "seed": 12345, "num_workers": args.num_workers or os.cpu_count(), "chunk_chars": c.chunk_chars},
       "wall_seconds": round(wall, 2),
@@ -88,10 +92,6 @@ def main() -> None:
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(result, indent=2) + "\n")
   print(json.dumps(result, indent=2))
-
-
-def corpus_size(litbank: Path) -> int:
-  return sum(p.stat().st_size for p in (litbank / "texts").glob("*.txt"))
 
 
 if __name__ == "__main__":
