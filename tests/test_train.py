@@ -19,7 +19,7 @@ from corpus_fixtures import write_corpus, write_vocab
 from data_prep.builder import prepare
 from flaxbert import checkpoint
 from flaxbert.errors import InputError
-from flaxbert.train import train_and_evaluate
+from flaxbert.train import StopRequest, train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +78,10 @@ def assert_params_equal(a, b):
 
 
 def test_short_run_end_to_end(dataset, tmp_path):
-  summary = train_and_evaluate(tiny_config(dataset), tmp_path / "run")
+  summary = train_and_evaluate(tiny_config(dataset, checkpoint_every_steps=2, keep_checkpoints=2), tmp_path / "run")
   run = tmp_path / "run"
   assert summary["step"] == 6 and json.loads((run / "summary.json").read_text())["step"] == 6
-  assert sorted(checkpoint.manager(run, asynchronous=False).all_steps()) == [3, 6]
+  assert sorted(checkpoint.manager(run, asynchronous=False).all_steps()) == [4, 6]  # saved 2, 4, 6; keep 2
   assert list(run.glob("events.out.tfevents*")) and len(losses(run)) == 3
   train, evals = summary["final_train_metrics"], summary["final_eval_metrics"]
   for key in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "learning_rate", "grad_norm",
@@ -245,6 +245,19 @@ def test_sigterm_saves_before_exiting(dataset, tmp_path):
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert summary["stopped_by"] == "SIGTERM" and 3 <= summary["step"] < 100000
   assert checkpoint.manager(tmp_path / "run", asynchronous=False).all_steps() == [summary["step"]]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_request_takes_both_signals_and_restores_the_handlers(signum):
+  before = signal.getsignal(signum)
+  stop = StopRequest()
+  try:
+    assert stop.signal is None
+    os.kill(os.getpid(), signum)
+    assert stop.signal == signum.name  # the run's loop saves and exits at the next step boundary
+  finally:
+    stop.restore()
+  assert signal.getsignal(signum) is before
 
 
 def test_bfloat16_compute_keeps_float32_weights(dataset, tmp_path):
