@@ -109,7 +109,7 @@ def run_torch(config, work: Path) -> dict:
                                                       attention_probs_dropout_prob=config.dropout)
   # the head starts from flaxbert's initial values (same seed), so only training differs
   flax_model = BertForTask(loaded.config, task.head, task.num_outputs)
-  # flaxbert's batches: packed rows for classification (several sentences a row), else the features
+  # flaxbert's batches: packed rows (several sentences or windows a row) for packing tasks, else the features
   arrays, rows_per_batch = finetune.Job(config, work, loaded.config, tokenizer).rows(train, config.batch_size)
   shapes = {k: jax.numpy.zeros((1,) + v.shape[1:], v.dtype) for k, v in arrays.items()}
   head_name = "qa_outputs" if task.head == "span" else "classifier"

@@ -91,7 +91,8 @@ class Job:
     cached = self._packed.get((id(features), per_row))
     if cached is None or cached[0] is not features:
       plan = packing.plan(features.arrays["input_mask"].sum(axis=1), c.max_seq_length, per_row, c.seed)
-      cached = self._packed[(id(features), per_row)] = (features, packing.pack(features.arrays, plan, per_row))
+      packed = packing.pack(features.arrays, plan, per_row, self.task.token_arrays)
+      cached = self._packed[(id(features), per_row)] = (features, packed)
     arrays = cached[1]
     return arrays, packing.rows_per_batch(batch_size, len(features), len(arrays["input_ids"]), self.parallel)
 
@@ -106,8 +107,9 @@ class Job:
       parts.append(jax.tree_util.tree_map(np.asarray, out))
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
     if self.task.packed:
-      index = arrays["example_index"]
-      return packing.unpack({k: v[:len(index)] for k, v in merged.items()}, index, len(features))
+      rows = len(arrays["example_index"])
+      return packing.unpack({k: v[:rows] for k, v in merged.items()}, arrays,
+                            features.arrays["input_mask"].sum(axis=1), self.task.token_outputs)
     return {k: v[:len(features)] for k, v in merged.items()}
 
   def predict_step(self, params_sharding):

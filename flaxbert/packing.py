@@ -13,13 +13,18 @@ decreasing (each example, longest first, goes into the open row it fills best), 
   position_ids             restarting at 0 at each example's [CLS]
   cls_positions            [R, K] where each example's [CLS] is (the pooler reads them)
   label, …                 every per-example array, as [R, K, …]
+  labels, …                `token_arrays` (a token task's per-wordpiece labels): laid out as
+                           input_ids are, their padding value between rows' ends
   label_mask               [R, K] 1 where a slot holds an example
   example_index            [R, K] which example (-1: an empty slot), to put the outputs back
 
 The plan depends only on the lengths (ties broken by a seeded permutation), so it is made once;
 training shuffles the rows per epoch (flaxbert.tasks.batching). `rows_per_batch` turns an
 examples-per-batch size into rows, so that a batch still holds about `batch_size` examples (the
-loss divides by the real examples: `label_mask` weighted sums).
+loss divides by the real examples: `label_mask` weighted sums, or for a token task the labelled
+wordpieces). `unpack` puts outputs back in example order: per-slot outputs [R, K, …] → [N, …],
+per-token outputs [R, L, …] → [N, L, …] (each example's span back at position 0, a fill
+after it).
 """
 import math
 from typing import Sequence
@@ -57,9 +62,12 @@ def plan(lengths: np.ndarray, length: int, max_per_row: int, seed: int = 0) -> l
   return [np.asarray(r, np.int64) for r in rows]
 
 
-def pack(arrays: dict[str, np.ndarray], rows: Sequence[np.ndarray], max_per_row: int) -> dict[str, np.ndarray]:
-  """Per-example arrays (input_ids/segment_ids/input_mask [N, L] with a 0/1 mask, anything else
-  [N, …]) → packed [R, L] / [R, K, …] arrays as the module docstring lists."""
+def pack(arrays: dict[str, np.ndarray], rows: Sequence[np.ndarray], max_per_row: int,
+         token_arrays: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+  """Per-example arrays (input_ids/segment_ids/input_mask [N, L] with a 0/1 mask, `token_arrays`
+  [N, L] (name → padding value), anything else [N, …]) → packed [R, L] / [R, K, …] arrays as the
+  module docstring lists."""
+  token_arrays = dict(token_arrays or {})
   ids = arrays["input_ids"]
   n, length = ids.shape
   lengths = arrays["input_mask"].sum(axis=1)
@@ -70,7 +78,9 @@ def pack(arrays: dict[str, np.ndarray], rows: Sequence[np.ndarray], max_per_row:
   out["cls_positions"] = np.zeros((r, max_per_row), np.int32)
   out["label_mask"] = np.zeros((r, max_per_row), np.int32)
   out["example_index"] = np.full((r, max_per_row), -1, np.int32)
-  extra = [k for k in arrays if k not in TOKEN_ARRAYS]
+  for k, pad in token_arrays.items():
+    out[k] = np.full((r, length), pad, arrays[k].dtype)
+  extra = [k for k in arrays if k not in TOKEN_ARRAYS and k not in token_arrays]
   for k in extra:
     out[k] = np.zeros((r, max_per_row, *arrays[k].shape[1:]), arrays[k].dtype)
   for row, members in enumerate(rows):
@@ -82,6 +92,8 @@ def pack(arrays: dict[str, np.ndarray], rows: Sequence[np.ndarray], max_per_row:
       span = slice(start, start + size)
       out["input_ids"][row, span] = ids[i, :size]
       out["segment_ids"][row, span] = arrays["segment_ids"][i, :size]
+      for k in token_arrays:
+        out[k][row, span] = arrays[k][i, :size]
       out["input_mask"][row, span] = slot + 1
       out["position_ids"][row, span] = np.arange(size)
       out["cls_positions"][row, slot] = start
@@ -105,15 +117,28 @@ def rows_per_batch(batch_size: int, num_examples: int, num_rows: int, multiple: 
   return math.ceil(rows / multiple) * multiple
 
 
-def unpack(outputs: dict[str, np.ndarray], example_index: np.ndarray, num_examples: int) -> dict[str, np.ndarray]:
-  """[R, K, …] outputs → [num_examples, …] in example order (slots with index -1 dropped)."""
-  keep = example_index >= 0
-  got = example_index[keep]
+def unpack(outputs: dict[str, np.ndarray], packed: dict[str, np.ndarray], lengths: np.ndarray,
+           token_outputs: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+  """Outputs for the rows of `packed` → [N, …] in example order (N = len(lengths), the examples'
+  token counts): per-slot outputs [R, K, …] pick the slot of each example (slots with index -1
+  dropped); `token_outputs` (name → fill) [R, L, …] copy each example's span to [i, :length],
+  the fill after it."""
+  token_outputs = dict(token_outputs or {})
+  index = packed["example_index"]
+  num_examples = len(lengths)
+  keep = index >= 0
+  got = index[keep]
   if np.bincount(got, minlength=num_examples).tolist() != [1] * num_examples:
     raise ValueError(f"unpack: the rows must hold each of the {num_examples} examples exactly once")
   result = {}
   for k, v in outputs.items():
-    out = np.zeros((num_examples, *v.shape[2:]), v.dtype)
-    out[got] = v[keep]
+    if k in token_outputs:
+      out = np.full((num_examples, *v.shape[1:]), token_outputs[k], v.dtype)
+      for row, slot in zip(*np.nonzero(keep)):
+        i, start = index[row, slot], packed["cls_positions"][row, slot]
+        out[i, :lengths[i]] = v[row, start:start + lengths[i]]
+    else:
+      out = np.zeros((num_examples, *v.shape[2:]), v.dtype)
+      out[got] = v[keep]
     result[k] = out
   return result

@@ -120,21 +120,29 @@ def test_mrpc_pairs_and_stsb_regression_packed(bert, tmp_path, caplog):
   assert evaluate(s, tmp_path / "stsb") == pytest.approx(stsb, rel=1e-3)  # float sums differ slightly
 
 
-def test_ner_entity_f1(bert, tmp_path):
-  results = train_and_evaluate(config("ner", bert, write_conll(tmp_path / "t.conll", 96, 0),
-                                      write_conll(tmp_path / "d.conll", 24, 1)), tmp_path / "ner")
+def test_ner_entity_f1_packed(bert, tmp_path, caplog):
+  c = config("ner", bert, write_conll(tmp_path / "t.conll", 96, 0), write_conll(tmp_path / "d.conll", 24, 1))
+  with caplog.at_level("INFO", logger="flaxbert"):
+    results = train_and_evaluate(c, tmp_path / "ner", devices=jax.devices()[:1])
+  assert "packed into" in caplog.text  # one device: several sentences a row
   assert {"precision", "recall", "f1"} <= set(results) and results["f1"] > 0.5, results
+  # one sentence a row (8 devices, eval batch 8) scores as the packed rows did
+  assert evaluate(c, tmp_path / "ner") == pytest.approx(results)
   tags = [json.loads(l)["prediction"] for l in (tmp_path / "ner" / "predictions.jsonl").read_text().splitlines()]
   gold = [b.split("\n") for b in (tmp_path / "d.conll").read_text().strip().split("\n\n")]
   assert [len(t) for t in tags] == [len(g) for g in gold]
 
 
 @pytest.mark.parametrize("task", ["squad_v1", "squad_v2"])
-def test_squad(bert, tmp_path, task):
+def test_squad_packed(bert, tmp_path, task, caplog):
   v2 = task == "squad_v2"
-  results = train_and_evaluate(config(task, bert, write_squad(tmp_path / "t.json", 64, 0, v2),
-                                      write_squad(tmp_path / "d.json", 16, 1, v2)), tmp_path / "run")
+  c = config(task, bert, write_squad(tmp_path / "t.json", 64, 0, v2), write_squad(tmp_path / "d.json", 16, 1, v2))
+  with caplog.at_level("INFO", logger="flaxbert"):
+    results = train_and_evaluate(c, tmp_path / "run", devices=jax.devices()[:1])
+  assert "packed into" in caplog.text  # one device: several windows a row
   assert {"exact_match", "f1"} <= set(results)
+  # one window a row (8 devices, eval batch 8) scores as the packed rows did
+  assert evaluate(c, tmp_path / "run") == pytest.approx(results)
   predictions = json.loads((tmp_path / "run" / "predictions.json").read_text())
   assert set(predictions) == {q["id"] for a in json.loads((tmp_path / "d.json").read_text())["data"]
                               for p in a["paragraphs"] for q in p["qas"]}

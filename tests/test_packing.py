@@ -51,12 +51,26 @@ def test_pack_layout_and_unpack():
   np.testing.assert_array_equal(out["label"][1, :2], arrays["label"][:2])
   np.testing.assert_array_equal(out["input_mask"][2], [1, 1, 0, 0, 0, 0, 0, 0])
   logits = np.arange(3 * 3 * 2, dtype=np.float32).reshape(3, 3, 2)
-  back = packing.unpack({"logits": logits}, out["example_index"], 4)["logits"]
+  back = packing.unpack({"logits": logits}, out, [5, 3, 7, 2])["logits"]
   np.testing.assert_array_equal(back, logits[[1, 1, 0, 2], [0, 1, 0, 0]])
   with pytest.raises(ValueError, match="exactly once"):
     packing.pack(arrays, rows[:2], 3)
   with pytest.raises(ValueError, match="exactly once"):
-    packing.unpack({"logits": logits}, out["example_index"], 5)
+    packing.unpack({"logits": logits}, out, [5, 3, 7, 2, 1])
+
+
+def test_token_arrays_are_laid_out_along_the_row_and_come_back():
+  arrays = per_example([5, 3, 7, 2], length=8)
+  arrays["labels"] = np.where(arrays["input_mask"] == 1, np.arange(8)[None] + 10 * np.arange(4)[:, None], -1)
+  rows = [np.array([2]), np.array([0, 1]), np.array([3])]
+  out = packing.pack(arrays, rows, max_per_row=3, token_arrays={"labels": -1})
+  assert out["labels"].shape == (3, 8)  # along the tokens, not [R, K, …]
+  np.testing.assert_array_equal(out["labels"][1], [0, 1, 2, 3, 4, 10, 11, 12])
+  np.testing.assert_array_equal(out["labels"][2], [30, 31, -1, -1, -1, -1, -1, -1])
+  logits = out["labels"][..., None] * np.ones(2)  # a per-token output [R, L, 2]
+  back = packing.unpack({"logits": logits}, out, [5, 3, 7, 2], token_outputs={"logits": 0.0})["logits"]
+  assert back.shape == (4, 8, 2)
+  np.testing.assert_array_equal(back[..., 0], np.where(arrays["labels"] >= 0, arrays["labels"], 0))
 
 
 def test_rows_per_batch_keeps_about_batch_size_examples():
@@ -77,7 +91,52 @@ def test_packed_rows_compute_each_example_as_if_alone(regression):
   assert len(packed["input_ids"]) < len(lengths)
   params = model.init(jax.random.key(0), jax.tree_util.tree_map(lambda a: jnp.asarray(a[:1]), alone))["params"]
   run = jax.jit(lambda b: model.apply({"params": params}, b)["logits"])
-  want = packing.unpack({"logits": np.asarray(run(alone))}, alone["example_index"], 8)["logits"]
-  got = packing.unpack({"logits": np.asarray(run(packed))}, packed["example_index"], 8)["logits"]
+  want = packing.unpack({"logits": np.asarray(run(alone))}, alone, lengths)["logits"]
+  got = packing.unpack({"logits": np.asarray(run(packed))}, packed, lengths)["logits"]
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
   assert not np.allclose(want[0], want[1])
+
+
+def test_packed_token_logits_equal_each_sentence_alone():
+  """NER: the per-wordpiece logits of a packed row equal those of each sentence alone in a row."""
+  cfg = tiny_bert_config(64)
+  model = BertForTask(cfg, "token", 5)
+  lengths = [9, 4, 13, 2, 6, 7, 3, 11]
+  arrays = per_example(lengths, length=16, seed=4)
+  arrays["labels"] = np.where(arrays["input_mask"] == 1, 1, -1).astype(np.int32)
+  del arrays["label"]
+  alone = packing.pack(arrays, packing.plan(np.array(lengths), 16, 1), 1, {"labels": -1})
+  packed = packing.pack(arrays, packing.plan(np.array(lengths), 16, 4, seed=5), 4, {"labels": -1})
+  assert len(packed["input_ids"]) < len(lengths)
+  params = model.init(jax.random.key(0), jax.tree_util.tree_map(lambda a: jnp.asarray(a[:1]), alone))["params"]
+  run = jax.jit(lambda b: model.apply({"params": params}, b)["logits"])
+  want = packing.unpack({"logits": np.asarray(run(alone))}, alone, lengths, {"logits": 0.0})["logits"]
+  got = packing.unpack({"logits": np.asarray(run(packed))}, packed, lengths, {"logits": 0.0})["logits"]
+  real = arrays["input_mask"] == 1
+  np.testing.assert_allclose(got[real], want[real], atol=2e-5, rtol=0)
+  assert not np.allclose(want[0, 1], want[1, 1])
+
+
+def test_span_loss_of_packed_windows_is_each_windows_own_softmax():
+  """SQuAD: the start/end loss of a packed row is the cross-entropy over each window's own tokens."""
+  from flaxbert.tasks.qa import QuestionAnswering  # pylint: disable=import-outside-toplevel
+  lengths = [9, 4, 13, 2, 6]
+  arrays = per_example(lengths, length=16, seed=6)
+  del arrays["label"]
+  rng = np.random.default_rng(0)
+  arrays["start_positions"] = np.array([rng.integers(0, n) for n in lengths], np.int32)
+  arrays["end_positions"] = np.array([rng.integers(0, n) for n in lengths], np.int32)
+  packed = packing.pack(arrays, packing.plan(np.array(lengths), 16, 3, seed=1), 3)
+  packed["example_mask"] = np.ones(len(packed["input_ids"]), np.int32)
+  logits = {k: rng.normal(size=packed["input_ids"].shape).astype(np.float32) for k in ("start_logits", "end_logits")}
+  task = QuestionAnswering.__new__(QuestionAnswering)
+  got = task.loss_sums(logits, jax.tree_util.tree_map(jnp.asarray, packed))
+  per_example_logits = packing.unpack(logits, packed, lengths, {k: float("-inf") for k in logits})
+  want = 0.0
+  for i, n in enumerate(lengths):
+    for side in ("start", "end"):
+      x = per_example_logits[f"{side}_logits"][i]
+      assert np.isinf(x[n:]).all() and np.isfinite(x[:n]).all()
+      want += 0.5 * (np.log(np.exp(x[:n]).sum()) - x[arrays[f"{side}_positions"][i]])
+  assert float(got["task_count"]) == len(lengths)
+  np.testing.assert_allclose(float(got["task_loss_sum"]), want, rtol=1e-5)

@@ -39,6 +39,9 @@ class Task:
   head: str = ""
   prediction_file: str = "predictions.jsonl"
   packed = False  # True: featurize's per-example rows are packed for the model (flaxbert.packing)
+  token_arrays: dict = {}  # packed tasks: feature arrays aligned with the wordpieces → their padding value
+  token_outputs: dict = {}  # packed tasks: head outputs aligned with the wordpieces ([B, T, …]) → the
+  #   value they take past an example's end once unpacked
 
   def __init__(self, config):
     self.config = config
@@ -101,6 +104,12 @@ def rows(batch: dict) -> jax.Array:
   """Per-row weights: 1 for real examples, 0 for the padding of a last partial batch."""
   n = batch["input_ids"].shape[0]
   return batch.get("example_mask", jnp.ones((n,), jnp.int32)).astype(jnp.float32)
+
+
+def slot_weights(batch: dict) -> jax.Array:
+  """[B, K] weights of a packed batch (flaxbert.packing): 1 at each real example of a row, 0 at
+  empty slots and in the padding rows of a last batch."""
+  return batch["label_mask"].astype(jnp.float32) * rows(batch)[:, None]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

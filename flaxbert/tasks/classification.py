@@ -16,7 +16,7 @@ import numpy as np
 
 from flaxbert.errors import InputError
 from flaxbert.tasks import readers, scores, tfds_source
-from flaxbert.tasks.base import Features, Specials, Task, cross_entropy, pack_pair, rows, stack, truncate_pair
+from flaxbert.tasks.base import Features, Specials, Task, cross_entropy, pack_pair, slot_weights, stack, truncate_pair
 
 log = logging.getLogger("flaxbert")
 
@@ -94,7 +94,7 @@ class Classification(Task):
 
   def loss_sums(self, outputs: dict, batch: dict) -> dict:
     """Over the examples of packed rows: logits [B, K, C], label and label_mask [B, K]."""
-    w = _examples(batch)
+    w = slot_weights(batch)
     if self.regression:
       err = jnp.square(outputs["logits"][..., 0] - batch["label"].astype(jnp.float32))
       return {"task_loss_sum": jnp.sum(err * w), "task_count": jnp.sum(w)}
@@ -103,7 +103,7 @@ class Classification(Task):
     return {"task_loss_sum": jnp.sum(nll * w), "task_count": jnp.sum(w), "task_correct": jnp.sum(correct * w)}
 
   def counts(self, batch: dict) -> dict:
-    return {"task_count": jnp.sum(_examples(batch))}
+    return {"task_count": jnp.sum(slot_weights(batch))}
 
   def predict(self, examples, features, outputs) -> list:
     logits = outputs["logits"]
@@ -119,8 +119,3 @@ class Classification(Task):
     gold = features.arrays["label"]
     preds = outputs["logits"][:, 0] if self.regression else np.argmax(outputs["logits"], -1)
     return scores.glue_scores(self.metric_names, preds, gold)
-
-
-def _examples(batch: dict) -> jnp.ndarray:
-  """[B, K] weights: 1 at each real example of a packed row (not in the padding rows of a last batch)."""
-  return batch["label_mask"].astype(jnp.float32) * rows(batch)[:, None]

@@ -5,7 +5,7 @@
   sequence   dropout + dense on the pooled [CLS] of each example of a packed row (`position_ids`,
              `cls_positions` [B, K]; flaxbert.packing) → logits [B, K, C]
              (HF BertForSequenceClassification, one example per row)
-  token      dropout + dense on every position           → logits [B, T, C] (BertForTokenClassification)
+  token      dropout + dense on every position of (packed) rows → logits [B, T, C] (BertForTokenClassification)
   span       dense to 2 on every position (no dropout)   → start_logits, end_logits [B, T] (BertForQuestionAnswering)
   sentences  each sentence's vector (its [CLS] state, or with pooling="mean" the mean of its
              wordpieces' states), `inter_sentence_layers` Transformer layers over the sentence
@@ -59,10 +59,10 @@ class BertForTask(nn.Module):
     bert = BertModel(cfg, add_pooling_layer=self.head == "sequence", name="bert")
     if self.head == "embedding":
       return self._embed(bert, batch, deterministic)
-    packed = self.head == "sequence"  # classification rows are packed (flaxbert.packing)
+    # packed rows (flaxbert.packing: classification, NER) restart positions at each example
     hidden, pooled = bert(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
-                          batch["position_ids"] if packed else None, deterministic=deterministic,
-                          pooled_positions=batch["cls_positions"] if packed else None)
+                          batch.get("position_ids"), deterministic=deterministic,
+                          pooled_positions=batch["cls_positions"] if self.head == "sequence" else None)
     if self.head == "span":
       logits = dense(cfg, 2, ("embed", "classes"), "qa_outputs")(hidden).astype(jnp.float32)
       return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}

@@ -5,6 +5,12 @@ search, answer text recovery and the official scores: flaxbert.tasks.squad_post.
 dense layer giving start and end logits per position; the loss is the mean of the start and end
 cross-entropies (windows without the answer point at [CLS], as the original). Predictions go to
 WORKDIR/predictions.json in the official format (and null odds for v2 to null_odds.json).
+
+Windows shorter than max_seq_length are packed several to a row (flaxbert.packing;
+`max_examples_per_row`), each attending only to itself. The start and end softmaxes run over each
+window's own tokens: the original's also spanned the padding of its row (which trains the padding
+to low logits and changes nothing else), and its n-best search could pick padding positions and
+then drop them; here a window's logits past its end are -inf, so the n-best holds real tokens.
 """
 import json
 import logging
@@ -12,10 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 
 from flaxbert.tasks import squad, squad_post, tfds_source
-from flaxbert.tasks.base import Features, Task, cross_entropy, rows
+from flaxbert.tasks.base import Features, Task, slot_weights
 
 log = logging.getLogger("flaxbert")
 
@@ -23,6 +30,8 @@ log = logging.getLogger("flaxbert")
 class QuestionAnswering(Task):
   head = "span"
   prediction_file = "predictions.json"
+  packed = True  # several windows a row (flaxbert.packing); logits come back per window
+  token_outputs = {"start_logits": float("-inf"), "end_logits": float("-inf")}
 
   def __init__(self, config):
     super().__init__(config)
@@ -52,10 +61,14 @@ class QuestionAnswering(Task):
                      "start_positions": f.start_positions, "end_positions": f.end_positions}, meta=f)
 
   def loss_sums(self, outputs: dict, batch: dict) -> dict:
-    nll = 0.5 * (cross_entropy(outputs["start_logits"], batch["start_positions"])
-                 + cross_entropy(outputs["end_logits"], batch["end_positions"]))
-    w = rows(batch)
+    """Packed rows: logits [B, T]; start/end_positions [B, K], within each window (slot)."""
+    nll = 0.5 * (_window_nll(outputs["start_logits"], batch["start_positions"], batch)
+                 + _window_nll(outputs["end_logits"], batch["end_positions"], batch))
+    w = slot_weights(batch)
     return {"task_loss_sum": jnp.sum(nll * w), "task_count": jnp.sum(w)}
+
+  def counts(self, batch: dict) -> dict:
+    return {"task_count": jnp.sum(slot_weights(batch))}
 
   def predict(self, examples, features, outputs) -> dict:
     c = self.config
@@ -72,3 +85,13 @@ class QuestionAnswering(Task):
     squad_post.write_predictions_json(path, predictions["predictions"])
     if predictions["null_odds"]:
       squad_post.write_predictions_json(path.with_name("null_odds.json"), predictions["null_odds"])
+
+
+def _window_nll(logits: jax.Array, positions: jax.Array, batch: dict) -> jax.Array:
+  """[B, K]: -log softmax over each window's own tokens (input_mask == slot + 1) at its position."""
+  slots = positions.shape[1]
+  member = batch["input_mask"][:, None, :] == jnp.arange(1, slots + 1)[None, :, None]  # [B, K, T]
+  logits = logits.astype(jnp.float32)
+  norm = jax.nn.logsumexp(jnp.where(member, logits[:, None, :], -1e30), axis=-1)
+  target = jnp.take_along_axis(logits, positions + batch["cls_positions"], axis=1)
+  return jnp.where(batch["label_mask"] > 0, norm - target, 0.0)

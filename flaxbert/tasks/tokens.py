@@ -4,7 +4,8 @@ Each word is WordPiece-tokenized on its own; the label sits on the word's first 
 other pieces are ignored by the loss and by prediction (BERT paper, section 5.3). A sentence whose
 wordpieces do not fit in max_seq_length is cut into consecutive windows of whole words, so every
 word gets a prediction (nothing is silently dropped from the score); a single word longer than a
-window keeps its first pieces. Scores are entity-level precision/recall/F1 with seqeval's
+window keeps its first pieces. Short sentences are packed several to a row (flaxbert.packing;
+`max_examples_per_row`), each attending only to itself. Scores are entity-level precision/recall/F1 with seqeval's
 default (conlleval) semantics. The tag set is the training file's; a dev tag outside it is an error.
 """
 from typing import Sequence
@@ -19,6 +20,9 @@ from flaxbert.tasks.base import Features, Specials, Task, cross_entropy, pack_pa
 
 class TokenClassification(Task):
   head = "token"
+  packed = True  # several sentences a row (flaxbert.packing); logits come back per sentence
+  token_arrays = {"labels": -1}
+  token_outputs = {"logits": 0.0}  # past a sentence's end: never read (labels there are -1)
 
   def __init__(self, config):
     super().__init__(config)
