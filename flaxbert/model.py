@@ -232,8 +232,11 @@ class Embeddings(nn.Module):
     cfg = self.config
     init = truncated_normal(cfg.initializer_range)
 
+    # Lookups (and the sum and LayerNorm statistics) in the parameters' dtype: with bf16 compute the
+    # backward pass then scatter-adds every token's gradient into a float32 table (as torch.autocast
+    # does), not into a bf16 copy where the ~B·T/vocab contributions to a frequent row lose bits.
     def embed(num, axis):
-      return nn.Embed(num, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+      return nn.Embed(num, cfg.hidden_size, dtype=cfg.param_dtype, param_dtype=cfg.param_dtype,
                       embedding_init=nn.with_logical_partitioning(init, (axis, "embed")))
     self.word_embeddings = embed(cfg.vocab_size, "vocab")
     self.position_embeddings = embed(cfg.max_position_embeddings, "position")
@@ -248,8 +251,9 @@ class Embeddings(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
   def attend(self, x):
-    """Logits against the word-embedding table (the MLM decoder, tied)."""
-    return self.word_embeddings.attend(x)
+    """Logits against the word-embedding table (the MLM decoder, tied), in the compute dtype."""
+    dtype = self.config.dtype
+    return jnp.dot(x.astype(dtype), jnp.asarray(self.word_embeddings.embedding, dtype).T)
 
 
 class Pooler(nn.Module):

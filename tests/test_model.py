@@ -205,6 +205,23 @@ def test_bfloat16_compute_close_to_float32(tiny_config, tiny_params):
   assert np.abs(np.asarray(bf16.last_hidden_state, np.float32) - f32.last_hidden_state).max() < 0.1
 
 
+def test_bfloat16_embedding_gradients_accumulate_in_float32(tiny_config, tiny_params):
+  """A word used at every position: its embedding gradient sums thousands of contributions.
+  Summed in a bf16 table (8 significant bits) the running sum drifts by several percent; flaxbert
+  looks embeddings up in the parameters' float32, so bf16 compute stays near float32."""
+  length = tiny_config.max_position_embeddings
+  ids = jnp.full((32, length), 7, jnp.int32)
+  mask, zeros = jnp.ones_like(ids), jnp.zeros_like(ids)
+  probe = jax.random.normal(jax.random.key(1), (32, length, tiny_config.hidden_size))
+
+  def grad(dtype):
+    model = BertEncoder(tiny_config.replace(dtype=dtype))
+    out = lambda p: model.apply({"params": {"bert": p}}, ids, zeros, mask).last_hidden_state
+    return jax.grad(lambda p: jnp.sum(out(p).astype(jnp.float32) * probe))(tiny_params["bert"])
+  want, got = (grad(d)["embeddings"]["word_embeddings"]["embedding"][7] for d in ("float32", "bfloat16"))
+  assert float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want)) < 0.02
+
+
 def test_forward_on_eight_devices_equals_one(tiny_model, tiny_params, tiny_config):
   assert jax.device_count() == 8, "conftest sets --xla_force_host_platform_device_count=8"
   batch = make_batch(tiny_config, batch=8, length=16)
