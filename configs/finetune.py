@@ -46,7 +46,7 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   # --- training -----------------------------------------------------------------------------------
   c.learning_rate = 2e-5  # peak learning rate (paper grid: 5e-5, 3e-5, 2e-5)
   c.batch_size = 32  # global training batch (paper: 16 or 32); packed tasks: examples a batch on average
-  c.max_examples_per_row = 16  # classification, NER: sequence packing puts up to this many examples in one
+  c.max_examples_per_row = 16  # classification, NER, SQuAD: sequence packing puts up to this many examples in one
   #   max_seq_length row, each attending only to itself (flaxbert.packing); 1: one example a row
   c.eval_batch_size = 64  # evaluation/prediction batch; the last one is padded and masked
   c.num_epochs = 3.0  # passes over the training set (paper: 2–4); fractions allowed

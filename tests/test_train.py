@@ -214,18 +214,17 @@ def test_kill_9_and_rerun_gives_the_uninterrupted_params(dataset, tmp_path):
   cmd = [sys.executable, "-m", "flaxbert.cli", "pretrain"]
   # the uninterrupted run goes on beside the one to be killed (start-up and compiling are mostly
   # single-threaded, so the two overlap)
-  log = (tmp_path / "straight.log").open("w")
-  straight = subprocess.Popen([*cmd, "--workdir", str(tmp_path / "straight"), *args], env=env,
-                              stdout=subprocess.DEVNULL, stderr=log)
-  victim = subprocess.Popen([*cmd, "--workdir", str(tmp_path / "killed"), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (tmp_path / "killed" / "checkpoints" / "4").is_dir() and time.time() < deadline and victim.poll() is None:
-    time.sleep(0.05)
-  victim.send_signal(signal.SIGKILL)
-  victim.wait()
-  assert straight.wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()[-2000:]
-  log.close()
+  with (tmp_path / "straight.log").open("w") as log:
+    straight = subprocess.Popen([*cmd, "--workdir", str(tmp_path / "straight"), *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=log)
+    victim = subprocess.Popen([*cmd, "--workdir", str(tmp_path / "killed"), *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "killed" / "checkpoints" / "4").is_dir() and time.time() < deadline and victim.poll() is None:
+      time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert straight.wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()[-2000:]
   steps = checkpoint.manager(tmp_path / "killed", asynchronous=False).all_steps()
   assert steps and max(steps) < 60, steps  # killed mid-run, after at least one checkpoint
   subprocess.run([*cmd, "--workdir", str(tmp_path / "killed"), *args], env=env, check=True, timeout=600,

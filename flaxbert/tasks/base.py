@@ -80,8 +80,9 @@ class Task:
     raise NotImplementedError
 
   def counts(self, batch: dict) -> dict:
-    """{"task_count": …}: the denominator of the whole batch, from the batch alone."""
-    return {"task_count": jnp.sum(rows(batch))}
+    """{"task_count": …}: the denominator of the whole batch, from the batch alone (the real
+    examples: of packed rows' slots, or of the rows)."""
+    return {"task_count": jnp.sum(slot_weights(batch) if self.packed else rows(batch))}
 
   # --- results (host) ---
   def predict(self, examples: Sequence, features: Features, outputs: dict[str, np.ndarray]) -> list:

@@ -102,9 +102,6 @@ class Classification(Task):
     correct = (jnp.argmax(outputs["logits"], -1) == batch["label"]).astype(jnp.float32)
     return {"task_loss_sum": jnp.sum(nll * w), "task_count": jnp.sum(w), "task_correct": jnp.sum(correct * w)}
 
-  def counts(self, batch: dict) -> dict:
-    return {"task_count": jnp.sum(slot_weights(batch))}
-
   def predict(self, examples, features, outputs) -> list:
     logits = outputs["logits"]
     if self.regression:

@@ -59,7 +59,7 @@ class BertForTask(nn.Module):
     bert = BertModel(cfg, add_pooling_layer=self.head == "sequence", name="bert")
     if self.head == "embedding":
       return self._embed(bert, batch, deterministic)
-    # packed rows (flaxbert.packing: classification, NER) restart positions at each example
+    # packed rows (flaxbert.packing: classification, NER, SQuAD) restart positions at each example
     hidden, pooled = bert(batch["input_ids"], batch["segment_ids"], batch["input_mask"],
                           batch.get("position_ids"), deterministic=deterministic,
                           pooled_positions=batch["cls_positions"] if self.head == "sequence" else None)

@@ -67,9 +67,6 @@ class QuestionAnswering(Task):
     w = slot_weights(batch)
     return {"task_loss_sum": jnp.sum(nll * w), "task_count": jnp.sum(w)}
 
-  def counts(self, batch: dict) -> dict:
-    return {"task_count": jnp.sum(slot_weights(batch))}
-
   def predict(self, examples, features, outputs) -> dict:
     c = self.config
     predictions, _, null_odds = squad_post.predict_answers(
