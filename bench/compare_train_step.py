@@ -12,9 +12,9 @@ training mode with dropout 0.1, on the same batch: random ids, rows padded to ra
 [seq/2, seq] (the same padding mask on both sides), `predictions` masked positions per row inside
 its length (flaxbert: masked_lm_positions/ids/weights; torch: `labels` = -100 everywhere except
 those positions, as HF's data collators do) and random `next_sentence_label`s. flaxbert is
-`flaxbert.train.pretraining_step` jitted with the donated state of `create_train_state` (as
-bench/train_step.py); torch is `BertForPreTraining` (its default attention, sdpa) with
-torch.optim.AdamW, eager, `torch.set_num_threads(os.cpu_count())`.
+`flaxbert.train.jit_pretraining_step` (the step as `flaxbert pretrain` compiles it) with the
+donated state of `create_train_state` (as bench/train_step.py); torch is `BertForPreTraining`
+(its default attention, sdpa) with torch.optim.AdamW, eager, `torch.set_num_threads(os.cpu_count())`.
 
 Timing alternates: `rounds` rounds of `steps` steps per side, the side going first alternating per
 round, so that drift of a shared machine hits both; every step is synchronised (jax:
@@ -54,7 +54,6 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from configs import pretrain as pretrain_config  # noqa: E402
 from flaxbert import metrics, optim, sharding  # noqa: E402
@@ -62,7 +61,7 @@ from flaxbert.config import SIZES, BertConfig  # noqa: E402
 from flaxbert.errors import InputError  # noqa: E402
 from flaxbert.heads import build_model  # noqa: E402
 from flaxbert.model import check_remat_policy  # noqa: E402
-from flaxbert.train import check_rng_impl, create_train_state, pretraining_step  # noqa: E402
+from flaxbert.train import check_rng_impl, create_train_state, jit_pretraining_step  # noqa: E402
 
 
 def parse_configs(text: str) -> list[tuple[str, int]]:
@@ -134,9 +133,7 @@ class FlaxSide:
     jax.block_until_ready(self.state)
     self.init_s = time.perf_counter() - start
     self.params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(self.state.params))
-    step = jax.jit(pretraining_step(model, tx, schedule, 1, True), donate_argnums=0,
-                   in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=(shardings, NamedSharding(mesh, P())))
+    step = jit_pretraining_step(model, tx, schedule, 1, True, shardings, mesh)
     self.data = sharding.global_batch(data, mesh)
     start = time.perf_counter()
     self.step = step.lower(self.state, self.data).compile()

@@ -23,14 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from bench.compare_train_step import (  # noqa: E402
     add_single_run_arguments, default_predictions, make_batch, optimizer_config)
 from flaxbert import metrics, optim, sharding  # noqa: E402
 from flaxbert.config import BertConfig  # noqa: E402
 from flaxbert.heads import build_model  # noqa: E402
-from flaxbert.train import create_train_state, pretraining_step  # noqa: E402
+from flaxbert.train import create_train_state, jit_pretraining_step  # noqa: E402
 
 # name: (dropout PRNG, hidden dropout, attention dropout); the first is BERT's recipe.
 VARIANTS = {
@@ -73,9 +72,7 @@ def main() -> None:
       if state.rng_impl != rng_impl:
         state = state.replace(rng=jax.random.key_data(jax.random.key(1, impl=rng_impl)), rng_impl=rng_impl)
       shardings = shardings.replace(rng_impl=rng_impl)
-      step = jax.jit(pretraining_step(build_model(cfg), tx, schedule, 1, True), donate_argnums=0,
-                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                     out_shardings=(shardings, NamedSharding(mesh, P())))
+      step = jit_pretraining_step(build_model(cfg), tx, schedule, 1, True, shardings, mesh)
       start = time.perf_counter()
       compiled = step.lower(state, batch).compile()
       row["compile_s"] = round(time.perf_counter() - start, 2)

@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,7 +28,7 @@ from configs import pretrain as pretrain_config  # noqa: E402
 from flaxbert import metrics, optim, sharding  # noqa: E402
 from flaxbert.config import BertConfig  # noqa: E402
 from flaxbert.heads import BertForPreTraining  # noqa: E402
-from flaxbert.train import create_train_state, pretraining_step  # noqa: E402
+from flaxbert.train import create_train_state, jit_pretraining_step  # noqa: E402
 
 
 def synthetic_batch(batch: int, seq: int, vocab: int, predictions: int, seed: int = 0) -> dict:
@@ -53,9 +52,7 @@ def bench_one(size: str, batch: int, seq: int, dtype: str, steps: int, peak: flo
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1)), jax.devices()[:1])
   state, shardings = create_train_state(model, tx, mesh, sharding.DATA_PARALLEL, 0,
                                         (jax.ShapeDtypeStruct((1, seq), jnp.int32),))
-  step = jax.jit(pretraining_step(model, tx, schedule, 1, True), donate_argnums=0,
-                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(shardings, NamedSharding(mesh, P())))
+  step = jit_pretraining_step(model, tx, schedule, 1, True, shardings, mesh)
   data = sharding.global_batch(synthetic_batch(batch, seq, cfg.vocab_size, 20), mesh)
   start = time.perf_counter()
   compiled = step.lower(state, data).compile()
