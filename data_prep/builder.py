@@ -12,7 +12,9 @@ by (seed, chunk, pass). Stage 2 runs in worker processes that encode tf.train.Ex
 `beam` extra) the same shard generators run through TFDS's Beam writer instead, on as many
 machines as the runner has. TFDS writes into an `incomplete.*` folder and renames it when done,
 and `prepare` adds a second such step for the output folder, so an interrupted build never
-leaves a dataset that loads as complete. The vocabulary is saved inside the dataset.
+leaves a dataset that loads as complete. The vocabulary is saved inside the dataset, and (when
+stage 2 runs here, not under Beam) each split's example lengths (`LENGTHS_FILE`), from which
+packing plans its rows without reading the examples.
 """
 import dataclasses
 import functools
@@ -41,6 +43,9 @@ from flaxbert.errors import InputError
 from flaxbert.tokenization import load_tokenizer
 
 _MASKINGS = ("static", "dynamic")
+# Per split, every example's token count (its input_mask's sum, e.g. as uint16), in the split's index
+# order: flaxbert.input_pipeline's packing plans rows from it instead of reading every example.
+LENGTHS_FILE = "lengths-{split}.npy"
 
 
 def _settings_for(name: str) -> ml_collections.ConfigDict:
@@ -110,7 +115,7 @@ def _write_chunk(job: tuple[_Chunk, list[str]]) -> dict:
   chunk, paths = job
   encoder = ExampleEncoder(feature_kinds(chunk.masking))
   corpus = chunk.corpus()
-  counts, sizes = [], []
+  counts, sizes, lengths = [], [], []
   for dupe_pass, path in zip(chunk.passes, paths):
     arrays = chunk.arrays(corpus, dupe_pass)
     writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
@@ -119,7 +124,10 @@ def _write_chunk(job: tuple[_Chunk, list[str]]) -> dict:
     writer.close()
     counts.append(len(arrays["input_ids"]))
     sizes.append(os.path.getsize(path))
-  return {"counts": counts, "bytes": sizes, "tokens": 0 if corpus is None else len(corpus.tokens),
+    dtype = np.min_scalar_type(chunk.instance_config.max_seq_length)  # uint16 up to 65,535 tokens
+    lengths.append(np.count_nonzero(arrays["input_mask"], axis=-1).astype(dtype) if counts[-1]
+                   else np.zeros(0, dtype))
+  return {"counts": counts, "bytes": sizes, "lengths": lengths, "tokens": 0 if corpus is None else len(corpus.tokens),
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -235,7 +243,7 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
             for split, chunks in self._plan(dl_manager).items()}
 
   def _download_and_prepare(self, dl_manager, download_config=None):
-    self._work, self._tokens, self._peak_worker_rss_mb = None, None, None
+    self._work, self._tokens, self._peak_worker_rss_mb, self._lengths = None, None, None, {}
     try:
       if download_config is not None and (download_config.beam_runner or download_config.beam_options):
         super()._download_and_prepare(dl_manager, download_config)
@@ -263,6 +271,7 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
         results = pool.map(_write_chunk, jobs, chunksize=1)
     for split in plan:
       mine = [r for (chunk, _), r in zip(jobs, results) if chunk.split == split]
+      self._lengths[split] = np.concatenate([n for r in mine for n in r["lengths"]] or [np.zeros(0, np.uint16)])
       infos.append(tfds.core.SplitInfo(
           name=split, shard_lengths=[n for r in mine for n in r["counts"]], num_bytes=sum(sum(r["bytes"]) for r in mine),
           filename_template=self._get_filename_template(split_name=split)))
@@ -273,6 +282,8 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
   def _record_metadata(self) -> None:
     s, tok, chunks = self.settings, self._tokenizer, self._chunks
     tok.save(self.data_dir)
+    for split, lengths in self._lengths.items():
+      np.save(Path(self.data_dir) / LENGTHS_FILE.format(split=split), lengths)
     self.info.metadata.update({
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.to_dict().items()},
         "tokenizer": {"kind": tok.kind, "lower_case": tok.lower_case, "vocab_size": tok.vocab_size,
@@ -282,6 +293,7 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
         "sources": dataclasses.asdict(chunks.stats),
         "sources_summary": chunks.stats.summary(),
         "documents": chunks.documents,  # per split
+        "lengths_files": {split: LENGTHS_FILE.format(split=split) for split in self._lengths},  # {} under Beam
     })
 
 

@@ -14,7 +14,9 @@ once, in order, padding the last batch and marking real rows with `example_mask`
 
 Packing (`max_examples_per_row` > 1; dynamic masking without next-sentence prediction, as
 RoBERTa / MosaicBERT): the split's sequences are binned once into rows of max_seq_length tokens
-(flaxbert.packing.plan over every sequence's length, best-fit decreasing), and "examples" above
+(flaxbert.packing.plan over every sequence's length, best-fit decreasing; the lengths come from
+the file `flaxbert prepare` writes beside the split, data_prep.builder.LENGTHS_FILE, or, for a
+dataset written under Beam, from reading the split once), and "examples" above
 become those rows: an epoch permutes the rows, a batch holds `global_batch_size` of them. A row
 numbers its sequences in `input_mask` (1, 2, …; 0 = padding), restarts `position_ids` at each, so
 each attends only to itself, and holds every sequence's masks (drawn exactly as unpacked, from
@@ -23,13 +25,15 @@ predictions any row of the plan can have.
 """
 import concurrent.futures
 import dataclasses
+import logging
 import os
+from pathlib import Path
 from typing import Iterator
 
 import jax
 import numpy as np
 
-from data_prep.builder import open_dataset
+from data_prep.builder import LENGTHS_FILE, open_dataset
 from data_prep.masking import mask_tokens, num_to_predict
 from flaxbert import packing
 from flaxbert.errors import InputError
@@ -75,7 +79,7 @@ class PretrainingData:
       self.max_predictions = self._masking.max_predictions_per_seq
     self._plan = None  # packed rows: example indices per row
     if max_examples_per_row != 1:
-      self._setup_packing(directory, max_examples_per_row, metadata["settings"])
+      self._setup_packing(directory, split, max_examples_per_row, metadata["settings"])
     self.num_rows = self.num_examples if self._plan is None else len(self._plan)
     self.steps_per_epoch = self.num_rows // global_batch_size
 
@@ -87,7 +91,7 @@ class PretrainingData:
       tokenizer = load_tokenizer(directory)
       self._continuation = np.array([tokenizer.is_continuation(t) for t in tokenizer.vocab])
 
-  def _setup_packing(self, directory, per_row, settings) -> None:
+  def _setup_packing(self, directory, split, per_row, settings) -> None:
     if not (isinstance(per_row, int) and per_row >= 1):
       raise InputError(f"max_examples_per_row: expected an integer >= 1, got {per_row!r}")
     if not self.dynamic or settings["random_next_sentence"]:
@@ -95,14 +99,34 @@ class PretrainingData:
                        f"next-sentence prediction, and {directory} has masking={settings['masking']!r}, "
                        f"random_next_sentence={settings['random_next_sentence']} (prepare with "
                        "--masking dynamic --no-random_next_sentence, or set max_examples_per_row=1)")
-    self._lengths = np.concatenate([
-        [int(np.asarray(e["input_mask"]).sum()) for e in self.source.__getitems__(list(range(i, min(i + 4096,
-                                                                                          self.num_examples))))]
-        for i in range(0, self.num_examples, 4096)] or [np.zeros(0, np.int64)]).astype(np.int64)
+    self._lengths = self._sequence_lengths(Path(directory), split)
     self._plan, self._per_row = packing.plan(self._lengths, self.max_seq_length, per_row, self.seed), per_row
     m = self._masking
     counts = num_to_predict(self._lengths, m.masked_lm_prob, m.max_predictions_per_seq)
     self.max_predictions = max([int(counts[r].sum()) for r in self._plan] or [1])
+
+  def _sequence_lengths(self, directory: Path, split: str) -> np.ndarray:
+    """[num_examples] int64: each example's token count, from the split's lengths file, else (a
+    dataset written under Beam) by reading every example once."""
+    path = directory / LENGTHS_FILE.format(split=split)
+    if not path.is_file():
+      logging.info("%s: no %s (written under Beam?); reading the %d examples' lengths", directory, path.name,
+                   self.num_examples)
+      return np.concatenate([
+          [int(np.asarray(e["input_mask"]).sum()) for e in self.source.__getitems__(list(range(i, min(i + 4096,
+                                                                                            self.num_examples))))]
+          for i in range(0, self.num_examples, 4096)] or [np.zeros(0, np.int64)]).astype(np.int64)
+    try:
+      lengths = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise InputError(f"{path}: not a readable .npy array of example lengths ({e})") from None
+    if (lengths.ndim != 1 or lengths.dtype.kind not in "iu" or len(lengths) != self.num_examples
+        or (lengths.size and not 1 <= lengths.min() <= lengths.max() <= self.max_seq_length)):
+      raise InputError(f"{path}: expected {self.num_examples} integer lengths in [1, {self.max_seq_length}] "
+                       f"(one per example of the {split!r} split), got {lengths.dtype} of shape {lengths.shape}"
+                       f"{f' in [{lengths.min()}, {lengths.max()}]' if lengths.size else ''}; "
+                       "prepare the dataset again")
+    return lengths.astype(np.int64)
 
   # --- training: a pure function of the step ------------------------------------------------
 

@@ -1,4 +1,6 @@
 """Training input: fixed shapes, per-process shards, exact resume, dynamic masking, exact eval."""
+import shutil
+
 import numpy as np
 import pytest
 
@@ -160,6 +162,37 @@ def test_packed_rows_hold_every_sequence_masked_as_unpacked(unpaired_dir):
   assert len(seen) == len(set(seen)) >= packed.steps_per_epoch * 4
   evaluated = sorted(int(i) for r in range(packed.num_rows) for i in packed._plan[r])  # pylint: disable=protected-access
   assert evaluated == list(range(packed.num_examples))
+
+
+def test_prepare_writes_the_lengths_packing_plans_from(unpaired_dir, tmp_path, monkeypatch):
+  """Each split's lengths file holds every example's token count in index order; packing plans from
+  it without reading an example, to the plan that reading the lengths gives; a wrong file is refused."""
+  plain = PretrainingData(unpaired_dir, "train", global_batch_size=4, seed=7)
+  assert plain.builder.info.metadata["lengths_files"] == {s: f"lengths-{s}.npy" for s in ("train", "validation")}
+  lengths = np.load(unpaired_dir / "lengths-train.npy")
+  assert lengths.dtype == np.uint8 and len(lengths) == plain.num_examples  # the smallest holding max_seq_length 32
+  masks = plain.source.__getitems__(list(range(plain.num_examples)))
+  assert lengths.tolist() == [int(np.asarray(e["input_mask"]).sum()) for e in masks]
+
+  source_type, reads = type(plain.source), []
+  original = source_type.__getitems__
+  monkeypatch.setattr(source_type, "__getitems__", lambda self, keys: reads.append(len(keys)) or original(self, keys))
+  packed = PretrainingData(unpaired_dir, "train", global_batch_size=4, seed=7, max_examples_per_row=4)
+  assert reads == []
+  monkeypatch.undo()
+
+  copy = tmp_path / "copy"
+  shutil.copytree(unpaired_dir, copy)
+  (copy / "lengths-train.npy").unlink()  # as a dataset written under Beam: lengths read from the examples
+  read = PretrainingData(copy, "train", global_batch_size=4, seed=7, max_examples_per_row=4)
+  assert [r.tolist() for r in read._plan] == [r.tolist() for r in packed._plan]  # pylint: disable=protected-access
+  for bad in (lengths[:-1], np.full_like(lengths, 33), lengths.astype(np.float32)):
+    np.save(copy / "lengths-train.npy", bad)
+    with pytest.raises(InputError, match=r"lengths-train.npy: expected \d+ integer lengths in \[1, 32\]"):
+      PretrainingData(copy, "train", global_batch_size=4, seed=7, max_examples_per_row=4)
+  (copy / "lengths-train.npy").write_bytes(b"not numpy")
+  with pytest.raises(InputError, match="lengths-train.npy: not a readable .npy"):
+    PretrainingData(copy, "train", global_batch_size=4, seed=7, max_examples_per_row=4)
 
 
 def test_packing_needs_dynamic_masking_without_nsp(static_dir, dynamic_dir):
