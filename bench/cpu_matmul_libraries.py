@@ -14,7 +14,7 @@ library's kind the executable holds (that the option took effect).
 
 flaxbert compiles with XLA's default: oneDNN's dot fusion is faster here but crashes jaxlib
 0.10.2 (SIGILL after "partition compile failed") on the BERT2BERT training step and on as little
-as `(a @ a) @ a`; README, "Speed".
+as `(a @ a) @ a`; README, Pretraining (the CPU comparison).
 """
 import argparse
 import collections
