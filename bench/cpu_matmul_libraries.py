@@ -41,8 +41,8 @@ from flaxbert.train import create_train_state, jit_pretraining_step  # noqa: E40
 
 LIBRARIES = {
     "ynnpack": {},  # XLA's default
-    # YNNPACK keeps the reductions; dots go to XLA's Eigen runtime (= XLA_FLAGS
-    # --xla_cpu_experimental_ynn_fusion_type=-individual_dot where the default is dots + reductions)
+    # YNNPACK keeps the reductions; dots go to XLA's Eigen runtime (as XLA_FLAGS'
+    # --xla_cpu_experimental_ynn_fusion_type=-individual_dot does)
     "eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"},
     "onednn": {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
 }
@@ -55,8 +55,9 @@ def compare(size: str, batch: int, rounds: int, steps: int) -> dict:
   tx, schedule = optim.build_optimizer(opt), optim.learning_rate_schedule(opt)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1)), jax.devices()[:1])
   ids = (jax.ShapeDtypeStruct((1, 8), jnp.int32),)
-  states = {name: create_train_state(model, tx, mesh, sharding.DATA_PARALLEL, 0, ids)[0] for name in LIBRARIES}
-  shardings = create_train_state(model, tx, mesh, sharding.DATA_PARALLEL, 0, ids)[1]
+  states = {}
+  for name in LIBRARIES:  # one copy of the same initial state each (the step donates its state)
+    states[name], shardings = create_train_state(model, tx, mesh, sharding.DATA_PARALLEL, 0, ids)
   data = sharding.global_batch(make_batch(batch, 128, cfg.vocab_size, default_predictions(128), 0), mesh)
   lowered = jit_pretraining_step(model, tx, schedule, 1, True, shardings, mesh).lower(states["ynnpack"], data)
   row = {"size": size, "batch": batch, "seq": 128, "rounds": rounds, "steps_per_round": steps, "libraries": {}}

@@ -116,6 +116,7 @@ def _write_chunk(job: tuple[_Chunk, list[str]]) -> dict:
   encoder = ExampleEncoder(feature_kinds(chunk.masking))
   corpus = chunk.corpus()
   counts, sizes, lengths = [], [], []
+  dtype = np.min_scalar_type(chunk.instance_config.max_seq_length)  # uint16 up to 65,535 tokens
   for dupe_pass, path in zip(chunk.passes, paths):
     arrays = chunk.arrays(corpus, dupe_pass)
     writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
@@ -124,7 +125,6 @@ def _write_chunk(job: tuple[_Chunk, list[str]]) -> dict:
     writer.close()
     counts.append(len(arrays["input_ids"]))
     sizes.append(os.path.getsize(path))
-    dtype = np.min_scalar_type(chunk.instance_config.max_seq_length)  # uint16 up to 65,535 tokens
     lengths.append(np.count_nonzero(arrays["input_mask"], axis=-1).astype(dtype) if counts[-1]
                    else np.zeros(0, dtype))
   return {"counts": counts, "bytes": sizes, "lengths": lengths, "tokens": 0 if corpus is None else len(corpus.tokens),

@@ -112,10 +112,9 @@ class PretrainingData:
     if not path.is_file():
       logging.info("%s: no %s (written under Beam?); reading the %d examples' lengths", directory, path.name,
                    self.num_examples)
-      return np.concatenate([
-          [int(np.asarray(e["input_mask"]).sum()) for e in self.source.__getitems__(list(range(i, min(i + 4096,
-                                                                                            self.num_examples))))]
-          for i in range(0, self.num_examples, 4096)] or [np.zeros(0, np.int64)]).astype(np.int64)
+      n = self.num_examples
+      return np.fromiter((np.asarray(e["input_mask"]).sum() for i in range(0, n, 4096)
+                          for e in self.source.__getitems__(list(range(i, min(i + 4096, n))))), np.int64, n)
     try:
       lengths = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
