@@ -3,6 +3,7 @@
   python bench/profile_step.py [--size base] [--batch 256] [--seq 128] [--dtype bfloat16]
       [--steps 10] [--attention_dropout P] [--rng_impl threefry2x32] [--remat_policy none]
       [--scan_layers] [--trace_dir bench/out/profile] [--out bench/out/profile_step.json] [--top 25]
+      [--hlo_out bench/out/step_hlo.txt.gz]
 
 Builds the same jitted, donated step as bench/compare_train_step.py (`FlaxSide`), runs a few
 warm-up steps, then --steps synchronised steps under `jax.profiler.trace`, and reads the trace
@@ -16,10 +17,12 @@ back with `jax.profiler.ProfileData` (no TensorBoard needed). It reports
 On a GPU the kernels are on the "/device:GPU:0" plane, grouped by the XLA op each names; on a
 CPU the XLA ops run on the host's threads, which are reported instead (they overlap, so their
 kernel sum can exceed the busy time). The trace (an .xplane.pb, which TensorBoard's profile
-plugin also opens) stays under --trace_dir.
+plugin also opens) stays under --trace_dir; --hlo_out writes the compiled step's optimised HLO
+(gzip), to see which kernels and library calls (cuBLAS, cuDNN) XLA chose.
 """
 import argparse
 import collections
+import gzip
 import json
 import statistics
 import sys
@@ -92,11 +95,16 @@ def main() -> None:
   parser.add_argument("--trace_dir", type=Path, default=Path("bench/out/profile"))
   parser.add_argument("--out", type=Path, default=Path("bench/out/profile_step.json"))
   parser.add_argument("--top", type=int, default=25)
+  parser.add_argument("--hlo_out", type=Path, default=None, help="write the compiled step's HLO here (gzip)")
   args = parser.parse_args()
   predictions = default_predictions(args.seq)
   overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
   cfg = BertConfig.from_size(args.size, dtype=args.dtype, max_position_embeddings=max(512, args.seq), **overrides)
   side = FlaxSide(cfg, args.size, make_batch(args.batch, args.seq, cfg.vocab_size, predictions, 0), args.seq, args)
+  if args.hlo_out:
+    args.hlo_out.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(args.hlo_out, "wt") as f:
+      f.write(side.step.as_text())
   side.run(args.warmup)
   with jax.profiler.trace(str(args.trace_dir)):
     times, loss = side.run(args.steps)

@@ -29,8 +29,33 @@ from flaxbert.errors import InputError
 AXES = ("vocab", "position", "type", "embed", "embed_out", "heads", "kv", "mlp", "classes",
         "batch", "length")
 
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+  """BERT's exact GELU, x·Φ(x), whose backward pass keeps only x.
+
+  Differentiating `jax.nn.gelu` through autodiff keeps erf's result as well as x for the backward
+  pass: with B·T·intermediate_size elements per layer (100M for base at batch 256, seq 128) that
+  is one more full-size tensor written and read per layer. Here the backward pass recomputes
+  Φ(x) and φ(x) from x (float32), so the forward pass writes x and the output only.
+  """
+  return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x):
+  return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+  xf = x.astype(jnp.float32)
+  cdf = 0.5 * (1.0 + jax.lax.erf(xf * 0.7071067811865476))
+  pdf = jnp.exp(-0.5 * xf * xf) * 0.3989422804014327
+  return ((g.astype(jnp.float32) * (cdf + xf * pdf)).astype(x.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": gelu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
@@ -116,23 +141,27 @@ class Dropout(nn.Module):
     return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
 
 
-def attention_implementation(dtype) -> str | None:
-  """`jax.nn.dot_product_attention`'s implementation for inputs of `dtype`: "cudnn" (cuDNN's fused
-  flash attention, which takes only 16-bit inputs) on a GPU, else None (XLA, which jax's default
-  None also means on GPUs)."""
-  return "cudnn" if jax.default_backend() == "gpu" and jnp.dtype(dtype).itemsize == 2 else None
+def attention_implementation(q_shape, kv_len: int, dtype, backend: str | None = None) -> str | None:
+  """`jax.nn.dot_product_attention`'s implementation for [B, T, N, D] queries over `kv_len` keys of
+  `dtype`: "cudnn" (cuDNN's fused flash attention) on a GPU where cuDNN takes the shapes — 16-bit
+  inputs, a head width D that is a multiple of 8 and at most 128, even T and S (with a mask, which
+  it turns into a bias, cuDNN trains only even lengths) — else None (XLA, which jax's default None
+  also means on GPUs). backend: jax's default backend unless given."""
+  *_, t, _, d = q_shape
+  fits = jnp.dtype(dtype).itemsize == 2 and d % 8 == 0 and d <= 128 and t % 2 == 0 and kv_len % 2 == 0
+  return "cudnn" if fits and (backend or jax.default_backend()) == "gpu" else None
 
 
 def attention(q, k, v, mask, *, dropout_rate: float, deterministic: bool, dropout_rng=None):
   """Multi-head attention on [B, T, N, D] inputs with a [B, 1, T, S] boolean mask.
 
   Without attention dropout (inference, or a rate of 0 as in MosaicBERT/cramming) this is
-  `jax.nn.dot_product_attention`: cuDNN flash attention for bf16/fp16 on a GPU
-  (`attention_implementation`), XLA otherwise; with dropout, the same computation written out so
+  `jax.nn.dot_product_attention`: cuDNN flash attention for bf16/fp16 on a GPU where cuDNN takes
+  the shapes (`attention_implementation`), XLA otherwise; with dropout, the same computation written out so
   that the probabilities can be dropped.
   """
   if deterministic or dropout_rate == 0.0:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=attention_implementation(q.dtype))
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=attention_implementation(q.shape, k.shape[1], q.dtype))
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("btnd,bsnd->bnts", q, k).astype(jnp.float32) * scale
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)

@@ -12,7 +12,7 @@ from conftest import make_batch
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
 from flaxbert.heads import BertEncoder, BertForPreTraining, build_model, param_shapes
-from flaxbert.model import Dropout, dropout_keep, truncated_normal
+from flaxbert.model import Dropout, attention_implementation, dropout_keep, gelu, truncated_normal
 
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -282,3 +282,33 @@ def test_remat_and_scan_same_params_loss_and_gradients(tiny_config, tiny_params,
 def test_remat_policy_unknown_names_the_field(tiny_config):
   with pytest.raises(InputError, match="remat_policy"):
     build_model(tiny_config, remat_policy="some")
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_gelu_lean_backward_matches_autodiff(dtype, tol):
+  """flaxbert's GELU keeps only x for its backward pass; value and gradient are jax.nn.gelu's."""
+  x = jnp.asarray(np.random.RandomState(0).standard_normal((4, 257)) * 3, dtype)
+  cot = jnp.asarray(np.random.RandomState(1).standard_normal((4, 257)), dtype)
+  exact = lambda v: jax.nn.gelu(v, approximate=False)  # noqa: E731
+  np.testing.assert_array_equal(gelu(x), exact(x))
+  ours = jax.vjp(gelu, x)[1](cot)[0]
+  with jax.default_matmul_precision("highest"):
+    ref = jax.vjp(lambda v: exact(v.astype(jnp.float32)), x)[1](cot.astype(jnp.float32))[0]
+  assert ours.dtype == dtype
+  np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32), rtol=tol, atol=tol)
+  # Through jit and a second derivative too (the custom rule must not break higher-order autodiff).
+  assert np.isfinite(jax.jit(jax.grad(lambda v: jnp.sum(jax.grad(lambda u: jnp.sum(gelu(u)))(v))))(x.astype(jnp.float32))).all()
+
+
+@pytest.mark.parametrize("q_shape,kv_len,dtype,backend,expected", [
+    ((8, 128, 12, 64), 128, jnp.bfloat16, "gpu", "cudnn"),
+    ((8, 36, 12, 64), 48, jnp.float16, "gpu", "cudnn"),
+    ((8, 37, 12, 64), 48, jnp.bfloat16, "gpu", None),  # odd query length: cuDNN trains only even ones
+    ((8, 36, 12, 64), 47, jnp.bfloat16, "gpu", None),  # odd key length
+    ((8, 128, 4, 12), 128, jnp.bfloat16, "gpu", None),  # head width not a multiple of 8
+    ((8, 128, 2, 192), 128, jnp.bfloat16, "gpu", None),  # head width over 128
+    ((8, 128, 12, 64), 128, jnp.float32, "gpu", None),  # cuDNN's flash attention is 16-bit only
+    ((8, 128, 12, 64), 128, jnp.bfloat16, "cpu", None),
+])
+def test_attention_implementation_only_where_cudnn_takes_the_shapes(q_shape, kv_len, dtype, backend, expected):
+  assert attention_implementation(q_shape, kv_len, dtype, backend) == expected

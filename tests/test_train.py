@@ -19,7 +19,7 @@ from corpus_fixtures import write_corpus, write_vocab
 from data_prep.builder import prepare
 from flaxbert import checkpoint
 from flaxbert.errors import InputError
-from flaxbert.train import StopRequest, train_and_evaluate
+from flaxbert.train import StopRequest, threefry_kernels, train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +282,14 @@ def test_rbg_dropout_prng_trains_and_bad_names_are_refused(dataset, tmp_path):
   assert summary["step"] == 2 and np.isfinite(summary["final_train_metrics"]["loss"])
   with pytest.raises(InputError, match="rng_impl: expected one of"):
     train_and_evaluate(tiny_config(dataset, num_train_steps=2, rng_impl="mt19937"), tmp_path / "bad")
+
+
+def test_threefry_kernels_restores_the_flag_even_on_error():
+  """The init's CUDA-threefry lowering stays inside create_train_state: the train step traced after
+  it keeps XLA's fusible threefry."""
+  before = jax.config.jax_threefry_gpu_kernel_lowering
+  with pytest.raises(RuntimeError, match="inside"):
+    with threefry_kernels():
+      assert jax.config.jax_threefry_gpu_kernel_lowering
+      raise RuntimeError("inside")
+  assert jax.config.jax_threefry_gpu_kernel_lowering == before
