@@ -157,11 +157,12 @@ def attention(q, k, v, mask, *, dropout_rate: float, deterministic: bool, dropou
 
   Without attention dropout (inference, or a rate of 0 as in MosaicBERT/cramming) this is
   `jax.nn.dot_product_attention`: cuDNN flash attention for bf16/fp16 on a GPU where cuDNN takes
-  the shapes (`attention_implementation`), XLA otherwise; with dropout, the same computation written out so
-  that the probabilities can be dropped.
+  the shapes (`attention_implementation`), XLA otherwise; with dropout, the same computation
+  written out so that the probabilities can be dropped.
   """
   if deterministic or dropout_rate == 0.0:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=attention_implementation(q.shape, k.shape[1], q.dtype))
+    implementation = attention_implementation(q.shape, k.shape[1], q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("btnd,bsnd->bnts", q, k).astype(jnp.float32) * scale
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
