@@ -29,6 +29,7 @@ from flaxbert.errors import InputError
 AXES = ("vocab", "position", "type", "embed", "embed_out", "heads", "kv", "mlp", "classes",
         "batch", "length")
 
+
 @jax.custom_vjp
 def gelu(x: jax.Array) -> jax.Array:
   """BERT's exact GELU, x·Φ(x), whose backward pass keeps only x.

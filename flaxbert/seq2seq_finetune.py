@@ -41,6 +41,7 @@ from flaxbert import checkpoint, optim, seq2seq, sharding
 from flaxbert.atomic import atomic_file
 from flaxbert.config import SIZES, BertConfig
 from flaxbert.errors import InputError
+from flaxbert.losses import token_cross_entropy
 from flaxbert.finetune import RESULTS_FILE, TASK_FILE, check_record, fit, optimizer_section, write_json
 from flaxbert.pretrained import load
 from flaxbert.tasks import batching, parallel
@@ -64,13 +65,11 @@ def loss_sums(model, params, batch: dict, rng, label_smoothing: float) -> dict:
   logits = model.apply({"params": params}, batch["source_ids"], batch["source_mask"], batch["target_ids"],
                        batch["target_mask"], deterministic=rng is None,
                        rngs=None if rng is None else {"dropout": rng})
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  nll, loss, correct = token_cross_entropy(logits, batch["labels"], label_smoothing)
   rows = batch.get("example_mask", jnp.ones(logits.shape[:1], jnp.int32)).astype(jnp.float32)
   w = batch["target_mask"].astype(jnp.float32) * rows[:, None]
-  label_logp = jnp.take_along_axis(logp, batch["labels"][..., None], axis=-1)[..., 0]
-  loss = -(1.0 - label_smoothing) * label_logp - label_smoothing * jnp.mean(logp, axis=-1)
-  return {"token_loss_sum": jnp.sum(loss * w), "token_nll_sum": -jnp.sum(label_logp * w),
-          "token_correct": jnp.sum((label_logp >= jnp.max(logp, axis=-1)) * w), "token_count": jnp.sum(w)}
+  return {"token_loss_sum": jnp.sum(loss * w), "token_nll_sum": jnp.sum(nll * w),
+          "token_correct": jnp.sum(correct * w), "token_count": jnp.sum(w)}
 
 
 def _counts(batch: dict) -> dict:

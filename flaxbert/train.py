@@ -34,6 +34,7 @@ from flaxbert.errors import InputError
 from flaxbert.heads import BertForPreTraining
 from flaxbert.input_pipeline import DynamicMasking, PretrainingData
 from flaxbert.interop import native
+from flaxbert.losses import token_cross_entropy
 from flaxbert.model import check_remat_policy
 from flaxbert.tokenization import load_tokenizer
 
@@ -90,13 +91,9 @@ def loss_sums(model: nn.Module, params, batch: dict, rng, deterministic: bool, n
                     masked_positions=batch["masked_lm_positions"], deterministic=deterministic,
                     rngs=None if deterministic else {"dropout": rng})
   rows = batch.get("example_mask", jnp.ones(batch["input_ids"].shape[:1], jnp.int32)).astype(jnp.float32)
-  logp = jax.nn.log_softmax(out.mlm_logits.astype(jnp.float32))
-  labels = batch["masked_lm_ids"]
+  nll, _, correct = token_cross_entropy(out.mlm_logits, batch["masked_lm_ids"])
   w = batch["masked_lm_weights"].astype(jnp.float32) * rows[:, None]
-  label_logp = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-  # Correct when the label is (one of) the most likely: a max-reduce, not argmax's index-tracking one.
-  correct = label_logp >= jnp.max(logp, axis=-1)
-  sums = {"mlm_loss_sum": -jnp.sum(label_logp * w), "mlm_count": jnp.sum(w), "mlm_correct": jnp.sum(correct * w)}
+  sums = {"mlm_loss_sum": jnp.sum(nll * w), "mlm_count": jnp.sum(w), "mlm_correct": jnp.sum(correct * w)}
   if nsp:
     nsp_logp = jax.nn.log_softmax(out.nsp_logits.astype(jnp.float32))
     nsp_labels = batch["next_sentence_labels"]
