@@ -95,11 +95,10 @@ def loss_sums(model: nn.Module, params, batch: dict, rng, deterministic: bool, n
   w = batch["masked_lm_weights"].astype(jnp.float32) * rows[:, None]
   sums = {"mlm_loss_sum": jnp.sum(nll * w), "mlm_count": jnp.sum(w), "mlm_correct": jnp.sum(correct * w)}
   if nsp:
-    nsp_logp = jax.nn.log_softmax(out.nsp_logits.astype(jnp.float32))
     nsp_labels = batch["next_sentence_labels"]
-    nsp_nll = -jnp.take_along_axis(nsp_logp, nsp_labels[:, None], axis=-1)[:, 0]
+    nsp_nll = token_cross_entropy(out.nsp_logits, nsp_labels)[0]
     sums.update(nsp_loss_sum=jnp.sum(nsp_nll * rows), nsp_count=jnp.sum(rows),
-                nsp_correct=jnp.sum((jnp.argmax(nsp_logp, -1) == nsp_labels) * rows))
+                nsp_correct=jnp.sum((jnp.argmax(out.nsp_logits, -1) == nsp_labels) * rows))
   return sums
 
 

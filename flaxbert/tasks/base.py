@@ -20,6 +20,7 @@ import numpy as np
 
 from flaxbert.atomic import atomic_file
 from flaxbert.errors import InputError
+from flaxbert.losses import token_cross_entropy
 
 log = logging.getLogger("flaxbert")
 
@@ -114,10 +115,9 @@ def slot_weights(batch: dict) -> jax.Array:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """-log softmax(logits)[label], computed in float32; labels < 0 give 0 (masked by the caller)."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-  safe = jnp.maximum(labels, 0)
-  return -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  """-log softmax(logits)[label] in float32 (flaxbert.losses.token_cross_entropy); labels < 0 are
+  read as label 0 (masked by the caller)."""
+  return token_cross_entropy(logits, jnp.maximum(labels, 0))[0]
 
 
 # --- the BERT input layout -----------------------------------------------------------------------
