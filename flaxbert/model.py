@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxbert.config import BertConfig
+from flaxbert.dropout import Dropout, dropout_keep
 from flaxbert.errors import InputError
 
 # Logical axis names used on parameters (and activations):
@@ -113,33 +114,6 @@ def dense(config: BertConfig, features, kernel_axes, name: str, contract: int = 
   return Dense(features=features, kernel_axes=kernel_axes, contract=contract,
                initializer_range=config.initializer_range, dtype=config.dtype,
                param_dtype=config.param_dtype, name=name)
-
-
-def dropout_keep(rng: jax.Array, rate: float, shape: Sequence[int]) -> tuple[jax.Array, float]:
-  """(keep mask, keep probability): a bool mask of `shape` with P(keep) = 1 - rate, rate rounded to
-  a multiple of 2⁻¹⁶ (0.1 → 0.1000061), and that exact probability for rescaling.
-
-  Two decisions per 32 random bits (the low and high 16 bits of each word, the two halves of the
-  last axis), so dropout costs half the PRNG work of `jax.random.bernoulli`, which draws 32 bits
-  per decision. The bits of element i depend only on (rng, i): the same on any device layout.
-  """
-  threshold = min(max(round(rate * 65536), 0), 65536)
-  *lead, last = shape
-  words = jax.random.bits(rng, (*lead, (last + 1) // 2), jnp.uint32)
-  halves = jnp.concatenate([words & 0xFFFF, words >> 16], axis=-1)[..., :last]
-  return halves >= jnp.uint32(threshold), 1.0 - threshold / 65536
-
-
-class Dropout(nn.Module):
-  """Inverted dropout drawing its mask with `dropout_keep` from the "dropout" RNG stream."""
-  rate: float
-
-  @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-    if deterministic or self.rate == 0.0:
-      return x
-    keep, keep_prob = dropout_keep(self.make_rng("dropout"), self.rate, x.shape)
-    return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
 
 
 def attention_implementation(q_shape, kv_len: int, dtype, backend: str | None = None) -> str | None:

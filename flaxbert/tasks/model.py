@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxbert.config import BertConfig
+from flaxbert.dropout import Dropout
 from flaxbert.errors import InputError
-from flaxbert.model import BertModel, Dropout, EncoderLayer, dense, gather_positions
+from flaxbert.model import BertModel, EncoderLayer, dense, gather_positions
 
 log = logging.getLogger("flaxbert")
 
