@@ -24,6 +24,27 @@ class BertOutput:
   nsp_logits: Optional[jax.Array] = None  # [B, 2]; index 1 = "B is a random sentence"
 
 
+@jax.custom_vjp
+def add_vocab_bias(logits: jax.Array, bias: jax.Array) -> jax.Array:
+  """logits + bias over the last (vocabulary) axis, whose bias gradient — the sum of the logits'
+  gradient over all other axes — is a ones-vector matmul rather than a reduction: XLA's CPU
+  backend sums the columns of a [640, 30522] matrix in about 70 ms where the matmul takes 2."""
+  return logits + bias
+
+
+def _add_vocab_bias_fwd(logits, bias):
+  return logits + bias, None
+
+
+def _add_vocab_bias_bwd(_, g):
+  rows = g.reshape(-1, g.shape[-1])
+  ones = jnp.ones((rows.shape[0],), rows.dtype)
+  return g, jnp.dot(ones, rows, preferred_element_type=jnp.float32).astype(g.dtype)
+
+
+add_vocab_bias.defvjp(_add_vocab_bias_fwd, _add_vocab_bias_bwd)
+
+
 class MaskedLMHead(nn.Module):
   """dense + activation + LayerNorm, then logits against the (tied) word embeddings + own bias."""
   config: BertConfig
@@ -35,7 +56,7 @@ class MaskedLMHead(nn.Module):
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
                       (cfg.vocab_size,), cfg.param_dtype)
     logits = attend(h)
-    return logits + bias.astype(logits.dtype)
+    return add_vocab_bias(logits, bias.astype(logits.dtype))
 
 
 class _Transform(nn.Module):

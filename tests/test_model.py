@@ -11,8 +11,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from conftest import make_batch
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.heads import BertEncoder, BertForPreTraining, build_model, param_shapes
-from flaxbert.model import Dropout, attention_implementation, dropout_keep, gelu, truncated_normal
+from flaxbert.heads import BertEncoder, BertForPreTraining, add_vocab_bias, build_model, param_shapes
+from flaxbert.model import attention_implementation, gelu, truncated_normal
 
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -110,27 +110,6 @@ def test_dropout_on_and_off(tiny_model, tiny_params, tiny_config):
   no_drop = build_model(tiny_config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
   z = no_drop.apply({"params": tiny_params}, **batch, deterministic=False, rngs={"dropout": jax.random.key(3)})
   np.testing.assert_allclose(z.last_hidden_state, a.last_hidden_state, atol=1e-5)
-
-
-@pytest.mark.parametrize("rate", [0.1, 0.3])
-def test_dropout_mask_statistics_and_scaling(rate):
-  """Masks keep 1 - rate of the elements (rate to 2^-16), are unbiased after rescaling, independent
-  between the two 16-bit halves of each word, and fit an odd last axis."""
-  keep, keep_prob = dropout_keep(jax.random.key(0), rate, (64, 33, 301))
-  assert keep.shape == (64, 33, 301) and keep.dtype == jnp.bool_
-  assert keep_prob == 1 - round(rate * 65536) / 65536 and abs(keep_prob - (1 - rate)) < 1e-5
-  n = keep.size
-  assert abs(float(keep.mean()) - keep_prob) < 4 * math.sqrt(rate * (1 - rate) / n)
-  lo, hi = keep[..., :150], keep[..., 151:301]  # the words' low and high halves
-  both = float((lo & hi).mean())
-  assert abs(both - keep_prob ** 2) < 4 * math.sqrt(keep_prob ** 2 * (1 - keep_prob ** 2) / lo.size)
-  x = jnp.ones((256, 1024))
-  y = Dropout(rate).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
-  assert abs(float(y.mean()) - 1.0) < 4 * math.sqrt(rate / (1 - rate) / x.size)
-  np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 1 / keep_prob], rtol=1e-6)
-  np.testing.assert_array_equal(Dropout(rate).apply({}, x, deterministic=True), x)
-  other, _ = dropout_keep(jax.random.key(1), rate, (64, 33, 301))
-  assert float((keep != other).mean()) > rate  # another key draws another mask
 
 
 def test_attention_dropout_path_alone(tiny_config, tiny_params):
@@ -312,3 +291,20 @@ def test_gelu_lean_backward_matches_autodiff(dtype, tol):
 ])
 def test_attention_implementation_only_where_cudnn_takes_the_shapes(q_shape, kv_len, dtype, backend, expected):
   assert attention_implementation(q_shape, kv_len, dtype, backend) == expected
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_add_vocab_bias_gradients_match_autodiff(dtype):
+  """The MLM decoder's bias add: its written-out backward (a ones-vector matmul for the bias) gives
+  autodiff's gradients, for [B, P, V] logits and in bf16."""
+  logits = jax.random.normal(jax.random.key(0), (3, 5, 37)).astype(dtype)
+  bias = jax.random.normal(jax.random.key(1), (37,)).astype(dtype)
+  weights = jax.random.normal(jax.random.key(2), (3, 5, 37)).astype(dtype)
+  loss = lambda add: lambda l, b: jnp.sum(jnp.tanh(add(l, b).astype(jnp.float32)) * weights)  # noqa: E731
+  got = jax.grad(loss(add_vocab_bias), argnums=(0, 1))(logits, bias)
+  want = jax.grad(loss(lambda l, b: l + b), argnums=(0, 1))(logits, bias)
+  tol = 1e-6 if dtype == jnp.float32 else 2e-2
+  for g, w in zip(got, want):
+    assert g.dtype == w.dtype
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=tol, atol=tol)
+  np.testing.assert_array_equal(add_vocab_bias(logits, bias), logits + bias)
