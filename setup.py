@@ -60,5 +60,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["flaxbert", "flaxbert.*", "data_prep", "data_prep.*", "configs"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["flaxbert=flaxbert.cli:main"]},
+    entry_points={"console_scripts": ["flaxbert=flaxbert.launch:main"]},
 )

@@ -30,6 +30,10 @@ the chip (float32 on a GPU counts as TF32, which jax's and, set here, torch's de
 against the measured one. bfloat16 means bf16 compute with float32 master weights on both sides
 (flaxbert's BertConfig.dtype; torch.autocast). `--device cuda` puts torch on the GPU and requires
 jax's default backend to be the GPU too.
+
+Run as a script, it first re-executes itself with glibc's malloc asking for transparent huge pages
+(`flaxbert.launch`, as the `flaxbert` command does; FLAXBERT_MALLOC_HUGEPAGES=0 turns it off): both
+sides share the process, so both run under the same allocator settings, which the JSON records.
 """
 import argparse
 import gc
@@ -45,6 +49,10 @@ from pathlib import Path
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if __name__ == "__main__":  # before jax: glibc reads its malloc tunables at process start
+  from flaxbert.launch import reexec_with_hugepages  # noqa: E402
+  reexec_with_hugepages()
 
 import flax  # noqa: E402
 import jax  # noqa: E402
@@ -341,7 +349,8 @@ def main() -> None:
   report = {
       "device_kind": device.device_kind, "platform": device.platform, "torch_device": args.device,
       "torch_device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-      "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+      "cpu_count": os.cpu_count(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+      "torch_threads": torch.get_num_threads(),
       "torch_interop_threads": torch.get_num_interop_threads(),
       "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
       "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,

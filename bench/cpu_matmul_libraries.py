@@ -28,6 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+if __name__ == "__main__":  # before jax: glibc reads its malloc tunables at process start
+  from flaxbert.launch import reexec_with_hugepages  # noqa: E402
+  reexec_with_hugepages()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402
@@ -104,6 +108,7 @@ def main() -> None:
     results.append(compare(size, batch, args.rounds, args.steps))
     print(json.dumps(results[-1]), flush=True)
   report = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "cpu_count": os.cpu_count(),
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "results": results}
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(report, indent=2) + "\n")

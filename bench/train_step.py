@@ -24,6 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+if __name__ == "__main__":  # before jax: glibc reads its malloc tunables at process start
+  from flaxbert.launch import reexec_with_hugepages  # noqa: E402
+  reexec_with_hugepages()
+
 from configs import pretrain as pretrain_config  # noqa: E402
 from flaxbert import metrics, optim, sharding  # noqa: E402
 from flaxbert.config import BertConfig  # noqa: E402

@@ -117,4 +117,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from flaxbert.launch import reexec_with_hugepages
+  reexec_with_hugepages()
   sys.exit(main())
