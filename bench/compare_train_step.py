@@ -31,9 +31,11 @@ against the measured one. bfloat16 means bf16 compute with float32 master weight
 (flaxbert's BertConfig.dtype; torch.autocast). `--device cuda` puts torch on the GPU and requires
 jax's default backend to be the GPU too.
 
-Run as a script, it first re-executes itself with glibc's malloc asking for transparent huge pages
-(`flaxbert.launch`, as the `flaxbert` command does; FLAXBERT_MALLOC_HUGEPAGES=0 turns it off): both
-sides share the process, so both run under the same allocator settings, which the JSON records.
+Each side runs as its users run it: flaxbert in this process, which as a script first re-executes
+itself with glibc's malloc asking for transparent huge pages (`flaxbert.launch`, as the `flaxbert`
+command does; FLAXBERT_MALLOC_HUGEPAGES=0 turns it off), torch in a child process with the
+environment without that setting (bench/torch_side.py; in one process the huge pages made torch's
+steps slower), driven round by round so that the alternation is unchanged. The JSON records both.
 """
 import argparse
 import gc
@@ -70,6 +72,7 @@ from flaxbert.errors import InputError  # noqa: E402
 from flaxbert.heads import build_model  # noqa: E402
 from flaxbert.model import check_remat_policy  # noqa: E402
 from flaxbert.train import check_rng_impl, create_train_state, jit_pretraining_step  # noqa: E402
+from bench.torch_side import TorchWorker  # noqa: E402
 
 
 def parse_configs(text: str) -> list[tuple[str, int]]:
@@ -160,72 +163,18 @@ class FlaxSide:
     return times, float(step_metrics["loss"])
 
 
-class TorchSide:
-  """transformers' BertForPreTraining with the same sizes, inputs and recipe, eager PyTorch."""
-
-  def __init__(self, cfg: BertConfig, size: str, data: dict, device: str, bf16: bool, seed: int):
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
-        hidden_act="gelu", hidden_dropout_prob=cfg.hidden_dropout_prob,
-        attention_probs_dropout_prob=cfg.attention_probs_dropout_prob,
-        max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
-        initializer_range=cfg.initializer_range, layer_norm_eps=cfg.layer_norm_eps)
-    self.device, self.bf16 = torch.device(device), bf16
-    self.model = transformers.BertForPreTraining(config).to(self.device)
-    self.model.train()
-    self.attn_implementation = self.model.config._attn_implementation  # pylint: disable=protected-access
-    self.params = sum(p.numel() for p in self.model.parameters())
-    opt = optimizer_config(size)
-    named = list(self.model.named_parameters())
-    no_decay = [p for n, p in named if "LayerNorm" in n or "bias" in n]
-    decay = [p for n, p in named if not ("LayerNorm" in n or "bias" in n)]
-    self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": opt.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=opt.learning_rate,
-                                 betas=(opt.adam_b1, opt.adam_b2), eps=opt.adam_eps)
-    warmup, total = opt.warmup_steps, opt.num_train_steps
-    self.schedule = torch.optim.lr_scheduler.LambdaLR(
-        self.opt, lambda s: s / warmup if s < warmup else max(0.0, 1.0 - s / total))
-    self.max_grad_norm = opt.max_grad_norm
-    labels = np.full(data["input_ids"].shape, -100, np.int64)
-    rows = np.arange(labels.shape[0])[:, None]
-    labels[rows, data["masked_lm_positions"]] = np.where(data["masked_lm_weights"] > 0, data["masked_lm_ids"], -100)
-    as_tensor = lambda x: torch.from_numpy(np.asarray(x, np.int64)).to(self.device)  # noqa: E731
-    self.inputs = {"input_ids": as_tensor(data["input_ids"]), "attention_mask": as_tensor(data["input_mask"]),
-                   "token_type_ids": as_tensor(data["segment_ids"]), "labels": as_tensor(labels),
-                   "next_sentence_label": as_tensor(data["next_sentence_labels"])}
-    start = time.perf_counter()
-    self.first_loss = self.run(1)[1]
-    self.time_to_first_step_s = time.perf_counter() - start
-
-  def _sync(self) -> None:
-    if self.device.type == "cuda":
-      torch.cuda.synchronize(self.device)
-
-  def run(self, steps: int) -> tuple[list[float], float]:
-    times, loss = [], None
-    for _ in range(steps):
-      start = time.perf_counter()
-      with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-        loss = self.model(**self.inputs).loss
-      loss.backward()
-      if self.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-      self.opt.step()
-      self.schedule.step()
-      self.opt.zero_grad(set_to_none=True)
-      self._sync()
-      times.append(time.perf_counter() - start)
-    return times, float(loss.detach().float().cpu())
+def bert_config(size: str, dtype: str, seq: int, attention_dropout: float | None) -> BertConfig:
+  """The configuration both sides build: `size`, in `dtype`, positions for `seq`."""
+  overrides = {} if attention_dropout is None else {"attention_probs_dropout_prob": attention_dropout}
+  return BertConfig.from_size(size, dtype=dtype, max_position_embeddings=max(512, seq), **overrides)
 
 
 def compare_one(size: str, batch: int, args, peak: float, measured_peak: float) -> dict:
-  overrides = {} if args.attention_dropout is None else {"attention_probs_dropout_prob": args.attention_dropout}
-  cfg = BertConfig.from_size(size, dtype=args.dtype, max_position_embeddings=max(512, args.seq), **overrides)
+  cfg = bert_config(size, args.dtype, args.seq, args.attention_dropout)
   data = make_batch(batch, args.seq, cfg.vocab_size, args.predictions, args.seed)
+  torch_side = TorchWorker(size, batch, args)  # first: its process starts while flaxbert compiles
   flax_side = FlaxSide(cfg, size, data, args.seq, args)
-  torch_side = TorchSide(cfg, size, data, args.device, args.dtype == "bfloat16", args.seed)
+  torch_side.wait_ready()
   sides = {"flaxbert": flax_side, "torch": torch_side}
   for side in sides.values():
     side.run(args.warmup)
@@ -264,14 +213,14 @@ def compare_one(size: str, batch: int, args, peak: float, measured_peak: float) 
       "first_loss": {"flaxbert": round(flax_side.first_loss, 4), "torch": round(torch_side.first_loss, 4)},
       "final_loss": {k: round(v, 4) for k, v in losses.items()},
       "torch_attn_implementation": torch_side.attn_implementation,
+      "torch_process": torch_side.process_info,
       "flaxbert_remat_policy": args.remat_policy,
       "flaxbert_rng_impl": args.rng_impl,
       "flaxbert_scan_layers": args.scan_layers,
   }
+  torch_side.close()
   del flax_side, torch_side, sides
   gc.collect()
-  if args.device == "cuda":
-    torch.cuda.empty_cache()
   return result
 
 
@@ -333,9 +282,6 @@ def main() -> None:
   args.predictions = args.predictions or default_predictions(args.seq)
   if not 1 <= args.predictions <= args.seq - 2:
     raise InputError(f"--predictions: expected 1 … seq - 2 = {args.seq - 2}, got {args.predictions}")
-  torch.set_num_threads(os.cpu_count())
-  if args.device == "cuda":
-    torch.set_float32_matmul_precision("high")  # TF32, as jax's default precision on GPUs
   device = jax.devices()[0]
   gpu = device.platform == "gpu"
   measured = metrics.measure_matmul_peak(args.dtype, size=args.peak_size or (8192 if gpu else 2048),
@@ -349,18 +295,15 @@ def main() -> None:
   report = {
       "device_kind": device.device_kind, "platform": device.platform, "torch_device": args.device,
       "torch_device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-      "cpu_count": os.cpu_count(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-      "torch_threads": torch.get_num_threads(),
-      "torch_interop_threads": torch.get_num_interop_threads(),
-      "torch_float32_matmul_precision": torch.get_float32_matmul_precision(),
+      "cpu_count": os.cpu_count(), "flaxbert_glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
       "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
                    "torch": torch.__version__, "transformers": transformers.__version__},
       "peak_flops": peak, "peak_source": "vendor" if vendor else "measured", "measured_peak_flops": measured,
       "vendor_peak_flops": vendor, "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "results": results}
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(report, indent=2) + "\n")
-  print(f"\n{device.device_kind} ({device.platform}); torch on {report['torch_device_name']}, "
-        f"{report['torch_threads']} threads; peak {peak / 1e12:.3f} TFLOP/s ({report['peak_source']}; "
+  print(f"\n{device.device_kind} ({device.platform}); torch on {report['torch_device_name']} in its own "
+        f"process, {results[-1]['torch_process']['threads']} threads; peak {peak / 1e12:.3f} TFLOP/s ({report['peak_source']}; "
         f"measured {measured / 1e12:.3f})")
   print(table(results))
   print(f"wrote {args.out}")

@@ -5,8 +5,8 @@ XLA's CPU runtime takes each step's buffers (over a gigabyte of temporaries for 
 faults its working set back in, 4 KiB at a time (1.8M page faults in a profile of 8 small steps).
 glibc ≥ 2.35 can advise the kernel to back such blocks with 2 MiB pages (the tunable
 `glibc.malloc.hugetlb=1`; the kernel's transparent_hugepage setting must be `madvise` or `always`):
-a tenth of the faults, and BERT-small's CPU step 1.09x faster (`bench/compare_train_step.py`,
-README). glibc reads tunables only when a process starts, so the `flaxbert` command, `python -m
+a tenth of the faults, and BERT-small's CPU step took 2721 ms instead of 2963 (bench/profile_step.py,
+one run each; README). glibc reads tunables only when a process starts, so the `flaxbert` command, `python -m
 flaxbert.demo` and the benchmarks re-execute themselves once with it set, before importing jax.
 
 FLAXBERT_MALLOC_HUGEPAGES=0 in the environment turns this off; a library user sets GLIBC_TUNABLES
@@ -30,6 +30,16 @@ def hugepage_env(env: dict) -> dict | None:
   if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or _thp_never():
     return None
   return {**env, "GLIBC_TUNABLES": ":".join(tunables + [TUNABLE])}
+
+
+def plain_env(env: dict) -> dict:
+  """`env` without TUNABLE and opted out, for a child process that is to run as programs run by
+  default (bench/torch_side.py: the PyTorch peer)."""
+  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and t != TUNABLE]
+  plain = {k: v for k, v in env.items() if k != "GLIBC_TUNABLES"}
+  if tunables:
+    plain["GLIBC_TUNABLES"] = ":".join(tunables)
+  return {**plain, OPT_OUT: "0"}
 
 
 def _thp_never() -> bool:

@@ -19,6 +19,9 @@ def test_hugepage_env_adds_the_tunable_once_and_keeps_others(monkeypatch):
   assert launch.hugepage_env(env) is None  # already set: no second re-exec
   assert launch.hugepage_env({})["GLIBC_TUNABLES"] == launch.TUNABLE
   assert launch.hugepage_env({launch.OPT_OUT: "0"}) is None
+  plain = launch.plain_env(env)
+  assert plain["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2" and launch.hugepage_env(plain) is None
+  assert "GLIBC_TUNABLES" not in launch.plain_env({"GLIBC_TUNABLES": launch.TUNABLE})
   monkeypatch.setattr(launch, "_thp_never", lambda: True)
   assert launch.hugepage_env({}) is None  # the kernel's huge pages are off: nothing to ask for
 
