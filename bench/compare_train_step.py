@@ -303,8 +303,8 @@ def main() -> None:
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(report, indent=2) + "\n")
   print(f"\n{device.device_kind} ({device.platform}); torch on {report['torch_device_name']} in its own "
-        f"process, {results[-1]['torch_process']['threads']} threads; peak {peak / 1e12:.3f} TFLOP/s ({report['peak_source']}; "
-        f"measured {measured / 1e12:.3f})")
+        f"process, {results[-1]['torch_process']['threads']} threads; peak {peak / 1e12:.3f} TFLOP/s "
+        f"({report['peak_source']}; measured {measured / 1e12:.3f})")
   print(table(results))
   print(f"wrote {args.out}")
 

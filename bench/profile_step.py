@@ -117,7 +117,8 @@ def main() -> None:
   device = jax.devices()[0]
   report = {"device_kind": device.device_kind, "jax": jax.__version__, "size": args.size, "batch": args.batch,
             "seq": args.seq, "dtype": args.dtype, "attention_dropout": cfg.attention_probs_dropout_prob,
-            "rng_impl": args.rng_impl, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "init_s": round(side.init_s, 2), "compile_s": round(side.compile_s, 2),
+            "rng_impl": args.rng_impl, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+            "init_s": round(side.init_s, 2), "compile_s": round(side.compile_s, 2),
             "step_ms": round(step_ms, 3), "step_ms_each": [round(1e3 * t, 2) for t in times], "loss": round(loss, 4),
             **summarize(args.trace_dir, args.steps, args.top), "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
   args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,16 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 if __name__ == "__main__":  # before jax: glibc reads its malloc tunables at process start
   from flaxbert.launch import reexec_with_hugepages  # noqa: E402
   reexec_with_hugepages()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
 
 from configs import pretrain as pretrain_config  # noqa: E402
 from flaxbert import metrics, optim, sharding  # noqa: E402

@@ -21,10 +21,14 @@ OPT_OUT = "FLAXBERT_MALLOC_HUGEPAGES"
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
+def _tunables(env: dict) -> list[str]:
+  return [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+
+
 def hugepage_env(env: dict) -> dict | None:
   """`env` with TUNABLE added to GLIBC_TUNABLES (other tunables kept), or None where nothing is to
   change: already set, opted out, not glibc on Linux, or the kernel's huge pages switched off."""
-  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+  tunables = _tunables(env)
   if TUNABLE in tunables or env.get(OPT_OUT) == "0":
     return None
   if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or _thp_never():
@@ -35,7 +39,7 @@ def hugepage_env(env: dict) -> dict | None:
 def plain_env(env: dict) -> dict:
   """`env` without TUNABLE and opted out, for a child process that is to run as programs run by
   default (bench/torch_side.py: the PyTorch peer)."""
-  tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and t != TUNABLE]
+  tunables = [t for t in _tunables(env) if t != TUNABLE]
   plain = {k: v for k, v in env.items() if k != "GLIBC_TUNABLES"}
   if tunables:
     plain["GLIBC_TUNABLES"] = ":".join(tunables)
