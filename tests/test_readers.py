@@ -278,3 +278,17 @@ def test_read_conll_errors(tmp_path):
   path = write(tmp_path, "empty.txt", ["-DOCSTART- -X- -X- O", ""])
   with pytest.raises(InputError, match=r"empty.txt:1: no sentences"):
     readers.read_conll(path)
+
+
+@pytest.mark.parametrize("a, b, limit, want_a, want_b", [
+    ([1, 2, 3], [4, 5, 6], 5, [1, 2, 3], [4, 5]),  # a tie pops b, as run_classifier.py does
+    ([1, 2, 3, 4], [5, 6], 4, [1, 2], [5, 6]),      # the longer side shrinks until they tie
+    ([1, 2, 3], [4, 5, 6, 7, 8], 4, [1, 2], [4, 5]),
+    ([1, 2, 3], None, 2, [1, 2], None),
+])
+def test_truncate_pair_is_the_originals(a, b, limit, want_a, want_b):
+  """google-research/bert's _truncate_seq_pair: pop from a only while it is strictly longer."""
+  from flaxbert.tasks.base import truncate_pair  # pylint: disable=import-outside-toplevel
+  assert truncate_pair(a, b, limit) is True
+  assert (a, b) == (want_a, want_b)
+  assert truncate_pair(a, b, limit) is False

@@ -10,9 +10,12 @@ def test_glue_splits_become_text_examples():
   with tfds.testing.mock_data(num_examples=6):
     sst2 = tfds_source.read_text_pairs("tfds:glue/sst2:train", ["0", "1"])
     mnli = tfds_source.read_text_pairs("tfds:glue/mnli:validation_matched", ["contradiction", "entailment", "neutral"])
+    qnli = tfds_source.read_text_pairs("tfds:glue/qnli:train", ["entailment", "not_entailment"])
   assert len(sst2) == 6 and all(e.text_b is None and e.label in ("0", "1") for e in sst2)
   assert sst2[0].source == "tfds:glue/sst2:train:1"
   assert all(e.text_b is not None and e.label in ("contradiction", "entailment", "neutral") for e in mnli)
+  # QNLI has question + sentence: a pair, though "sentence" alone names SST-2's text.
+  assert all(e.text_b is not None and e.text_a != e.text_b for e in qnli)
 
 
 def test_squad_split_becomes_squad_json():

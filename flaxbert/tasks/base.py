@@ -136,11 +136,12 @@ class Specials:
 
 
 def truncate_pair(a: list, b: list | None, max_tokens: int) -> bool:
-  """The original's _truncate_seq_pair: pops from the longer side until both fit; True if cut."""
+  """The original's _truncate_seq_pair: pops from the longer side until both fit, from `b` when the
+  two are equally long (as run_classifier.py and HF's longest_first do); True if cut."""
   cut = False
   while len(a) + (len(b) if b else 0) > max_tokens:
     cut = True
-    if b and len(b) > len(a):
+    if b and len(b) >= len(a):
       b.pop()
     else:
       a.pop()

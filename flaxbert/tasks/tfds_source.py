@@ -15,9 +15,10 @@ from flaxbert.tasks.readers import TaggedExample, TextExample
 
 log = logging.getLogger("flaxbert")
 PREFIX = "tfds:"
-# (text_a, text_b) feature names of the text-pair datasets, first match wins.
-_TEXT_FIELDS = (("sentence", None), ("sentence1", "sentence2"), ("question1", "question2"),
-                ("premise", "hypothesis"), ("question", "sentence"), ("text", None))
+# (text_a, text_b) feature names, first match wins: the pairs before the single texts, since a
+# pair dataset can also hold a single-text name (QNLI: question + sentence).
+_TEXT_FIELDS = (("sentence1", "sentence2"), ("question1", "question2"), ("premise", "hypothesis"),
+                ("question", "sentence"), ("sentence", None), ("text", None))
 
 
 def is_tfds(path: str | None) -> bool:
