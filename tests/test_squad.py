@@ -293,6 +293,19 @@ def test_official_v2_scores_and_best_threshold(tmp_path):
     squad_scores({}, examples[1:], version="v1")
 
 
+def test_task_scores_are_those_of_its_predictions_file(tmp_path):
+  """A threshold above 1 answers "has" at odds 2.0; the task must not count that as no-answer."""
+  from flaxbert.tasks.qa import QuestionAnswering  # pylint: disable=import-outside-toplevel
+  examples = read_squad(v2_file(tmp_path), "v2", training=False)[:2]  # "has" (Denver Broncos), "no"
+  task = QuestionAnswering.__new__(QuestionAnswering)
+  task.version = "v2"
+  predictions = {"has": "Denver Broncos", "no": ""}
+  scores = task.score(examples, None, None, {"predictions": predictions, "null_odds": {"has": 2.0, "no": 5.0}})
+  alone = squad_scores(predictions, examples, version="v2")
+  assert scores["exact_match"] == alone["exact_match"] == 100.0 and scores["f1"] == alone["f1"] == 100.0
+  assert scores["HasAns_exact"] == 100.0 and scores["best_exact"] == 100.0
+
+
 def test_predictions_json_is_official_and_atomic(tmp_path):
   path = tmp_path / "out" / "predictions.json"
   assert write_predictions_json(path, {"sb1": "Denver Broncos", "sb2": "24–10"}) == path

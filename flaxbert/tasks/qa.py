@@ -14,6 +14,7 @@ then drop them; here a window's logits past its end are -inf, so the n-best hold
 """
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -75,8 +76,13 @@ class QuestionAnswering(Task):
     return {"predictions": predictions, "null_odds": null_odds}
 
   def score(self, examples, features, outputs, predictions) -> dict:
+    """The scores of predictions.json as written; the null odds only feed best_exact/best_f1.
+
+    predict_answers already chose answer or "" with null_score_diff_threshold, so thresholding
+    the odds again (evaluate-v2.0.py's na_prob_thresh) would score other answers than the file's.
+    """
     return squad_post.squad_scores(predictions["predictions"], examples, self.version,
-                                   predictions["null_odds"] or None)
+                                   predictions["null_odds"] or None, na_prob_thresh=math.inf)
 
   def write_predictions(self, path: Path, examples, predictions: dict) -> None:
     squad_post.write_predictions_json(path, predictions["predictions"])
