@@ -123,6 +123,51 @@ def test_hf_import_accepts_real_checkpoint_variants(tmp_path, tiny_model, tiny_p
   assert_same_params(flaxbert.from_pretrained(tmp_path / "hf")[1], tiny_params)
 
 
+def test_hf_mlm_only_checkpoint_keeps_its_head_and_gets_a_fresh_pooler_and_nsp(tmp_path, tiny_model, tiny_params,
+                                                                                 caplog):
+  """transformers' BertForMaskedLM (run_mlm.py) saves the MLM head without the pooler and NSP head."""
+  flaxbert.save_pretrained(tmp_path / "hf", tiny_model, tiny_params, format="hf")
+  tensors = load_file(tmp_path / "hf" / "model.safetensors")
+  mlm_only = {k: v for k, v in tensors.items() if not k.startswith(("bert.pooler.", "cls.seq_relationship."))}
+  save_file(mlm_only, tmp_path / "hf" / "model.safetensors")
+  with caplog.at_level("WARNING", logger="flaxbert"):
+    model, params = flaxbert.from_pretrained(tmp_path / "hf")
+  assert "has no bert/pooler or cls/seq_relationship (an MLM-only checkpoint" in caplog.text
+  fresh = flaxbert.heads.init_params(build_model(model.config), seed=0)
+  for part in ("bert", "cls"):
+    kept = {k: v for k, v in params[part].items() if k not in ("pooler", "seq_relationship")}
+    assert_same_params(kept, {k: tiny_params[part][k] for k in kept})
+  assert_same_params(params["bert"]["pooler"], fresh["bert"]["pooler"])
+  assert_same_params(params["cls"]["seq_relationship"], fresh["cls"]["seq_relationship"])
+  batch = make_batch(model.config)
+  np.testing.assert_array_equal(model.apply({"params": params}, **batch).mlm_logits,
+                                tiny_model.apply({"params": tiny_params}, **batch).mlm_logits)
+  # An NSP head without the pooler it reads is not a layout anything saves.
+  save_file({k: v for k, v in tensors.items() if not k.startswith("bert.pooler.")}, tmp_path / "hf" / "model.safetensors")
+  with pytest.raises(InputError, match="has an NSP head .* but no pooler"):
+    flaxbert.from_pretrained(tmp_path / "hf")
+
+
+def test_tf1_squad_checkpoint_drops_its_qa_layer(tmp_path, tiny_config, tiny_params, caplog):
+  """run_squad.py saves its output layer as cls/squad/output_weights|bias beside a headless BERT."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  flaxbert.save_pretrained(tmp_path / "tf", build_model(tiny_config), tiny_params, format="tf1")
+  reader = tf.train.load_checkpoint(str(tmp_path / "tf" / "bert_model.ckpt"))
+  tensors = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith("bert/")}
+  tensors["cls/squad/output_weights"] = np.ones((2, tiny_config.hidden_size), np.float32)
+  tensors["cls/squad/output_bias"] = np.zeros((2,), np.float32)
+  (tmp_path / "squad").mkdir()
+  shutil.copy(tmp_path / "tf" / "bert_config.json", tmp_path / "squad")
+  keys = sorted(tensors)
+  tf.raw_ops.SaveV2(prefix=str(tmp_path / "squad" / "model.ckpt-88"), tensor_names=keys,
+                    shape_and_slices=[""] * len(keys), tensors=[tf.constant(tensors[k]) for k in keys])
+  with caplog.at_level("WARNING", logger="flaxbert"):
+    model, params = flaxbert.from_pretrained(tmp_path / "squad")
+  assert isinstance(model, BertEncoder) and model.add_pooling_layer
+  assert "dropped 2 tensor(s) of other heads: cls/squad/output_bias, cls/squad/output_weights" in caplog.text
+  assert_same_params(params, {"bert": tiny_params["bert"]})
+
+
 def test_untied_decoder_is_refused(tmp_path, tiny_model, tiny_params):
   flaxbert.save_pretrained(tmp_path / "hf", tiny_model, tiny_params, format="hf")
   tensors = load_file(tmp_path / "hf" / "model.safetensors")

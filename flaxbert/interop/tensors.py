@@ -2,8 +2,11 @@
 
 Import accepts what real checkpoints hold: HF keys with or without the `bert.` prefix, old
 `LayerNorm.gamma/beta` names, the tied decoder copy, TF1 optimizer slots. Tensors of other
-heads (classifiers, QA) are dropped and reported; anything else under `bert`/`cls` that this
-config does not have, a missing tensor or a wrong shape stops the import with the name.
+heads (classifiers, QA, run_squad.py's `cls/squad/`) are dropped and reported. An MLM-only
+checkpoint (transformers' BertForMaskedLM, run_mlm.py) keeps its MLM head and gets the pooler and
+NSP head it lacks freshly initialised, with a warning, as transformers' BertForPreTraining would.
+Anything else under `bert`/`cls` that this config does not have, a missing tensor or a wrong shape
+stops the import with the name.
 """
 import logging
 import re
@@ -12,7 +15,7 @@ import numpy as np
 
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.heads import build_model, param_shapes
+from flaxbert.heads import build_model, init_params, param_shapes
 from flaxbert.interop import names
 
 log = logging.getLogger("flaxbert")
@@ -23,7 +26,11 @@ _IGNORED = {
     "tf": re.compile(r"(^|/)(adam_m|adam_v|global_step|good_steps|bad_steps|loss_scale|"
                      r"current_loss_scale)$|/(adam_m|adam_v)$"),
 }
+# Other models' heads that live under cls/: run_squad.py's output layer.
+_OTHER_HEADS = {"hf": re.compile(r"^cls\.squad\."), "tf": re.compile(r"^cls/squad/")}
 _SEP = {"hf": ".", "tf": "/"}
+# What an MLM-only checkpoint lacks; initialised afresh when absent as a whole.
+_POOLER, _NSP = ("bert", "pooler"), ("cls", "seq_relationship")
 
 
 def export_tensors(params: dict, config: BertConfig, fmt: str, heads: bool, pooler: bool
@@ -51,7 +58,8 @@ def normalize_hf_keys(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def detect_layout(keys, fmt: str) -> tuple[bool, bool]:
   """(heads, pooler) present among the tensor names."""
   sep = _SEP[fmt]
-  heads = any(k.startswith(f"cls{sep}") and not _IGNORED[fmt].search(k) for k in keys)
+  heads = any(k.startswith(f"cls{sep}") and not _IGNORED[fmt].search(k) and not _OTHER_HEADS[fmt].search(k)
+              for k in keys)
   pooler = any(k.startswith(f"bert{sep}pooler{sep}") for k in keys)
   return heads, pooler
 
@@ -62,13 +70,18 @@ def import_tensors(tensors: dict[str, np.ndarray], config: BertConfig, fmt: str,
   if fmt == "hf":
     tensors = normalize_hf_keys(tensors)
   heads, pooler = detect_layout(tensors, fmt)
-  if heads and not pooler:
-    raise InputError(f"{source}: has pretraining heads (cls…) but no pooler; the NSP head needs it")
+  fresh = _absent_groups(tensors, config, fmt, source) if heads else set()
+  pooler = pooler or heads
   shapes = param_shapes(build_model(config, heads, pooler))
+  init = init_params(build_model(config, heads, pooler)) if fresh else None
   params, expected = {}, set()
   for e in names.entries(config, heads, pooler):
     name = e.hf if fmt == "hf" else e.tf
     expected.add(name)
+    if e.path[:2] in fresh:  # in the dtype of the imported tables (entries() lists them first)
+      dtype = params["bert"]["embeddings"]["word_embeddings"]["embedding"].dtype
+      names.set_path(params, e.path, np.asarray(names.get_path(init, e.path)).astype(dtype))
+      continue
     if name not in tensors:
       raise InputError(f"{source}: missing tensor {name!r} (expected shape "
                        f"{names.external_shape(names.get_path(shapes, e.path).shape, e.kind, fmt)})")
@@ -78,13 +91,26 @@ def import_tensors(tensors: dict[str, np.ndarray], config: BertConfig, fmt: str,
   return params, heads, pooler
 
 
+def _absent_groups(tensors, config: BertConfig, fmt: str, source: str) -> set:
+  """The pooler / NSP head when wholly absent from a checkpoint with an MLM head; logs them."""
+  present = {e.path[:2] for e in names.entries(config, True, True) if (e.hf if fmt == "hf" else e.tf) in tensors}
+  absent = {g for g in (_POOLER, _NSP) if g not in present}
+  if _POOLER in absent and _NSP not in absent:
+    raise InputError(f"{source}: has an NSP head (cls…seq_relationship) but no pooler, which the NSP head reads")
+  if absent:
+    log.warning("%s: has no %s (an MLM-only checkpoint, as transformers' BertForMaskedLM saves); "
+                "they start from a fresh initialisation (seed 0)", source,
+                " or ".join("/".join(g) for g in sorted(absent)))
+  return absent
+
+
 def _check_extra(tensors, expected, params, config, fmt, source):
   sep = _SEP[fmt]
   dropped = []
   for name in sorted(set(tensors) - expected):
     if _IGNORED[fmt].search(name):
       continue
-    if name.startswith((f"bert{sep}", f"cls{sep}")):
+    if name.startswith((f"bert{sep}", f"cls{sep}")) and not _OTHER_HEADS[fmt].search(name):
       raise InputError(f"{source}: unexpected tensor {name!r} with shape {tuple(np.shape(tensors[name]))}: "
                        f"not part of a BERT with {config.num_hidden_layers} layers, hidden size "
                        f"{config.hidden_size}; does the config match the weights?")
