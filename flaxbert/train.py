@@ -304,12 +304,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   settings = data.builder.info.metadata["settings"]
   nsp = bool(settings["random_next_sentence"])
   cfg = bert_config(config, data.builder.info.metadata["tokenizer"]["vocab_size"], data.max_seq_length)
-  _record_model(workdir, cfg, config.dataset_dir)
   model = BertForPreTraining(cfg, remat_policy=remat, scan_layers=config.model.scan_layers)
   accum = config.optim.grad_accum_steps
   if accum < 1 or config.global_batch_size % (accum * jax.process_count()):
     raise InputError(f"optim.grad_accum_steps ({accum}) must divide the global batch ({config.global_batch_size})")
   tx, schedule = optim.build_optimizer(config.optim), optim.learning_rate_schedule(config.optim)
+  _record_model(workdir, cfg, config.dataset_dir)  # after the config checks: a refused run writes nothing
   ids = jax.ShapeDtypeStruct((1, data.max_seq_length), jnp.int32)
   state, shardings = create_train_state(model, tx, mesh, rules, config.seed, (ids,), rng_impl=config.rng_impl)
   mngr = checkpoint.manager(workdir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints)
