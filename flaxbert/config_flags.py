@@ -2,8 +2,11 @@
 
 A config file is a Python module with `get_config(arg) -> ml_collections.ConfigDict`, as in
 the Flax examples and big_vision. Overrides are typed by the field they replace: an int field
-takes only an int, a tuple field a comma-separated list, a bool field true/false; an unknown
-key or a badly typed value is an error that names the key, the value and the type expected.
+takes only an int, a tuple field a comma-separated list or a Python literal (nested tuples, such
+as sharding rules, only the literal), a bool field true/false; a placeholder field (declared with
+a type, value None) is parsed as its declared type, or `none` leaves it None. `sharding_rules` also
+takes a preset's name (flaxbert.sharding.PRESETS: data_parallel, fsdp, tensor_parallel). An
+unknown key or a badly typed value is an error that names the key, the value and the type expected.
 """
 import ast
 import importlib.util
@@ -15,6 +18,7 @@ import ml_collections
 from flaxbert.errors import InputError
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+_NONE = ("none", "null")
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -41,7 +45,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
       raise InputError(f"--config.{item}: expected --config.KEY=VALUE")
     parent, name = _parent(config, key)
     try:
-      parent[name] = parse_value(key, raw, parent[name])
+      parent[name] = parse_value(key, raw, parent[name], parent.get_type(name))
     except TypeError as e:  # ml_collections' own type check (placeholders declared with a type)
       raise InputError(f"--config.{item}: {e}") from None
   return config
@@ -59,10 +63,13 @@ def _parent(config: ml_collections.ConfigDict, key: str):
   return node, parts[-1]
 
 
-def parse_value(key: str, raw: str, current):
-  """`raw` parsed as the type of `current` (the field's present value)."""
+def parse_value(key: str, raw: str, current, declared: type | None = None):
+  """`raw` parsed as the type of `current` (the field's present value), or as `declared` (the
+  field's declared type) when a placeholder holds None."""
   def fail(expected: str):
     raise InputError(f"--config.{key}={raw}: expected {expected}")
+  if current is None and declared in (bool, int, float, str):
+    return None if raw.lower() in _NONE else parse_value(key, raw, declared())
   if isinstance(current, bool):
     if raw.lower() in _TRUE:
       return True
@@ -80,6 +87,15 @@ def parse_value(key: str, raw: str, current):
     except ValueError:
       fail("a number")
   if isinstance(current, tuple):
+    if raw.lstrip().startswith(("(", "[")):
+      return _literal_tuple(key, raw)
+    if key.split(".")[-1] == "sharding_rules":
+      from flaxbert.sharding import PRESETS  # pylint: disable=import-outside-toplevel
+      if raw.lower() in PRESETS:
+        return PRESETS[raw.lower()]
+      fail(f"a preset ({', '.join(PRESETS)}) or a Python literal of (logical_axis, mesh_axes) pairs")
+    if current and isinstance(current[0], (tuple, list)):
+      fail("a Python literal of tuples, e.g. '((\"a\", 1), (\"b\", 2))'")
     items = [x.strip() for x in raw.split(",") if x.strip()]
     if current and not isinstance(current[0], str):
       return tuple(parse_value(key, x, current[0]) for x in items)
@@ -87,8 +103,24 @@ def parse_value(key: str, raw: str, current):
   if isinstance(current, ml_collections.ConfigDict):
     fail(f"one of its fields, e.g. --config.{key}.{next(iter(current.keys()), 'x')}=…")
   if current is None:
+    if raw.lower() in _NONE:
+      return None
     try:
       return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
       return raw
   return raw
+
+
+def _literal_tuple(key: str, raw: str) -> tuple:
+  """A Python literal of (nested) tuples or lists, as nested tuples."""
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError) as e:
+    raise InputError(f"--config.{key}={raw}: not a Python literal ({e.__class__.__name__}: {e})") from None
+  if not isinstance(value, (tuple, list)):
+    raise InputError(f"--config.{key}={raw}: expected a tuple, got {type(value).__name__}")
+
+  def as_tuple(x):
+    return tuple(as_tuple(v) for v in x) if isinstance(x, (tuple, list)) else x
+  return as_tuple(value)

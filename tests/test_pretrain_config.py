@@ -36,3 +36,25 @@ def test_the_schedule_follows_the_run_length_unless_a_recipe_fixes_it():
 def test_unknown_preset_is_named():
   with pytest.raises(ValueError, match="unknown argument 'bogus'"):
     pretrain.get_config("bogus")
+
+
+def test_command_line_overrides_parse_by_the_fields_type():
+  from configs import finetune  # pylint: disable=import-outside-toplevel
+  from flaxbert import sharding  # pylint: disable=import-outside-toplevel
+  from flaxbert.config_flags import apply_overrides  # pylint: disable=import-outside-toplevel
+  from flaxbert.errors import InputError  # pylint: disable=import-outside-toplevel
+  c = apply_overrides(pretrain.get_config("tiny"), ["sharding_rules=fsdp", "optim.warmup_steps=7"])
+  assert c.sharding_rules == sharding.FSDP and c.optim.warmup_steps == 7
+  c = apply_overrides(c, ['sharding_rules=(("batch", ["data", "fsdp"]), ("embed", "fsdp"), ("vocab", None))'])
+  assert c.sharding_rules == sharding.FSDP
+  assert sharding.rules_from_config(c.sharding_rules) == sharding.FSDP
+  with pytest.raises(InputError, match=r"sharding_rules=FSPD: expected a preset \(data_parallel, fsdp"):
+    apply_overrides(c, ["sharding_rules=FSPD"])
+  with pytest.raises(InputError, match="not a Python literal"):
+    apply_overrides(c, ["sharding_rules=((batch, data),)"])
+  # A placeholder declared bool (value None) takes true/false, and none clears it again.
+  assert apply_overrides(finetune.get_config("glue_sst2,tiny"), ["lower_case=false"]).lower_case is False
+  assert apply_overrides(finetune.get_config("glue_sst2,tiny"), ["lower_case=none"]).lower_case is None
+  f = finetune.get_config("glue_sst2,tiny")
+  with pytest.raises(InputError, match=r"lower_case=maybe: expected a bool"):
+    apply_overrides(f, ["lower_case=maybe"])
