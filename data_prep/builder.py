@@ -203,7 +203,7 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
     stats = sources.SourceStats()
     self._chunks = chunks = corpus_lib.split_documents(
         self._documents(inputs, stats), work, chunk_chars=s.chunk_chars,
-        validation_fraction=s.validation_fraction)
+        validation_fraction=s.validation_fraction, source=_describe_source(s.tfds_name, inputs))
     chunks.stats = stats
     for split, count in chunks.documents.items():
       if count == 1 and s.random_next_sentence:
@@ -331,3 +331,10 @@ def open_dataset(directory: str | os.PathLike) -> tfds.core.DatasetBuilder:
   if not (directory / "dataset_info.json").is_file():
     raise InputError(f"{directory}: not a prepared dataset (no dataset_info.json); run `flaxbert prepare`")
   return tfds.builder_from_directory(os.fspath(directory))
+
+
+def _describe_source(tfds_name: str | None, inputs: list[str]) -> str:
+  """The input as errors name it: the TFDS dataset and/or the first input paths."""
+  named = ([f"tfds:{tfds_name}"] if tfds_name else []) + list(inputs[:3])
+  more = f" (+{len(inputs) - 3} more)" if len(inputs) > 3 else ""
+  return "input " + (", ".join(named) + more if named else "(none)")

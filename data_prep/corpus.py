@@ -68,8 +68,9 @@ class _ChunkWriter:
 
 
 def split_documents(documents: Iterable[list[str]], directory: Path, *, chunk_chars: int,
-                    validation_fraction: float) -> Chunks:
-  """Writes a stream of documents into train/validation chunk files under `directory`."""
+                    validation_fraction: float, source: str = "the corpus") -> Chunks:
+  """Writes a stream of documents into train/validation chunk files under `directory`; `source`
+  names the input in errors."""
   if not 0.0 < validation_fraction < 1.0:
     raise InputError(f"validation_fraction: expected a number in (0, 1), got {validation_fraction!r}")
   every = max(2, round(1.0 / validation_fraction))
@@ -89,7 +90,7 @@ def split_documents(documents: Iterable[list[str]], directory: Path, *, chunk_ch
     writer.finish()
   chunks.documents = {split: writer.documents for split, writer in writers.items()}
   if not chunks.train:
-    raise InputError(f"the corpus has {index} non-empty document(s): too few for a train split beside "
+    raise InputError(f"{source}: {index} non-empty document(s), too few for a train split beside "
                      f"the validation split (every {every}th document, the first included, is held out)")
   return chunks
 

@@ -139,7 +139,7 @@ def test_bad_input(tmp_path):
     prepare(settings(tmp_path, input=(str(tmp_path / "nope"),)))
   (tmp_path / "empty").mkdir()
   (tmp_path / "empty" / "a.txt").write_text("")
-  with pytest.raises(InputError, match="0 non-empty document"):
+  with pytest.raises(InputError, match=r"input .*empty: 0 non-empty document\(s\), too few for a train split"):
     prepare(settings(tmp_path, input=(str(tmp_path / "empty"),)))
   bad_vocab = tmp_path / "bad_vocab.txt"
   bad_vocab.write_text("[PAD]\n[UNK]\nhello\n")
