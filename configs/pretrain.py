@@ -2,7 +2,9 @@
 
 ARG: a model size (tiny | mini | small | medium | base | large), or a recipe:
   paper          BERT-Base as Devlin et al. 2018 trained it, phase 1: batch 256, Adam lr 1e-4 with
-                 10k warmup steps and linear decay over 1M steps, weight decay 0.01, dropout 0.1;
+                 10k warmup steps and linear decay over 1M steps, weight decay 0.01, dropout 0.1,
+                 and, as the released code has them, Adam without bias correction (bert_adam) and
+                 the tanh GELU;
                  the first 900k steps at sequence length 128 (a dataset prepared at 128);
   paper_phase2   the last 100k steps at length 512 (a dataset prepared at 512), continuing the
                  phase-1 run's full state (step, optimizer, schedule) from `init_from`;
@@ -80,10 +82,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.global_batch_size = 256 if arg in ("base", "large") else 128
     c.optim.learning_rate = 1e-4 if arg in ("base", "large") else 5e-4
   elif arg == "paper":
+    _as_released(c)
     del c.optim["num_train_steps"]  # unlinked from num_train_steps (assigning would set both)
     c.optim.num_train_steps = 1_000_000  # the schedule decays to 0 at 1M, as in the paper
     c.num_train_steps = 900_000  # phase 1 ends here; paper_phase2 continues the same schedule to 1M
   elif arg == "paper_phase2":
+    _as_released(c)
     c.num_train_steps = 1_000_000
     c.init_mode = "full_state"
   elif arg == "mlperf_phase2":
@@ -110,3 +114,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     raise ValueError(f"configs/pretrain.py: unknown argument {arg!r}; expected one of {SIZES} or "
                      "paper, paper_phase2, mlperf_phase2, demo")
   return c
+
+
+def _as_released(c: ml_collections.ConfigDict) -> None:
+  """What the released code (run_pretraining.py) trains with beyond the paper's text: Adam without
+  bias correction (its AdamWeightDecayOptimizer) and the tanh approximation of the GELU."""
+  c.optim.optimizer = "bert_adam"
+  c.model.hidden_act = "gelu_tanh"

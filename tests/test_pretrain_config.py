@@ -23,6 +23,7 @@ def test_paper_phase_one_stops_at_900k_of_a_1m_step_schedule_and_phase_two_conti
     assert (c.model.size, c.global_batch_size, c.optim.learning_rate, c.optim.warmup_steps) == ("base", 256, 1e-4, 10_000)
     assert (c.optim.weight_decay, c.optim.adam_b1, c.optim.adam_b2, c.optim.adam_eps) == (0.01, 0.9, 0.999, 1e-6)
     assert c.model.hidden_dropout_prob == c.model.attention_probs_dropout_prob == 0.1
+    assert (c.optim.optimizer, c.model.hidden_act) == ("bert_adam", "gelu_tanh")  # as the released code
   one.num_train_steps = 10  # an override of the run's length leaves the paper's schedule alone
   assert one.optim.num_train_steps == 1_000_000
 
