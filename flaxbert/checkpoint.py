@@ -28,8 +28,9 @@ def manager(workdir: str | Path, *, every_steps: int = 1, keep: int | None = Non
             asynchronous: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(1, every_steps),
                                          enable_async_checkpointing=asynchronous, create=True)
-  return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options,
-                               item_names=("params", "train", "meta"))
+  handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+              "meta": ocp.JsonCheckpointHandler()}  # known up front, so a step's metadata reads before a restore
+  return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options, item_handlers=handlers)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params, train: dict, meta: dict, force: bool = False) -> bool:
@@ -44,6 +45,19 @@ def _abstract(tree):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
+def _layout_mismatch(saved, target) -> str | None:
+  """The first leaf whose saved shape differs from the target's, or that only one side has."""
+  def shapes(tree):
+    return {tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  have, want = shapes(saved), shapes(target)
+  for path in sorted(have.keys() | want.keys()):
+    if have.get(path) != want.get(path):
+      return (f"{'/'.join(path)} saved with shape {have.get(path, '(absent)')}, "
+              f"expected {want.get(path, '(absent)')}")
+  return None
+
+
 def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
                    ) -> tuple[int, Any, Any, dict] | None:
   """(step, params, train, meta) of the newest checkpoint that restores; None when there is none.
@@ -54,8 +68,16 @@ def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
   """
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      target = None if params_target is None else _abstract(params_target)
-      items = dict(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+      targets = {"params": params_target, "train": train_target}
+      # Checked against the step's metadata first: a restore that fails on one array leaves the
+      # reads of the others in flight, which then flood the console with TensorStore errors.
+      saved = mngr.item_metadata(step)
+      for name, target in targets.items():
+        problem = None if target is None else _layout_mismatch(saved[name], target)
+        if problem:
+          raise ValueError(f"{name} does not match this run's layout: {problem}")
+      items = dict(params=ocp.args.StandardRestore(None if params_target is None else _abstract(params_target)),
+                   meta=ocp.args.JsonRestore())
       if train_target is not None:
         items["train"] = ocp.args.StandardRestore(_abstract(train_target))
       restored = mngr.restore(step, args=ocp.args.Composite(**items))

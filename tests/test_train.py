@@ -174,7 +174,7 @@ def test_phase2_from_phase1_params_or_full_state(dataset, tmp_path):
     train_and_evaluate(tiny_config(dataset, init_from=str(tmp_path / "nowhere")), tmp_path / "c")
 
 
-def test_divergence_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, caplog):
   run = tmp_path / "run"
   unclipped = {"optim.max_grad_norm": 0.0, "optim.warmup_steps": 0}
   train_and_evaluate(tiny_config(dataset, num_train_steps=3, **unclipped), run)
@@ -184,9 +184,12 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path):
   assert sorted(checkpoint.manager(run, asynchronous=False).all_steps()) == [3]
   # A rerun whose state no longer fits the checkpoints (clipping adds optimizer state; another
   # dropout PRNG has other key data) is refused rather than started afresh over the old run.
-  for changed in ({"optim.max_grad_norm": 1.0}, {"rng_impl": "rbg"}):
+  # Each is refused from the checkpoint's metadata, naming the first leaf that differs, before any read.
+  for changed, leaf in (({"optim.max_grad_norm": 1.0}, "opt_state/"), ({"rng_impl": "rbg"}, "rng saved with shape (2,)")):
+    caplog.clear()
     with pytest.raises(InputError, match="none restores with this configuration"):
       train_and_evaluate(tiny_config(dataset, **dict(unclipped, num_train_steps=6, **changed)), run)
+    assert f"train does not match this run's layout: {leaf}" in caplog.text
   assert sorted(checkpoint.manager(run, asynchronous=False).all_steps()) == [3]
 
 
