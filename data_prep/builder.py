@@ -304,7 +304,8 @@ def prepare(settings: ml_collections.ConfigDict) -> tuple[Path, dict]:
   if not settings.input and not settings.tfds_name:
     raise InputError("input: required (text files or folders), or tfds_name")
   output = Path(settings.output_dir)
-  with atomic_directory(output, settings.overwrite) as tmp:
+  inputs = [*(settings.input or ()), settings.vocab]
+  with atomic_directory(output, settings.overwrite, inputs, is_prepared, "dataset written by `flaxbert prepare`") as tmp:
     builder = BertPretraining(settings=settings, data_dir=tmp / "_build", file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=str(tmp), beam_options=_beam_options(settings.beam_options)))
@@ -313,6 +314,11 @@ def prepare(settings: ml_collections.ConfigDict) -> tuple[Path, dict]:
     shutil.rmtree(tmp / "_build")
   metadata = json.loads((output / "metadata.json").read_text())
   return output, metadata
+
+
+def is_prepared(directory: Path) -> bool:
+  """Whether `directory` holds a finished dataset of `prepare` (what overwrite may replace)."""
+  return (directory / "metadata.json").is_file() and (directory / "dataset_info.json").is_file()
 
 
 def _beam_options(flags: str):

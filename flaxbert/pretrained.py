@@ -16,7 +16,7 @@ import flax.linen as nn
 import numpy as np
 
 from flaxbert import checkpoint
-from flaxbert.atomic import atomic_directory
+from flaxbert.atomic import atomic_directory, check_destination
 from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
 from flaxbert.heads import build_model, describe, param_shapes
@@ -106,7 +106,7 @@ def save_pretrained(directory: str | os.PathLike, model: nn.Module, params: dict
   if "params" in params and "bert" not in params:  # model.init's variables, not yet unpacked
     params = params["params"]
   check_params(params, param_shapes(model), "params")
-  with atomic_directory(directory, overwrite) as tmp:
+  with atomic_directory(directory, overwrite, [vocab], is_export, EXPORT_KIND) as tmp:
     if format == "flaxbert":
       native.write(tmp, model.config, params, heads, pooler)
     elif format == "hf":
@@ -120,8 +120,20 @@ def save_pretrained(directory: str | os.PathLike, model: nn.Module, params: dict
   return Path(directory)
 
 
+def is_export(directory: Path) -> bool:
+  """A model folder (flaxbert, HF or TF1) that overwrite may replace; not a training workdir."""
+  try:
+    return detect(directory) in ("flaxbert", "hf", "tf1")
+  except InputError:
+    return False
+
+
+EXPORT_KIND = "flaxbert, HF or TF1 model folder (a training workdir is never replaced)"
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, overwrite: bool = False) -> Loaded:
   """Reads any source kind and writes it as `to`; the vocabulary travels along when present."""
+  check_destination(dst, overwrite, [src], is_export, EXPORT_KIND)  # before the (long) load
   loaded = load(src)
   save_pretrained(dst, loaded.model, loaded.params, format=to, vocab=loaded.vocab, overwrite=overwrite)
   return loaded

@@ -149,6 +149,21 @@ def test_bad_input(tmp_path):
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".data.partial")]
 
 
+def test_overwrite_replaces_only_a_dataset_and_never_its_own_inputs(tmp_path):
+  c = settings(tmp_path)
+  with pytest.raises(InputError, match="holds the input .*corpus; writing there would delete what is read"):
+    prepare(settings(tmp_path, output_dir=str(tmp_path), overwrite=True))
+  (tmp_path / "data").mkdir()
+  (tmp_path / "data" / "notes.txt").write_text("mine")
+  with pytest.raises(InputError, match="exists and is not a dataset written by `flaxbert prepare`"):
+    prepare(settings(tmp_path, overwrite=True))
+  assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
+  (tmp_path / "data" / "notes.txt").unlink()
+  prepare(c)
+  prepare(settings(tmp_path, overwrite=True, seed=7))  # a dataset is replaced
+  assert json.loads((tmp_path / "data" / "metadata.json").read_text())["settings"]["seed"] == 7
+
+
 def test_interrupted_build_leaves_nothing_that_loads(tmp_path, monkeypatch):
   from data_prep import builder as builder_lib  # pylint: disable=import-outside-toplevel
 

@@ -12,7 +12,7 @@ import flaxbert
 from conftest import make_batch, random_params
 from flaxbert.errors import InputError
 from flaxbert.heads import BertEncoder, build_model
-from flaxbert.pretrained import detect, load
+from flaxbert.pretrained import convert, detect, load
 
 
 def assert_same_params(a, b):
@@ -192,19 +192,39 @@ def test_save_refuses_to_clobber_and_failures_leave_nothing(tmp_path, tiny_model
   (dst / "precious.txt").write_text("keep me")
   with pytest.raises(InputError, match="exists and is not empty"):
     flaxbert.save_pretrained(dst, tiny_model, tiny_params, format="hf")
+  # overwrite replaces a model folder only, never other files (nor a training workdir).
+  with pytest.raises(InputError, match="exists and is not a flaxbert, HF or TF1 model folder"):
+    flaxbert.save_pretrained(dst, tiny_model, tiny_params, format="hf", overwrite=True)
   assert (dst / "precious.txt").read_text() == "keep me"
+  (dst / "precious.txt").unlink()
+  flaxbert.save_pretrained(dst, tiny_model, tiny_params, format="tf1")
+  old = sorted(p.name for p in dst.iterdir())
 
   def fail(*args, **kwargs):
     raise OSError("disk full")
   monkeypatch.setattr(flaxbert.pretrained.hf, "write", fail)
   with pytest.raises(OSError, match="disk full"):
     flaxbert.save_pretrained(dst, tiny_model, tiny_params, format="hf", overwrite=True)
-  assert (dst / "precious.txt").read_text() == "keep me"
+  assert sorted(p.name for p in dst.iterdir()) == old  # the old export is untouched
   assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no partial folder left behind
   monkeypatch.undo()
   flaxbert.save_pretrained(dst, tiny_model, tiny_params, format="hf", overwrite=True)
-  assert not (dst / "precious.txt").exists() and (dst / "model.safetensors").is_file()
+  assert not (dst / "bert_config.json").exists() and (dst / "model.safetensors").is_file()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_convert_refuses_to_write_over_its_source_or_a_workdir(tmp_path, tiny_model, tiny_params):
+  (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+  src = flaxbert.save_pretrained(tmp_path / "src", tiny_model, tiny_params, format="hf", vocab=tmp_path / "vocab.txt")
+  for dst in (src, tmp_path):  # the source itself, or a folder holding it
+    with pytest.raises(InputError, match="holds the input .*src; writing there would delete what is read"):
+      convert(src, dst, "flaxbert", overwrite=True)
+  assert (src / "model.safetensors").is_file()
+  workdir = tmp_path / "workdir"
+  (workdir / "checkpoints").mkdir(parents=True)
+  (workdir / "flaxbert_config.json").write_text((src / "config.json").read_text())
+  with pytest.raises(InputError, match=r"a training workdir is never replaced"):
+    convert(src, workdir, "flaxbert", overwrite=True)
 
 
 def test_save_checks_the_params_tree(tmp_path, tiny_model, tiny_params):

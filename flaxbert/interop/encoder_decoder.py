@@ -45,7 +45,8 @@ def export_hf(workdir: str | os.PathLike, dst: str | os.PathLike, overwrite: boo
             **ids}
   config["encoder"]["architectures"] = ["BertModel"]
   generation = dict(ids, max_length=record["max_target_length"] + 1)  # HF counts the start token
-  with atomic_directory(dst, overwrite) as tmp:
+  from flaxbert.pretrained import EXPORT_KIND, is_export  # pylint: disable=import-outside-toplevel
+  with atomic_directory(dst, overwrite, [workdir], is_export, EXPORT_KIND) as tmp:
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(tmp / "model.safetensors"),
