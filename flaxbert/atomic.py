@@ -28,6 +28,18 @@ def check_destination(directory: str | os.PathLike, overwrite: bool, inputs: Seq
                        "remove it yourself or choose a new path")
 
 
+def check_output_file(path: str | os.PathLike, overwrite: bool, inputs: Sequence = ()) -> None:
+  """Refuses an output file that is one of the inputs, a folder, or (without overwrite) exists."""
+  path = Path(path)
+  for source in inputs:
+    if source and path.resolve() == Path(source).resolve():
+      raise InputError(f"{path}: is also the input; choose another output file")
+  if path.is_dir():
+    raise InputError(f"{path}: is a folder; expected the path of a file to write")
+  if path.exists() and not overwrite:
+    raise InputError(f"{path}: exists; pass --overwrite to replace it (only once the new one is complete)")
+
+
 def _within(path: Path, directory: Path) -> bool:
   path, directory = path.resolve(), directory.resolve()
   return path == directory or directory in path.parents

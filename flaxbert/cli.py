@@ -5,7 +5,10 @@ import logging
 import os
 import sys
 
+from flaxbert.atomic import check_output_file
 from flaxbert.errors import InputError
+
+_OVERWRITE_FILE = "replace --output if it exists (only once the new file is complete)"
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -106,6 +109,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+  check_output_file(args.output, args.overwrite, [args.input])
   config = _task_config(args)
   count = _job(config).predict(config, args.workdir, args.input, args.output)
   print(f"wrote {count} predictions to {args.output}")
@@ -113,6 +117,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
   from flaxbert.seq2seq_finetune import generate_file  # pylint: disable=import-outside-toplevel
+  check_output_file(args.output, args.overwrite, [args.input])
   count = generate_file(args.model, args.input, args.output, args.beam_size, args.length_penalty, args.batch_size)
   print(f"wrote {count} lines to {args.output}")
 
@@ -127,6 +132,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
   from flaxbert.embed import embed_file  # pylint: disable=import-outside-toplevel
+  check_output_file(args.output, args.overwrite, [args.input])
   vectors = embed_file(args.model, args.input, args.output, args.pooling, args.max_seq_length, args.batch_size)
   print(f"wrote {vectors.shape[0]} vectors of size {vectors.shape[1]} to {args.output}")
 
@@ -182,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     if name == "predict":
       p.add_argument("--input", required=True, help="a file in the task's training format (labels optional)")
       p.add_argument("--output", required=True, help="predictions file to write")
+      p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_FILE)
     p.set_defaults(run=run)
 
   p = commands.add_parser("generate", allow_abbrev=False, help="translate/summarize: one output line per input line",
@@ -191,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", required=True, help="a `flaxbert finetune` workdir of an encoder-decoder task")
   p.add_argument("--input", required=True, help="text file, one source a line (.gz too)")
   p.add_argument("--output", required=True, help="the hypotheses file to write")
+  p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_FILE)
   p.add_argument("--beam_size", type=int, help="beams (1: greedy; default: the task config's)")
   p.add_argument("--length_penalty", type=float, help="GNMT alpha (default: the task config's)")
   p.add_argument("--batch_size", type=int, help="sources decoded at once (default: the task config's eval_batch_size)")
@@ -202,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", required=True, help="flaxbert dir/workdir, HF dir, TF1 checkpoint or finetune workdir")
   p.add_argument("--input", required=True, help="text file, one sentence per line")
   p.add_argument("--output", required=True, help="the .npy file to write")
+  p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_FILE)
   p.add_argument("--pooling", default="mean", choices=("mean", "cls"))
   p.add_argument("--max_seq_length", type=int, default=128)
   p.add_argument("--batch_size", type=int, default=64)

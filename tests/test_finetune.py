@@ -148,7 +148,7 @@ def test_squad_packed(bert, tmp_path, task, caplog):
                               for p in a["paragraphs"] for q in p["qas"]}
 
 
-def test_similarity_bi_encoder_and_embed(bert, tmp_path):
+def test_similarity_bi_encoder_and_embed(bert, tmp_path, capsys):
   train, dev = write_stsb(tmp_path / "s.tsv", 96, 0), write_stsb(tmp_path / "sd.tsv", 24, 1)
   results = train_and_evaluate(config("similarity", bert, train, dev), tmp_path / "sim")
   assert set(results) == {"pearson", "spearman"} and np.isfinite(list(results.values())).all(), results
@@ -156,11 +156,18 @@ def test_similarity_bi_encoder_and_embed(bert, tmp_path):
   assert np.mean(curve[-3:]) < np.mean(curve[:3]) * 0.8, curve
   sentences = tmp_path / "sentences.txt"
   sentences.write_text("w0 w30 .\nw1 w31 w32 .\nw10 w40 .\n")
-  for model in (bert, tmp_path / "sim"):
+  for model, again in ((bert, []), (tmp_path / "sim", ["--overwrite"])):
     assert cli.main(["embed", "--model", str(model), "--input", str(sentences), "--output",
-                     str(tmp_path / "v.npy"), "--pooling", "mean"]) == 0
+                     str(tmp_path / "v.npy"), "--pooling", "mean", *again]) == 0
     vectors = np.load(tmp_path / "v.npy")
     assert vectors.shape == (3, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+  # An existing output needs --overwrite; the input is never the output.
+  for output, flags, message in (("v.npy", [], "v.npy: exists; pass --overwrite"),
+                                 ("sentences.txt", ["--overwrite"], "sentences.txt: is also the input")):
+    assert cli.main(["embed", "--model", str(bert), "--input", str(sentences), "--output",
+                     str(tmp_path / output), *flags]) == 2
+    assert message in capsys.readouterr().err
+  assert sentences.read_text().startswith("w0 w30 .")
 
 
 def test_bad_inputs_are_named(bert, tmp_path):
