@@ -105,7 +105,7 @@ def _finetune(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
   config = _task_config(args)
   results = _job(config).evaluate(config, args.workdir)
-  print(f"scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
+  print(f"scores {json.dumps(results)}, written under {os.path.join(args.workdir, 'evaluations')}")
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -39,6 +39,7 @@ from flaxbert.train import StopRequest, boxed_param_shapes, create_train_state, 
 log = logging.getLogger("flaxbert")
 TASK_FILE = "task.json"
 RESULTS_FILE = "eval_results.json"
+EVALUATIONS = "evaluations"
 
 
 def optimizer_section(config: ml_collections.ConfigDict, num_train_steps: int) -> ml_collections.ConfigDict:
@@ -120,8 +121,9 @@ class Job:
     return jax.jit(step, in_shardings=(params_sharding, sharding.batch_sharding(self.mesh)),
                    out_shardings=NamedSharding(self.mesh, P()))
 
-  def evaluate_files(self, params, predict_step, evals, write_predictions: bool) -> dict:
-    """Scores of each (name, examples, features); the first file's unprefixed."""
+  def evaluate_files(self, params, predict_step, evals, write_predictions: bool, out_dir: Path | None = None) -> dict:
+    """Scores of each (name, examples, features); the first file's unprefixed. Predictions of the
+    first go to out_dir (default: the workdir)."""
     results = {}
     for n, (name, examples, features) in enumerate(evals):
       outputs = self.outputs(params, features, predict_step)
@@ -129,7 +131,7 @@ class Job:
       scores = self.task.score(examples, features, outputs, predictions)
       results.update({(k if n == 0 else f"{name}_{k}"): float(v) for k, v in scores.items()})
       if write_predictions and n == 0 and jax.process_index() == 0:
-        self.task.write_predictions(self.workdir / self.task.prediction_file, examples, predictions)
+        self.task.write_predictions((out_dir or self.workdir) / self.task.prediction_file, examples, predictions)
     return results
 
   def eval_sets(self) -> list:
@@ -140,6 +142,12 @@ class Job:
       examples = self.read(path, c.eval_split, False, "eval_path")
       sets.append((Path(path).stem, examples))
     return sets
+
+
+def evaluation_dir(workdir: Path, name: str) -> Path:
+  """WORKDIR/evaluations/NAME/: where `evaluate` on eval file NAME writes its scores and
+  predictions, beside (never over) the fine-tuning run's own dev results."""
+  return workdir / EVALUATIONS / name
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -332,7 +340,8 @@ def _restore(config: ml_collections.ConfigDict, workdir: Path, devices=None):
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
-  """Scores the workdir's newest checkpoint on config.eval_path; writes WORKDIR/eval_results.json."""
+  """Scores the workdir's newest checkpoint on config.eval_path; writes the scores and the first
+  file's predictions to WORKDIR/evaluations/STEM/ (STEM: the first eval file's name)."""
   workdir = Path(workdir)
   job, params, predict_step = _restore(config, workdir, devices)
   sets = job.eval_sets()
@@ -340,8 +349,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=Non
     raise InputError("eval_path: required")
   job.task.check(sets)
   evals = [(name, ex, job.task.featurize(ex, job.tokenizer, training=False)) for name, ex in sets]
-  results = job.evaluate_files(params, predict_step, evals, write_predictions=True)
-  write_json(workdir / RESULTS_FILE, results)
+  out = evaluation_dir(workdir, sets[0][0])
+  results = job.evaluate_files(params, predict_step, evals, write_predictions=True, out_dir=out)
+  write_json(out / RESULTS_FILE, results)
   return results
 
 

@@ -42,7 +42,8 @@ from flaxbert.atomic import atomic_file
 from flaxbert.config import SIZES, BertConfig
 from flaxbert.errors import InputError
 from flaxbert.losses import token_cross_entropy
-from flaxbert.finetune import RESULTS_FILE, TASK_FILE, check_record, fit, optimizer_section, write_json
+from flaxbert.finetune import (RESULTS_FILE, TASK_FILE, check_record, evaluation_dir, fit, optimizer_section,
+                               write_json)
 from flaxbert.pretrained import load
 from flaxbert.tasks import batching, parallel
 from flaxbert.tasks.readers import ReadReport, _lines
@@ -289,7 +290,8 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
-  """Scores the workdir's newest checkpoint on config.eval_path; writes WORKDIR/eval_results.json."""
+  """Scores the workdir's newest checkpoint on config.eval_path; writes the scores and hypotheses to
+  WORKDIR/evaluations/STEM/ (finetune.evaluation_dir)."""
   s, params, record, config = restore(workdir, config, devices)
   if record["task"] != config.task:
     raise InputError(f"{Path(workdir) / TASK_FILE}: fine-tuned for {record['task']}, but the config is for "
@@ -297,8 +299,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=Non
   evals = eval_sets(config)
   if not evals:
     raise InputError("eval_path: required")
-  results = evaluate_sets(config, s, params, evals, Path(workdir))
-  write_json(Path(workdir) / RESULTS_FILE, results)
+  out = evaluation_dir(Path(workdir), evals[0][0])
+  results = evaluate_sets(config, s, params, evals, out)
+  write_json(out / RESULTS_FILE, results)
   return results
 
 

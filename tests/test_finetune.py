@@ -50,6 +50,13 @@ def test_sst2_trains_scores_resumes_evaluates_and_predicts(bert, tmp_path):
   gold = [l.split("\t")[1] for l in dev.read_text().splitlines()[1:]]
   assert results["accuracy"] == pytest.approx(np.mean([p["prediction"] == g for p, g in zip(preds, gold)]))
   # evaluate and predict from the workdir, via the command line
+  own = (tmp_path / "run" / "eval_results.json").read_text()
+  c.eval_path = str(write_sst2(tmp_path / "other.tsv", 9, 3))
+  other = evaluate(c, tmp_path / "run")  # goes beside the run's own results, never over them
+  assert json.loads((tmp_path / "run" / "evaluations" / "other" / "eval_results.json").read_text()) == other
+  assert (tmp_path / "run" / "evaluations" / "other" / "predictions.jsonl").is_file()
+  assert (tmp_path / "run" / "eval_results.json").read_text() == own
+  c.eval_path = str(dev)
   again = evaluate(c, tmp_path / "run")
   assert again == pytest.approx(results)
   c.eval_path = f"{dev},{write_sst2(tmp_path / 'dev_mismatched.tsv', 9, 2)}"  # e.g. MNLI's two dev sets

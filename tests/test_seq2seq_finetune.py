@@ -71,6 +71,9 @@ def test_translation_from_random_init_trains_scores_resumes_and_generates(transl
   logged = len(losses(w))
   assert train_and_evaluate(c, w) == results and len(losses(w)) == logged
   assert evaluate(c, w) == results
+  [out] = (w / "evaluations").iterdir()  # beside the run's own results and hypotheses
+  assert json.loads((out / "eval_results.json").read_text()) == results
+  assert (out / "hypotheses.txt").read_text() == (w / "hypotheses.txt").read_text()
   # generation: one line per input line, blank lines kept; the same text as evaluation's
   src = tmp_path / "in.txt"
   dev_sources = Path(c.eval_path.split("|")[0]).read_text().splitlines()
