@@ -77,7 +77,18 @@ def load(path: str | os.PathLike) -> Loaded:
   config = config.replace(param_dtype=_param_dtype(params, config))
   folder = path if path.is_dir() else path.parent
   vocab = folder / VOCAB if (folder / VOCAB).is_file() else None
+  if vocab is not None:
+    _check_vocab_fits(vocab, config)
   return Loaded(config, params, heads, pooler, kind, vocab)
+
+
+def _check_vocab_fits(vocab: Path, config: BertConfig) -> None:
+  """Token ids past the embedding table would read nothing (NaN vectors), so refuse them here."""
+  from flaxbert.tokenization import read_wordpiece_vocab  # pylint: disable=import-outside-toplevel
+  size = len(read_wordpiece_vocab(vocab))
+  if size > config.vocab_size:
+    raise InputError(f"{vocab}: {size} tokens, but the model's vocab_size is {config.vocab_size}; "
+                     "the vocabulary does not belong to these weights")
 
 
 def _param_dtype(params: dict, config: BertConfig) -> str:

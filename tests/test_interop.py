@@ -220,6 +220,11 @@ def test_convert_refuses_to_write_over_its_source_or_a_workdir(tmp_path, tiny_mo
     with pytest.raises(InputError, match="holds the input .*src; writing there would delete what is read"):
       convert(src, dst, "flaxbert", overwrite=True)
   assert (src / "model.safetensors").is_file()
+  # A vocabulary longer than the embedding table is not this model's (its extra ids would read NaN).
+  (src / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(tiny_model.config.vocab_size + 1)) + "\n")
+  with pytest.raises(InputError, match=rf"vocab.txt: {tiny_model.config.vocab_size + 1} tokens, but the "
+                                       rf"model's vocab_size is {tiny_model.config.vocab_size}"):
+    load(src)
   workdir = tmp_path / "workdir"
   (workdir / "checkpoints").mkdir(parents=True)
   (workdir / "flaxbert_config.json").write_text((src / "config.json").read_text())
