@@ -39,6 +39,7 @@ from flaxbert.train import StopRequest, boxed_param_shapes, create_train_state, 
 log = logging.getLogger("flaxbert")
 TASK_FILE = "task.json"
 RESULTS_FILE = "eval_results.json"
+MIN_SEQ_LENGTH = 8
 EVALUATIONS = "evaluations"
 
 
@@ -58,6 +59,9 @@ class Job:
                devices=None):
     self.config, self.workdir, self.tokenizer = config, workdir, tokenizer
     self.task = get_task(config)
+    if config.max_seq_length < MIN_SEQ_LENGTH:
+      raise InputError(f"max_seq_length: {config.max_seq_length} leaves next to no room for text beside "
+                       f"[CLS]/[SEP]; expected at least {MIN_SEQ_LENGTH} (BERT's recipes use 128–512)")
     if config.max_seq_length > cfg.max_position_embeddings:
       raise InputError(f"max_seq_length: {config.max_seq_length} exceeds the model's "
                        f"max_position_embeddings {cfg.max_position_embeddings}")
@@ -181,7 +185,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   train_examples = job.read(c.train_path, c.train_split, True, "train_path")
   eval_sets = job.eval_sets()
   task.fit(train_examples, eval_sets)
+  if not c.num_epochs > 0:
+    raise InputError(f"num_epochs: expected a number > 0, got {c.num_epochs!r}")
   train = task.featurize(train_examples, tokenizer, training=True)
+  if not len(train):
+    raise InputError(f"train_path: {c.train_path}: none of its {len(train_examples)} example(s) gives a training "
+                     "feature (see the warnings above); nothing to train on")
   check_record(workdir, _task_record(job, train.arrays))  # the per-example layout (packing may vary)
   train_arrays, train_batch = job.rows(train, c.batch_size)
   if jax.process_index() == 0:

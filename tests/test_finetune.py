@@ -187,6 +187,18 @@ def test_bad_inputs_are_named(bert, tmp_path):
     train_and_evaluate(config("glue_sst2", bert, tmp_path / "missing.tsv", train), tmp_path / "b")
   with pytest.raises(InputError, match="max_seq_length"):
     train_and_evaluate(config("glue_sst2", bert, train, train, max_seq_length=4096), tmp_path / "c")
+  with pytest.raises(InputError, match="max_seq_length: 2 leaves next to no room for text"):
+    train_and_evaluate(config("glue_sst2", bert, train, train, max_seq_length=2), tmp_path / "c")
+  with pytest.raises(InputError, match="num_epochs: expected a number > 0, got -1"):
+    train_and_evaluate(config("glue_sst2", bert, train, train, num_epochs=-1.0), tmp_path / "c")
+  # SQuAD training data whose answers are never in their contexts: nothing to train on, nothing written.
+  squad = json.loads(write_squad(tmp_path / "sq.json", 4, 0).read_text())
+  for article in squad["data"]:
+    article["paragraphs"][0]["qas"][0]["answers"][0]["text"] = "absent"
+  (tmp_path / "sq.json").write_text(json.dumps(squad))
+  with pytest.raises(InputError, match=r"train_path: .*sq.json: none of its 0 example\(s\) gives a training feature"):
+    train_and_evaluate(config("squad_v1", bert, tmp_path / "sq.json", tmp_path / "sq.json"), tmp_path / "e")
+  assert not (tmp_path / "e").exists() or not list((tmp_path / "e").iterdir())
   dev = write_sst2(tmp_path / "dev.tsv", 8, 1)
   train_and_evaluate(config("glue_sst2", bert, train, dev, num_epochs=1.0), tmp_path / "d")
   with pytest.raises(InputError, match="another task"):
