@@ -36,6 +36,10 @@ class Embedder:
   def __init__(self, path: str | Path, pooling: str = "mean", max_seq_length: int = 128,
                batch_size: int = 64, lower_case: bool | None = None):
     path = Path(path)
+    if max_seq_length < 3:
+      raise InputError(f"max_seq_length: expected at least 3 ([CLS], a token, [SEP]), got {max_seq_length}")
+    if batch_size < 1:
+      raise InputError(f"batch_size: expected a positive integer, got {batch_size}")
     if (path / "task.json").is_file():
       cfg, bert = _finetuned_encoder(path)
       vocab_dir = path
@@ -73,7 +77,13 @@ def read_lines(path: str | Path) -> list[str]:
   path = Path(path)
   if not path.is_file():
     raise InputError(f"{path}: no such file")
-  lines = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+  data = path.read_bytes()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data[:e.start].count(b"\n") + 1
+    raise InputError(f"{path}:{line}: not UTF-8 (byte {e.start}); expected UTF-8 text, one sentence per line") from None
+  lines = [line.rstrip("\r\n") for line in text.splitlines()]
   for i, line in enumerate(lines, 1):
     if not line.strip():
       raise InputError(f"{path}:{i}: empty line; expected one sentence per line")

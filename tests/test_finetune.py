@@ -262,3 +262,15 @@ def test_encoder_weights_from_every_checkpoint_kind(tmp_path):
   wrong["bert"]["embeddings"]["word_embeddings"]["embedding"] = np.zeros((7, 32), np.float32)
   with pytest.raises(InputError, match="shapes differ"):
     encoder_weights(fresh, wrong, "wrong")
+
+
+def test_embed_bad_arguments_are_named(bert, tmp_path):
+  from flaxbert.embed import Embedder, read_lines  # pylint: disable=import-outside-toplevel
+  bad = tmp_path / "s.txt"
+  bad.write_bytes(b"w1 w2 .\nw3 \xff .\n")
+  with pytest.raises(InputError, match=r"s.txt:2: not UTF-8 \(byte 11\)"):
+    read_lines(bad)
+  with pytest.raises(InputError, match="max_seq_length: expected at least 3"):
+    Embedder(bert, max_seq_length=0)
+  with pytest.raises(InputError, match="batch_size: expected a positive integer, got -1"):
+    Embedder(bert, batch_size=-1)
