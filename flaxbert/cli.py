@@ -24,7 +24,8 @@ def _convert(args: argparse.Namespace) -> None:
     return
   loaded = convert(args.src, args.dst, args.to, overwrite=args.overwrite)
   cfg = loaded.config
-  print(f"converted {loaded.kind} → {args.to}: {args.dst} (L{cfg.num_hidden_layers}/H{cfg.hidden_size}, "
+  source = loaded.kind if loaded.step is None else f"{loaded.kind} step {loaded.step}"
+  print(f"converted {source} → {args.to}: {args.dst} (L{cfg.num_hidden_layers}/H{cfg.hidden_size}, "
         f"{'with' if loaded.heads else 'without'} pretraining heads"
         f"{', vocab.txt copied' if loaded.vocab else ''})")
 

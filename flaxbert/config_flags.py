@@ -31,7 +31,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise InputError(f"--config {spec}: {path} defines no get_config()")
-  config = module.get_config(arg) if arg else module.get_config()
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except ValueError as e:  # the config files' own "unknown argument/task/variant" errors
+    raise InputError(f"--config {spec}: {e}") from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise InputError(f"--config {spec}: get_config must return an ml_collections.ConfigDict")
   return config

@@ -38,6 +38,7 @@ class Loaded:
   pooler: bool
   kind: str
   vocab: Path | None
+  step: int | None = None  # a training workdir's: the checkpoint step read (the newest that restores)
 
   @property
   def model(self) -> nn.Module:
@@ -65,11 +66,12 @@ def detect(path: str | os.PathLike) -> str:
 def load(path: str | os.PathLike) -> Loaded:
   path = Path(path)
   kind = detect(path)
+  step = None
   if kind == "flaxbert":
     config, params, heads, pooler = native.read(path)
   elif kind == "workdir":
     config, heads, pooler = native.read_header(path)
-    _, params = checkpoint.restore_params(path, param_shapes(build_model(config, heads, pooler)))
+    step, params = checkpoint.restore_params(path, param_shapes(build_model(config, heads, pooler)))
   else:
     config, tensors = (hf if kind == "hf" else tf1).read(path)
     fmt = "hf" if kind == "hf" else "tf"
@@ -79,7 +81,7 @@ def load(path: str | os.PathLike) -> Loaded:
   vocab = folder / VOCAB if (folder / VOCAB).is_file() else None
   if vocab is not None:
     _check_vocab_fits(vocab, config)
-  return Loaded(config, params, heads, pooler, kind, vocab)
+  return Loaded(config, params, heads, pooler, kind, vocab, step)
 
 
 def _check_vocab_fits(vocab: Path, config: BertConfig) -> None:

@@ -59,3 +59,11 @@ def test_command_line_overrides_parse_by_the_fields_type():
   f = finetune.get_config("glue_sst2,tiny")
   with pytest.raises(InputError, match=r"lower_case=maybe: expected a bool"):
     apply_overrides(f, ["lower_case=maybe"])
+
+
+def test_unknown_config_argument_is_a_clean_command_line_error(capsys):
+  from flaxbert import cli  # pylint: disable=import-outside-toplevel
+  assert cli.main(["pretrain", "--config", "configs/pretrain.py:huge", "--workdir", "unused"]) == 2
+  err = capsys.readouterr().err
+  assert "flaxbert pretrain: error: --config configs/pretrain.py:huge: configs/pretrain.py: unknown argument 'huge'" in err
+  assert "Traceback" not in err

@@ -153,6 +153,8 @@ def test_corrupt_latest_checkpoint_falls_back_without_deleting(dataset, tmp_path
   for f in (run / "checkpoints" / "6" / "params").rglob("*"):
     if f.is_file() and f.stat().st_size > 100:
       f.write_bytes(b"\0" * f.stat().st_size)
+  from flaxbert.pretrained import load  # pylint: disable=import-outside-toplevel
+  assert load(run).step == 3  # what an export of the workdir reads, and `convert` prints
   with caplog.at_level("WARNING", logger="flaxbert"):
     summary = train_and_evaluate(tiny_config(dataset, num_train_steps=9), run)
   assert "checkpoint step 6" in caplog.text and "cannot be restored" in caplog.text
