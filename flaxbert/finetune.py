@@ -170,6 +170,7 @@ def _task_record(job: Job, arrays: dict) -> dict:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
   """Fine-tunes as `config` says in `workdir` (resuming what is there); returns the final dev scores."""
   workdir = Path(workdir)
+  check_finetune_workdir(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   sharding.initialize_distributed()
   if not config.init:
@@ -311,6 +312,13 @@ def _unsupervised(job: Job) -> dict:
     raise InputError("eval_path: required (no train_path: the encoder is scored without training)")
   write_json(job.workdir / RESULTS_FILE, results)
   return results
+
+
+def check_finetune_workdir(workdir: Path) -> None:
+  """Refuses, before anything is written there, a workdir with checkpoints of another kind of run."""
+  if (workdir / checkpoint.CHECKPOINTS).is_dir() and not (workdir / TASK_FILE).is_file():
+    raise InputError(f"{workdir}: holds checkpoints but no {TASK_FILE}: not a fine-tuning workdir (a pretraining "
+                     "one?); fine-tune into a new workdir, with this one as --config.init")
 
 
 def check_record(workdir: Path, record: dict) -> None:

@@ -42,8 +42,8 @@ from flaxbert.atomic import atomic_file
 from flaxbert.config import SIZES, BertConfig
 from flaxbert.errors import InputError
 from flaxbert.losses import token_cross_entropy
-from flaxbert.finetune import (RESULTS_FILE, TASK_FILE, check_record, evaluation_dir, fit, optimizer_section,
-                               write_json)
+from flaxbert.finetune import (RESULTS_FILE, TASK_FILE, check_finetune_workdir, check_record, evaluation_dir, fit,
+                               optimizer_section, write_json)
 from flaxbert.pretrained import load
 from flaxbert.tasks import batching, parallel
 from flaxbert.tasks.readers import ReadReport, _lines
@@ -179,6 +179,7 @@ def optimizer(opt_config: ml_collections.ConfigDict, fresh_lr_scale: float, mode
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
   """Trains as `config` says in `workdir` (resuming what is there); returns the final dev scores."""
   c, workdir = config, Path(workdir)
+  check_finetune_workdir(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   sharding.initialize_distributed()
   if c.warm_start not in WARM_STARTS:

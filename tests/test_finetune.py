@@ -201,6 +201,11 @@ def test_bad_inputs_are_named(bert, tmp_path):
   assert not (tmp_path / "e").exists() or not list((tmp_path / "e").iterdir())
   dev = write_sst2(tmp_path / "dev.tsv", 8, 1)
   train_and_evaluate(config("glue_sst2", bert, train, dev, num_epochs=1.0), tmp_path / "d")
+  pretraining = tmp_path / "pretraining"
+  (pretraining / "checkpoints").mkdir(parents=True)
+  with pytest.raises(InputError, match="holds checkpoints but no task.json: not a fine-tuning workdir"):
+    train_and_evaluate(config("glue_sst2", bert, train, dev), pretraining)
+  assert [p.name for p in pretraining.iterdir()] == ["checkpoints"]
   with pytest.raises(InputError, match="another task"):
     train_and_evaluate(config("glue_mrpc", bert, write_mrpc(tmp_path / "m.tsv", 8, 0), write_mrpc(tmp_path / "n.tsv", 8, 0)),
                        tmp_path / "d")
