@@ -20,6 +20,9 @@ import ml_collections
 from ml_collections import config_dict
 
 GLUE = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+# (text_a, text_b) columns of the GLUE tasks' CSV/JSONL exports that differ from sentence1/sentence2.
+GLUE_TEXT_COLUMNS = {"cola": ("sentence", ""), "sst2": ("sentence", ""), "qqp": ("question1", "question2"),
+                     "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence")}
 SEQ2SEQ_TASKS = ("translation", "summarization_abstractive")
 TASKS = tuple(f"glue_{t}" for t in GLUE) + ("ner", "squad_v1", "squad_v2", "similarity", "summarization") + SEQ2SEQ_TASKS
 
@@ -113,6 +116,8 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
 
   if task.startswith("glue_"):
     c.learning_rate = 2e-5
+    # CSV/JSONL exports of GLUE (HF datasets, TFDS) name the texts per task.
+    c.text_a_column, c.text_b_column = GLUE_TEXT_COLUMNS.get(task[len("glue_"):], ("sentence1", "sentence2"))
   if task == "ner":
     c.learning_rate = 5e-5
   if task in ("squad_v1", "squad_v2"):

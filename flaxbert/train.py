@@ -293,6 +293,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   sharding.initialize_distributed()
   if not config.dataset_dir:
     raise InputError("dataset_dir: required (a folder written by `flaxbert prepare`)")
+  if not (isinstance(config.num_train_steps, int) and config.num_train_steps >= 1):
+    raise InputError(f"num_train_steps: expected a positive integer, got {config.num_train_steps!r}")
   remat = check_remat_policy(config.model.remat_policy, "model.remat_policy")
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_from_config(config.sharding_rules)

@@ -292,3 +292,17 @@ def test_truncate_pair_is_the_originals(a, b, limit, want_a, want_b):
   assert truncate_pair(a, b, limit) is True
   assert (a, b) == (want_a, want_b)
   assert truncate_pair(a, b, limit) is False
+
+
+def test_glue_csv_exports_read_with_each_tasks_own_column_names(tmp_path):
+  """HF datasets' / TFDS's GLUE columns: SST-2 `sentence`, QNLI `question` + `sentence`, MNLI `premise` + `hypothesis`."""
+  from configs import finetune  # pylint: disable=import-outside-toplevel
+  from flaxbert.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
+  files = {"glue_sst2": ("sentence,label\nw1 w2,1\n", ("w1 w2", None)),
+           "glue_qnli": ("question,sentence,label\nq1?,s1.,entailment\n", ("q1?", "s1.")),
+           "glue_mnli": ("premise,hypothesis,label\np1,h1,neutral\n", ("p1", "h1"))}
+  for task, (text, want) in files.items():
+    path = tmp_path / f"{task}.csv"
+    path.write_text(text)
+    [example] = get_task(finetune.get_config(f"{task},tiny")).read(str(path), None, True)
+    assert (example.text_a, example.text_b) == want, task

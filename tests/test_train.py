@@ -287,6 +287,8 @@ def test_rbg_dropout_prng_trains_and_bad_names_are_refused(dataset, tmp_path):
   assert summary["step"] == 2 and np.isfinite(summary["final_train_metrics"]["loss"])
   with pytest.raises(InputError, match="rng_impl: expected one of"):
     train_and_evaluate(tiny_config(dataset, num_train_steps=2, rng_impl="mt19937"), tmp_path / "bad")
+  with pytest.raises(InputError, match="num_train_steps: expected a positive integer, got -5"):
+    train_and_evaluate(tiny_config(dataset, num_train_steps=-5), tmp_path / "bad")
   # A refused configuration leaves nothing in the workdir that looks like a started run.
   with pytest.raises(InputError, match=r"optim.warmup_steps: expected 0…num_train_steps \(2\)"):
     train_and_evaluate(tiny_config(dataset, **{"num_train_steps": 2, "optim.warmup_steps": 10}), tmp_path / "warm")
