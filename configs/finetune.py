@@ -43,7 +43,7 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   c.eval_split = config_dict.placeholder(str)  # … and which rows evaluate
   c.max_seq_length = 128  # wordpieces per sequence, [CLS]/[SEP] included; longer inputs truncated/windowed
   c.lower_case = config_dict.placeholder(bool)  # tokenizer casing; None: what the checkpoint's vocab says
-  c.text_a_column = "sentence1"  # CSV/JSONL files: the first text's column (GLUE TSVs use fixed columns)
+  c.text_a_column = "sentence1"  # CSV/JSONL files: the first text's column (GLUE: GLUE_TEXT_COLUMNS; TSVs fixed)
   c.text_b_column = "sentence2"  # CSV/JSONL: the second text's column ("" for single-sentence tasks)
   c.label_column = "label"  # CSV/JSONL: the label (or score) column
   # --- training -----------------------------------------------------------------------------------
