@@ -306,3 +306,14 @@ def test_glue_csv_exports_read_with_each_tasks_own_column_names(tmp_path):
     path.write_text(text)
     [example] = get_task(finetune.get_config(f"{task},tiny")).read(str(path), None, True)
     assert (example.text_a, example.text_b) == want, task
+
+
+def test_ner_tag_unseen_in_training_is_named_at_its_own_line(tmp_path):
+  from configs import finetune  # pylint: disable=import-outside-toplevel
+  from flaxbert.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
+  task = get_task(finetune.get_config("ner,tiny"))
+  (tmp_path / "train.txt").write_text("w1\tB-PER\nw2\tO\n\nw3\tO\n")
+  (tmp_path / "dev.txt").write_text("w1\tO\nw2\tB-FOO\n\nw3\tO\n")
+  task.learn(task.read(str(tmp_path / "train.txt"), None, True))
+  with pytest.raises(InputError, match=r"dev.txt:2: tag\(s\) \['B-FOO'\] of the dev data are not among"):
+    task.check([("dev", task.read(str(tmp_path / "dev.txt"), None, False))])

@@ -44,7 +44,9 @@ class TokenClassification(Task):
     for name, examples in sets:
       unknown = sorted({t for e in examples for t in (e.tags or ())} - set(self.labels))
       if unknown:
-        where = next(e.source for e in examples if set(e.tags or ()) & set(unknown))
+        e, i = next((e, i) for e in examples for i, t in enumerate(e.tags or ()) if t in unknown)
+        path, _, first = e.source.rpartition(":")
+        where = f"{path}:{int(first) + i}" if first.isdigit() else e.source  # one token a line
         raise InputError(f"{where}: tag(s) {unknown} of the {name} data are not among the training file's tags "
                          f"(tags: {self.labels}); the label sets must agree")
 
