@@ -46,6 +46,9 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   c.text_a_column = "sentence1"  # CSV/JSONL files: the first text's column (GLUE: GLUE_TEXT_COLUMNS; TSVs fixed)
   c.text_b_column = "sentence2"  # CSV/JSONL: the second text's column ("" for single-sentence tasks)
   c.label_column = "label"  # CSV/JSONL: the label (or score) column
+  # GLUE TSVs: skip (and count, in the log) rows with the wrong number of columns instead of stopping
+  # at the first, as the reference processors do with QQP's few broken rows.
+  c.skip_malformed_rows = False
   # --- training -----------------------------------------------------------------------------------
   c.learning_rate = 2e-5  # peak learning rate (paper grid: 5e-5, 3e-5, 2e-5)
   c.batch_size = 32  # global training batch (paper: 16 or 32); packed tasks: examples a batch on average

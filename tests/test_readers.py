@@ -156,6 +156,14 @@ def test_qqp_skip_malformed(tmp_path):
   assert [e.guid for e in examples] == ["1", "3"]
   assert (report.examples, report.skipped, report.reasons) == (2, 1, {"4 columns instead of 6": 1})
   assert len(readers.read_glue("qqp", path, skip_malformed=True)) == 2
+  # The fine-tuning config's switch reaches the reader; the error names it.
+  from configs import finetune  # pylint: disable=import-outside-toplevel
+  from flaxbert.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
+  c = finetune.get_config("glue_qqp,tiny")
+  with pytest.raises(InputError, match=r"got 4 \(--config.skip_malformed_rows=true skips such rows\)"):
+    get_task(c).read(str(path), None, True)
+  c.skip_malformed_rows = True
+  assert [e.guid for e in get_task(c).read(str(path), None, True)] == ["1", "3"]
 
 
 def test_not_utf8_names_the_line(tmp_path):

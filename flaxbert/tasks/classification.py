@@ -39,7 +39,7 @@ class Classification(Task):
     if path.endswith((".csv", ".jsonl")) or self.glue is None:
       c = self.config
       return readers.read_table(path, c.text_a_column, c.text_b_column or None, c.label_column)
-    return readers.read_glue(self.config.task[len("glue_"):], path)
+    return readers.read_glue(self.config.task[len("glue_"):], path, skip_malformed=self.config.skip_malformed_rows)
 
   def learn(self, train) -> None:
     unlabelled = [e for e in train if e.label is None]
