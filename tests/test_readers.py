@@ -4,7 +4,7 @@ import json
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.tasks import readers
+from flaxbert.tasks import glue_tsv, readers
 from flaxbert.tasks.readers import ReadReport, TaggedExample, TextExample
 
 
@@ -68,20 +68,20 @@ def fields(e: TextExample) -> tuple:
 @pytest.mark.parametrize("task", sorted(GLUE_FILES))
 def test_read_glue_every_task(tmp_path, task):
   train_lines, train_first, test_lines, test_first = GLUE_FILES[task]
-  train = readers.read_glue(task, write(tmp_path, "train.tsv", train_lines))
+  train = glue_tsv.read_glue(task, write(tmp_path, "train.tsv", train_lines))
   assert fields(train[0]) == train_first
   first_line = 1 if task == "cola" else 2
   assert train[0].source == f"{tmp_path / 'train.tsv'}:{first_line}"
-  test = readers.read_glue(task, write(tmp_path, "test.tsv", test_lines))
+  test = glue_tsv.read_glue(task, write(tmp_path, "test.tsv", test_lines))
   assert [fields(e) for e in test] == [test_first]
-  fmt = readers.GLUE_FORMATS[task]
+  fmt = glue_tsv.GLUE_FORMATS[task]
   assert fmt.metrics and (fmt.labels is None) == (task == "stsb")
   if fmt.labels is not None:
     assert train[0].label in fmt.labels
 
 
 def test_glue_formats():
-  f = readers.GLUE_FORMATS
+  f = glue_tsv.GLUE_FORMATS
   assert sorted(f) == ["cola", "mnli", "mrpc", "qnli", "qqp", "rte", "sst2", "stsb", "wnli"]
   assert f["mnli"].labels == ("contradiction", "entailment", "neutral")
   assert f["qnli"].labels == f["rte"].labels == ("entailment", "not_entailment")
@@ -98,16 +98,16 @@ def test_glue_formats():
 def test_mnli_dev_has_16_columns(tmp_path):
   head = MNLI_HEAD + ["label1", "label2", "label3", "label4", "label5", "gold_label"]
   row = MNLI_ROW + ["neutral", "contradiction", "contradiction", "contradiction", "contradiction", "contradiction"]
-  dev = readers.read_glue("mnli", write(tmp_path, "dev_matched.tsv", [head, row]))
+  dev = glue_tsv.read_glue("mnli", write(tmp_path, "dev_matched.tsv", [head, row]))
   assert dev[0].label == "contradiction"  # gold_label, the last column
   with pytest.raises(InputError, match=r"dev_matched.tsv:3: expected 16 tab-separated columns \(index, "):
-    readers.read_glue("mnli", write(tmp_path, "dev_matched.tsv", [head, row, row[:12]]))
+    glue_tsv.read_glue("mnli", write(tmp_path, "dev_matched.tsv", [head, row, row[:12]]))
 
 
 def test_glue_keeps_quotes_and_drops_a_bom(tmp_path):
   lines = [["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], ["0", "1", "2", '"He said', 'it"']]
   path = write(tmp_path, "dev.tsv", lines, encoding="utf-8-sig")
-  [e] = readers.read_glue("mrpc", path)
+  [e] = glue_tsv.read_glue("mrpc", path)
   assert (e.text_a, e.text_b, e.label) == ('"He said', 'it"', "0")
 
 
@@ -115,34 +115,34 @@ def test_glue_errors(tmp_path):
   sst = [["sentence", "label"], ["good", "1"]]
   path = write(tmp_path, "train.tsv", sst + [["bad", "1", "extra"]])
   with pytest.raises(InputError, match=r"train.tsv:3: expected 2 tab-separated columns \(sentence, label\), got 3"):
-    readers.read_glue("sst2", path)
+    glue_tsv.read_glue("sst2", path)
   path = write(tmp_path, "dev.tsv", sst + [["so-so", "2"]])
   with pytest.raises(InputError, match=r"dev.tsv:3: unknown sst2 label '2'; expected one of \['0', '1'\]"):
-    readers.read_glue("sst2", path)
+    glue_tsv.read_glue("sst2", path)
   path = write(tmp_path, "dev.tsv", [["index", "sentence1", "sentence2", "label"], ["0", "a", "b", "neutral"]])
   with pytest.raises(InputError, match=r"dev.tsv:2: unknown rte label 'neutral'.*not_entailment"):
-    readers.read_glue("rte", path)
+    glue_tsv.read_glue("rte", path)
   empty = tmp_path / "empty.tsv"
   empty.write_text("")
   with pytest.raises(InputError, match=r"empty.tsv:1: empty file"):
-    readers.read_glue("cola", str(empty))
+    glue_tsv.read_glue("cola", str(empty))
   with pytest.raises(InputError, match=r"head.tsv: no examples after the header"):
-    readers.read_glue("sst2", write(tmp_path, "head.tsv", [["sentence", "label"]]))
+    glue_tsv.read_glue("sst2", write(tmp_path, "head.tsv", [["sentence", "label"]]))
   with pytest.raises(InputError, match=r"other.tsv:1: expected the header row of a GLUE qnli file"):
-    readers.read_glue("qnli", write(tmp_path, "other.tsv", [["index", "sentence1", "sentence2", "label"]]))
+    glue_tsv.read_glue("qnli", write(tmp_path, "other.tsv", [["index", "sentence1", "sentence2", "label"]]))
   with pytest.raises(InputError, match=r"cola.tsv:1: expected 4 tab-separated columns"):
-    readers.read_glue("cola", write(tmp_path, "cola.tsv", sst))
+    glue_tsv.read_glue("cola", write(tmp_path, "cola.tsv", sst))
   with pytest.raises(InputError, match="GLUE task 'squad'"):
-    readers.read_glue("squad", path)
+    glue_tsv.read_glue("squad", path)
   with pytest.raises(InputError, match="missing.tsv: cannot read"):
-    readers.read_glue("sst2", str(tmp_path / "missing.tsv"))
+    glue_tsv.read_glue("sst2", str(tmp_path / "missing.tsv"))
 
 
 @pytest.mark.parametrize("score", ["5.5", "-0.1", "high", "nan", ""])
 def test_stsb_bad_score(tmp_path, score):
   path = write(tmp_path, "dev.tsv", [STSB_HEAD + ["score"], STSB_ROW + ["2.5"], STSB_ROW + [score]])
   with pytest.raises(InputError, match=r"dev.tsv:3: expected an STS-B similarity score, a number in \[0, 5\]"):
-    readers.read_glue("stsb", path)
+    glue_tsv.read_glue("stsb", path)
 
 
 def test_qqp_skip_malformed(tmp_path):
@@ -150,12 +150,12 @@ def test_qqp_skip_malformed(tmp_path):
   lines = [head, ["1", "2", "3", "a?", "b?", "1"], ["2", "4", "5", "broken?"], ["3", "6", "7", "c?", "d?", "0"]]
   path = write(tmp_path, "train.tsv", lines)
   with pytest.raises(InputError, match=r"train.tsv:3: expected 6 tab-separated columns .*got 4"):
-    readers.read_glue("qqp", path)
+    glue_tsv.read_glue("qqp", path)
   report = ReadReport(path)
-  examples = readers.read_glue("qqp", path, skip_malformed=True, report=report)
+  examples = glue_tsv.read_glue("qqp", path, skip_malformed=True, report=report)
   assert [e.guid for e in examples] == ["1", "3"]
   assert (report.examples, report.skipped, report.reasons) == (2, 1, {"4 columns instead of 6": 1})
-  assert len(readers.read_glue("qqp", path, skip_malformed=True)) == 2
+  assert len(glue_tsv.read_glue("qqp", path, skip_malformed=True)) == 2
   # The fine-tuning config's switch reaches the reader; the error names it.
   from configs import finetune  # pylint: disable=import-outside-toplevel
   from flaxbert.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
@@ -170,7 +170,7 @@ def test_not_utf8_names_the_line(tmp_path):
   path = tmp_path / "train.tsv"
   path.write_bytes(b"sentence\tlabel\ngood\t1\nbad \xff\t0\n")
   with pytest.raises(InputError, match=r"train.tsv:3: expected UTF-8 text"):
-    readers.read_glue("sst2", str(path))
+    glue_tsv.read_glue("sst2", str(path))
 
 
 # --- custom tables -------------------------------------------------------------------------------

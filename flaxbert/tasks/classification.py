@@ -1,6 +1,6 @@
 """Sequence classification and regression, one sentence or a pair: the GLUE tasks and custom files.
 
-GLUE TSVs are read with their shipped column layout (flaxbert.tasks.readers.GLUE_FORMATS);
+GLUE TSVs are read with their shipped column layout (flaxbert.tasks.glue_tsv.GLUE_FORMATS);
 `.csv`/`.jsonl` files (and `.tsv` files of a custom task) by column name (config.text_a_column,
 text_b_column, label_column). Inputs are `[CLS] a [SEP] b [SEP]`, truncated longest-first as the
 original run_classifier.py (the number of truncated examples is logged). The head is a dense
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxbert.errors import InputError
-from flaxbert.tasks import readers, scores, tfds_source
+from flaxbert.tasks import glue_tsv, readers, scores, tfds_source
 from flaxbert.tasks.base import Features, Specials, Task, cross_entropy, pack_pair, slot_weights, stack, truncate_pair
 
 log = logging.getLogger("flaxbert")
@@ -27,7 +27,7 @@ class Classification(Task):
 
   def __init__(self, config):
     super().__init__(config)
-    self.glue = readers.GLUE_FORMATS[config.task[len("glue_"):]] if config.task.startswith("glue_") else None
+    self.glue = glue_tsv.GLUE_FORMATS[config.task[len("glue_"):]] if config.task.startswith("glue_") else None
     self.regression = self.glue is not None and self.glue.labels is None
     self.labels: list[str] = list(self.glue.labels) if self.glue is not None and self.glue.labels else []
     self.metric_names = tuple(self.glue.metrics) if self.glue is not None else ("accuracy",)
@@ -39,7 +39,7 @@ class Classification(Task):
     if path.endswith((".csv", ".jsonl")) or self.glue is None:
       c = self.config
       return readers.read_table(path, c.text_a_column, c.text_b_column or None, c.label_column)
-    return readers.read_glue(self.config.task[len("glue_"):], path, skip_malformed=self.config.skip_malformed_rows)
+    return glue_tsv.read_glue(self.config.task[len("glue_"):], path, skip_malformed=self.config.skip_malformed_rows)
 
   def learn(self, train) -> None:
     unlabelled = [e for e in train if e.label is None]
