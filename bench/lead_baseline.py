@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flaxbert.tasks import parallel, summarization  # noqa: E402
-from flaxbert.tasks.readers import _jsonl_rows  # noqa: E402
+from flaxbert.tasks.readers import jsonl_rows  # noqa: E402
 
 
 def units(record: dict, field: str, how: str) -> list[str]:
@@ -42,7 +42,7 @@ def main() -> None:
   args = parser.parse_args()
   fields = [f for f in args.target_fields.split(",") if f]
   examples = parallel.read_spec(args.data, args.source_field, fields)
-  records = {f"{args.data}:{line}": r for line, r in _jsonl_rows(args.data)}
+  records = {f"{args.data}:{line}": r for line, r in jsonl_rows(args.data)}
   sources = [units(records[e.where], args.source_field, args.units) for e in examples]
   refs = [e.references for e in examples]
   report = {"data": args.data, "examples": len(examples), "units": args.units,

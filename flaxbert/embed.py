@@ -20,6 +20,7 @@ from flaxbert.config import BertConfig
 from flaxbert.errors import InputError
 from flaxbert.pretrained import load
 from flaxbert.tasks.model import BertForTask
+from flaxbert.tasks.readers import text_lines
 from flaxbert.tasks.similarity import encode_sentences
 from flaxbert.tokenization import load_tokenizer
 
@@ -77,13 +78,7 @@ def read_lines(path: str | Path) -> list[str]:
   path = Path(path)
   if not path.is_file():
     raise InputError(f"{path}: no such file")
-  data = path.read_bytes()
-  try:
-    text = data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = data[:e.start].count(b"\n") + 1
-    raise InputError(f"{path}:{line}: not UTF-8 (byte {e.start}); expected UTF-8 text, one sentence per line") from None
-  lines = [line.rstrip("\r\n") for line in text.splitlines()]
+  lines = [line.rstrip("\r\n") for line in text_lines(path)]
   for i, line in enumerate(lines, 1):
     if not line.strip():
       raise InputError(f"{path}:{i}: empty line; expected one sentence per line")

@@ -46,7 +46,7 @@ from flaxbert.finetune import (RESULTS_FILE, TASK_FILE, check_finetune_workdir, 
                                optimizer_section, write_json)
 from flaxbert.pretrained import load
 from flaxbert.tasks import batching, parallel
-from flaxbert.tasks.readers import ReadReport, _lines
+from flaxbert.tasks.readers import ReadReport, text_lines
 from flaxbert.tasks.scores import translation_scores
 from flaxbert.tasks.summarization import rouge_scores
 from flaxbert.tokenization import Tokenizer, load_tokenizer
@@ -315,7 +315,7 @@ def generate_file(model: str | Path, input_path: str | Path, output: str | Path,
   devices = s.mesh.shape["data"] * s.mesh.shape["fsdp"]
   if batch_size < 1 or batch_size % devices:
     raise InputError(f"--batch_size: {batch_size} must be a positive multiple of the data-parallel devices ({devices})")
-  lines = [line.strip() for line in _lines(input_path)]
+  lines = [line.strip() for line in text_lines(input_path)]
   texts = [line for line in lines if line]
   hyps = iter(s.generate(params, texts, batch_size,
                          config.beam_size if beam_size is None else beam_size,

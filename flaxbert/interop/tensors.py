@@ -72,8 +72,9 @@ def import_tensors(tensors: dict[str, np.ndarray], config: BertConfig, fmt: str,
   heads, pooler = detect_layout(tensors, fmt)
   fresh = _absent_groups(tensors, config, fmt, source) if heads else set()
   pooler = pooler or heads
-  shapes = param_shapes(build_model(config, heads, pooler))
-  init = init_params(build_model(config, heads, pooler)) if fresh else None
+  model = build_model(config, heads, pooler)
+  shapes = param_shapes(model)
+  init = init_params(model) if fresh else None
   params, expected = {}, set()
   for e in names.entries(config, heads, pooler):
     name = e.hf if fmt == "hf" else e.tf

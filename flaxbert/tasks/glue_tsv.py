@@ -123,8 +123,8 @@ def read_glue(task: str, path, skip_malformed: bool = False, report: ReadReport 
   for line, row in (rows if is_header else chain([first], rows)):
     if len(row) != len(layout.columns):
       if not skip_malformed:
-        error = column_error(path, line, layout.columns, len(row))
-        raise InputError(f"{error} (--config.skip_malformed_rows=true skips such rows)")
+        raise InputError(f"{column_error(path, line, layout.columns, len(row))} "
+                         "(--config.skip_malformed_rows=true skips such rows)")
       report.skip(f"{len(row)} columns instead of {len(layout.columns)}")
       continue
     label = None if layout.label is None else _glue_label(task, fmt, path, line, row[layout.label])

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from flaxbert.errors import InputError
-from flaxbert.tasks.readers import ReadReport, _jsonl_rows, _lines, _rows
+from flaxbert.tasks.readers import ReadReport, delimited_rows, jsonl_rows, text_lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +45,9 @@ def read_parallel(source_path, target_path=None, report: ReadReport | None = Non
   examples = []
   missing = object()
   if target_path is None:
-    pairs = ((src, None) for src in _lines(source_path))
+    pairs = ((src, None) for src in text_lines(source_path))
   else:
-    pairs = itertools.zip_longest(_lines(source_path), _lines(target_path), fillvalue=missing)
+    pairs = itertools.zip_longest(text_lines(source_path), text_lines(target_path), fillvalue=missing)
   for line, (src, tgt) in enumerate(pairs, 1):
     if src is missing or tgt is missing:
       extra = [src if tgt is missing else tgt] + [s if t is missing else t for s, t in pairs]
@@ -70,7 +70,7 @@ def read_parallel_tsv(path, report: ReadReport | None = None) -> list[ParallelEx
   """`source<TAB>target` rows; a row with another number of columns is an error naming its line."""
   report = report if report is not None else ReadReport(str(path))
   examples = []
-  for line, cells in _rows(path, "\t", quoting=False):
+  for line, cells in delimited_rows(path, "\t", quoting=False):
     if len(cells) != 2:
       raise InputError(f"{path}:{line}: expected 2 tab-separated columns (source, target), got {len(cells)}")
     src, tgt = (c.strip() for c in cells)
@@ -90,7 +90,7 @@ def read_parallel_jsonl(path, source_field: str, target_fields: Sequence[str],
   is a counted skip."""
   report = report if report is not None else ReadReport(str(path))
   examples = []
-  for line, record in _jsonl_rows(path):
+  for line, record in jsonl_rows(path):
     source = " ".join(_texts(record, source_field, path, line)).strip()
     refs = [t.strip() for name in target_fields for t in _texts(record, name, path, line)]
     if not source or (target_fields and (not refs or not refs[0])):
@@ -164,4 +164,4 @@ def filter_lengths(examples: Sequence[ParallelExample], tokenize: Callable[[str]
 
 
 def _count(path) -> int:
-  return sum(1 for _ in _lines(path))
+  return sum(1 for _ in text_lines(path))

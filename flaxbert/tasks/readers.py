@@ -72,7 +72,7 @@ def _bad_byte_line(path) -> int:
   return 1
 
 
-def _lines(path) -> Iterator[str]:
+def text_lines(path) -> Iterator[str]:
   """The file's lines (UTF-8, an optional BOM dropped, universal newlines; .gz files gunzipped)."""
   try:
     with _open_text(path) as f:
@@ -86,9 +86,9 @@ def _lines(path) -> Iterator[str]:
 def delimited_rows(path, delimiter: str, quoting: bool) -> Iterator[tuple[int, list[str]]]:
   """(line, cells) of each non-blank row; a quoted (CSV) row spanning lines gets its first line."""
   if quoting:
-    reader = csv.reader(_lines(path), delimiter=delimiter)
+    reader = csv.reader(text_lines(path), delimiter=delimiter)
   else:
-    reader = csv.reader(_lines(path), delimiter=delimiter, quotechar=None, quoting=csv.QUOTE_NONE)
+    reader = csv.reader(text_lines(path), delimiter=delimiter, quotechar=None, quoting=csv.QUOTE_NONE)
   line = 1
   try:
     for row in reader:
@@ -138,8 +138,8 @@ def _table_rows(path, required: Sequence[str], optional: Sequence[str]) -> Itera
     yield line, {name: row[i] for name, i in index.items()}
 
 
-def _jsonl_rows(path) -> Iterator[tuple[int, dict]]:
-  for line, text in enumerate(_lines(path), 1):
+def jsonl_rows(path) -> Iterator[tuple[int, dict]]:
+  for line, text in enumerate(text_lines(path), 1):
     if not text.strip():
       continue
     try:
@@ -164,7 +164,7 @@ def read_table(path, text_a: str, text_b: str | None, label: str | None) -> list
     raise InputError(f"{path}: expected a .tsv, .csv or .jsonl file")
   jsonl = path_text.endswith(".jsonl")
   texts = [text_a] + ([text_b] if text_b else [])
-  rows = _jsonl_rows(path) if jsonl else _table_rows(path, texts, [*([label] if label else []), *_GUID_KEYS])
+  rows = jsonl_rows(path) if jsonl else _table_rows(path, texts, [*([label] if label else []), *_GUID_KEYS])
   stem, examples, labelled, first_line = Path(path).stem, [], None, 0
   for line, record in rows:
     for name in texts:
@@ -242,7 +242,7 @@ def read_conll(path) -> list[TaggedExample]:
                                     f"{path}:{start}"))
       words.clear(), tags.clear()
 
-  for line, text in enumerate(_lines(path), 1):
+  for line, text in enumerate(text_lines(path), 1):
     text = text.strip("\r\n\t ")
     if not text:
       flush()

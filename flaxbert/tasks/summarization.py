@@ -141,7 +141,7 @@ def read_summaries(path: str | os.PathLike, split: str | None = None, *, article
   without sentences are skipped; skips are counted in `report` and logged."""
   report = report if report is not None else readers.ReadReport(str(path))
   examples, other_split = [], 0
-  for line, record in readers._jsonl_rows(path):  # pylint: disable=protected-access
+  for line, record in readers.jsonl_rows(path):
     where = f"{path}:{line}"
     if split is not None:
       row_split = _field(record, "split", where)
