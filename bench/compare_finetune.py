@@ -1,7 +1,7 @@
 """flaxbert vs transformers (PyTorch) fine-tuning the same pretrained BERT on the same data.
 
 Both sides read and featurize with flaxbert's task code (identical wordpieces and windows), see
-the same batches in the same order (flaxbert.tasks.batching, one seed; for classification the
+the same batches in the same order (flaxbert.training.batching, one seed; for classification the
 examples of each of flaxbert's packed batches, one a row on the PyTorch side), start from the same
 weights — the encoder from --model, and the task head's initial values copied from flaxbert's
 init into the PyTorch model — and use the same recipe: AdamW (decay 0.01, not on LayerNorm/bias,
@@ -32,12 +32,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import finetune as finetune_config  # noqa: E402
-from flaxbert import finetune  # noqa: E402
-from flaxbert.pretrained import load  # noqa: E402
-from flaxbert.tasks import batching  # noqa: E402
-from flaxbert.tasks.model import BertForTask  # noqa: E402
-from flaxbert.tasks.registry import get_task  # noqa: E402
-from flaxbert.tokenization import load_tokenizer  # noqa: E402
+from flaxbert.finetune import job  # noqa: E402
+from flaxbert.interop.pretrained import load  # noqa: E402
+from flaxbert.training import batching, sharding  # noqa: E402
+from flaxbert.models.task_heads import BertForTask  # noqa: E402
+from flaxbert.finetune.tasks.registry import get_task  # noqa: E402
+from flaxbert.text.tokenization import load_tokenizer  # noqa: E402
 
 
 def task_files(name: str, data: Path, work: Path, args) -> dict:
@@ -73,8 +73,8 @@ def task_files(name: str, data: Path, work: Path, args) -> dict:
 
 def make_config(overrides: dict, args):
   c = finetune_config.get_config(overrides["task"])
-  c.init, c.seed, c.batch_size, c.learning_rate = args.model, args.seed, args.batch_size, args.learning_rate
-  c.eval_batch_size, c.log_every_steps, c.checkpoint_every_steps = 64, 50, 100_000
+  c.init, c.seed, c.batch_size, c.optim.learning_rate = args.model, args.seed, args.batch_size, args.learning_rate
+  c.eval_batch_size, c.log_every_steps, c.checkpoint.every_steps = 64, 50, 100_000
   c.eval_every_epoch = False
   for k, v in overrides.items():
     c[k] = v
@@ -83,7 +83,7 @@ def make_config(overrides: dict, args):
 
 def run_flaxbert(config, work: Path) -> dict:
   t0 = time.perf_counter()
-  results = finetune.train_and_evaluate(config, work / "flaxbert")
+  results = job.train_and_evaluate(config, work / "flaxbert")
   return {"scores": results, "seconds": time.perf_counter() - t0}
 
 
@@ -96,8 +96,8 @@ def run_torch(config, work: Path) -> dict:
   loaded = load(config.init)
   tokenizer = load_tokenizer(loaded.vocab or config.init)
   task = get_task(config)
-  train_examples = task.read(config.train_path, None, True)
-  evals = [("eval", task.read(config.eval_path, None, False))]
+  train_examples = task.read(config.train_path, True, "train_path")
+  evals = [("eval", task.read(config.eval_path, False, "eval_path"))]
   task.fit(train_examples, evals)
   train = task.featurize(train_examples, tokenizer, training=True)
   eval_examples = evals[0][1]
@@ -105,12 +105,13 @@ def run_torch(config, work: Path) -> dict:
   kind = {"sequence": "BertForSequenceClassification", "token": "BertForTokenClassification",
           "span": "BertForQuestionAnswering"}[task.head]
   model = getattr(transformers, kind).from_pretrained(config.init, num_labels=2 if task.head == "span" else task.num_outputs,
-                                                      hidden_dropout_prob=config.dropout,
-                                                      attention_probs_dropout_prob=config.dropout)
+                                                      hidden_dropout_prob=config.model.hidden_dropout_prob,
+                                                      attention_probs_dropout_prob=config.model.attention_probs_dropout_prob)
   # the head starts from flaxbert's initial values (same seed), so only training differs
   flax_model = BertForTask(loaded.config, task.head, task.num_outputs)
   # flaxbert's batches: packed rows (several sentences or windows a row) for packing tasks, else the features
-  arrays, rows_per_batch = finetune.Job(config, work, loaded.config, tokenizer).rows(train, config.batch_size)
+  parallel = sharding.data_parallel(sharding.make_mesh(config.mesh))
+  arrays, rows_per_batch = task.rows(train, config.batch_size, parallel)
   shapes = {k: jax.numpy.zeros((1,) + v.shape[1:], v.dtype) for k, v in arrays.items()}
   head_name = "qa_outputs" if task.head == "span" else "classifier"
   head = nn.unbox(flax_model.init(jax.random.key(config.seed), shapes)["params"])[head_name]
@@ -120,12 +121,13 @@ def run_torch(config, work: Path) -> dict:
     torch_head.bias.copy_(torch.from_numpy(np.asarray(head["bias"])))
   steps_per_epoch = batching.steps_per_epoch(len(arrays["input_ids"]), rows_per_batch)
   total = max(1, int(np.ceil(config.num_epochs * steps_per_epoch)))
-  warmup = int(round(config.warmup_proportion * total))
+  warmup = int(round(config.optim.warmup_proportion * total))
   decay = [p for n, p in model.named_parameters() if "LayerNorm" not in n and "bias" not in n]
   no_decay = [p for n, p in model.named_parameters() if "LayerNorm" in n or "bias" in n]
-  opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate,
-                          betas=(config.adam_b1, config.adam_b2), eps=config.adam_eps)
+  o = config.optim
+  opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=o.learning_rate,
+                          betas=(o.adam_b1, o.adam_b2), eps=o.adam_eps)
   schedule = torch.optim.lr_scheduler.LambdaLR(
       opt, lambda s: s / warmup if s < warmup else max(0.0, 1.0 - s / total))
   model.train()
@@ -148,7 +150,7 @@ def run_torch(config, work: Path) -> dict:
                     + torch.nn.functional.cross_entropy(out.end_logits, t["end_positions"]))
     opt.zero_grad()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), o.max_grad_norm)
     opt.step()
     schedule.step()
     if step % 50 == 0:

@@ -12,7 +12,7 @@ training mode with dropout 0.1, on the same batch: random ids, rows padded to ra
 [seq/2, seq] (the same padding mask on both sides), `predictions` masked positions per row inside
 its length (flaxbert: masked_lm_positions/ids/weights; torch: `labels` = -100 everywhere except
 those positions, as HF's data collators do) and random `next_sentence_label`s. flaxbert is
-`flaxbert.train.jit_pretraining_step` (the step as `flaxbert pretrain` compiles it) with the
+`flaxbert.pretrain.job.jit_pretraining_step` (the step as `flaxbert pretrain` compiles it) with the
 donated state of `create_train_state` (as bench/train_step.py); torch is `BertForPreTraining`
 (its default attention, sdpa) with torch.optim.AdamW, eager, `torch.set_num_threads(os.cpu_count())`.
 
@@ -21,11 +21,11 @@ round, so that drift of a shared machine hits both; every step is synchronised (
 block_until_ready; torch: cuda.synchronize on GPU) and the median step time is reported. Both
 sides compute the same model and loss, but transformers computes MLM logits at every position
 while flaxbert gathers the masked ones first (as the original BERT): MFU uses the model FLOPs at
-the masked positions (`metrics.bert_flops_per_sequence`) for both sides, so it compares
+the masked positions (`flops.bert_flops_per_sequence`) for both sides, so it compares
 implementations; `torch_hfu` counts torch's all-position head as work done.
 
 Peak FLOP/s: a `--peak_size`² matmul in the run's dtype on jax's default device is measured here
-(`metrics.measure_matmul_peak`); MFU is against the vendor figure where flaxbert.metrics knows
+(`flops.measure_matmul_peak`); MFU is against the vendor figure where flaxbert.training.flops knows
 the chip (float32 on a GPU counts as TF32, which jax's and, set here, torch's default use), else
 against the measured one. bfloat16 means bf16 compute with float32 master weights on both sides
 (flaxbert's BertConfig.dtype; torch.autocast). `--device cuda` puts torch on the GPU and requires
@@ -66,12 +66,13 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from configs import pretrain as pretrain_config  # noqa: E402
-from flaxbert import metrics, optim, sharding  # noqa: E402
-from flaxbert.config import SIZES, BertConfig  # noqa: E402
+from flaxbert.training import flops, optim, sharding  # noqa: E402
+from flaxbert.models.config import SIZES, BertConfig  # noqa: E402
 from flaxbert.errors import InputError  # noqa: E402
-from flaxbert.heads import build_model  # noqa: E402
-from flaxbert.model import check_remat_policy  # noqa: E402
-from flaxbert.train import check_rng_impl, create_train_state, jit_pretraining_step  # noqa: E402
+from flaxbert.models.pretraining import build_model  # noqa: E402
+from flaxbert.models.encoder import check_remat_policy  # noqa: E402
+from flaxbert.training.state import check_rng_impl, create_train_state  # noqa: E402
+from flaxbert.pretrain.job import jit_pretraining_step
 from bench.torch_side import TorchWorker  # noqa: E402
 
 
@@ -120,7 +121,8 @@ def add_single_run_arguments(parser: argparse.ArgumentParser, steps: int) -> Non
 
 def optimizer_config(size: str) -> ml_collections.ConfigDict:
   opt = pretrain_config.get_config(size).optim
-  opt.num_train_steps, opt.warmup_steps = 10_000, 100
+  opt.warmup_steps = 100
+  opt = optim.resolve(opt, 10_000)
   return opt
 
 
@@ -187,9 +189,9 @@ def compare_one(size: str, batch: int, args, peak: float, measured_peak: float) 
       times[name] += step_times
       round_medians[name].append(round(1000 * statistics.median(step_times), 2))
   step_s = {name: statistics.median(t) for name, t in times.items()}
-  model_flops = metrics.bert_flops_per_sequence(cfg, args.seq, args.predictions) * batch
-  torch_flops = metrics.bert_flops_per_sequence(cfg, args.seq, None) * batch  # MLM logits at all T
-  mfu = lambda flops, s, p: round(metrics.mfu(flops, s, p, 1), 4)  # noqa: E731
+  model_flops = flops.bert_flops_per_sequence(cfg, args.seq, args.predictions) * batch
+  torch_flops = flops.bert_flops_per_sequence(cfg, args.seq, None) * batch  # MLM logits at all T
+  mfu = lambda flops, s, p: round(flops.mfu(flops, s, p, 1), 4)  # noqa: E731
   result = {
       "size": size, "batch": batch, "seq": args.seq, "predictions": args.predictions, "dtype": args.dtype,
       "attention_dropout": cfg.attention_probs_dropout_prob,
@@ -284,9 +286,9 @@ def main() -> None:
     raise InputError(f"--predictions: expected 1 … seq - 2 = {args.seq - 2}, got {args.predictions}")
   device = jax.devices()[0]
   gpu = device.platform == "gpu"
-  measured = metrics.measure_matmul_peak(args.dtype, size=args.peak_size or (8192 if gpu else 2048),
+  measured = flops.measure_matmul_peak(args.dtype, size=args.peak_size or (8192 if gpu else 2048),
                                          seconds=args.peak_seconds)
-  vendor = metrics.peak_flops(device.device_kind, "tensorfloat32" if gpu and args.dtype == "float32" else args.dtype)
+  vendor = flops.peak_flops(device.device_kind, "tensorfloat32" if gpu and args.dtype == "float32" else args.dtype)
   peak = vendor or measured
   results = []
   for size, batch in configs:

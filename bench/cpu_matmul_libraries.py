@@ -5,7 +5,7 @@
 
 XLA's CPU backend hands each matmul to a library: YNNPACK (its default in jax 0.10), Eigen, or
 oneDNN. The choice is a compiler option (the debug options XLA_FLAGS also sets), so this compiles
-`flaxbert.train.jit_pretraining_step` once per library with jax's `compiler_options`, runs every
+`flaxbert.pretrain.job.jit_pretraining_step` once per library with jax's `compiler_options`, runs every
 executable on its own copy of one initial state with the same batch (bench/compare_train_step.py's
 synthetic batch, float32, seq 128, dropout on), and rotates which library goes first in each
 round, so that the machine's drift hits all of them. Per configuration it writes the median step per library, its speed-up
@@ -38,10 +38,11 @@ import jaxlib  # noqa: E402
 import ml_collections  # noqa: E402
 
 from bench.compare_train_step import default_predictions, make_batch, optimizer_config, parse_configs, sync_jax  # noqa: E402
-from flaxbert import optim, sharding  # noqa: E402
-from flaxbert.config import BertConfig  # noqa: E402
-from flaxbert.heads import build_model  # noqa: E402
-from flaxbert.train import create_train_state, jit_pretraining_step  # noqa: E402
+from flaxbert.training import optim, sharding  # noqa: E402
+from flaxbert.models.config import BertConfig  # noqa: E402
+from flaxbert.models.pretraining import build_model  # noqa: E402
+from flaxbert.training.state import create_train_state  # noqa: E402
+from flaxbert.pretrain.job import jit_pretraining_step
 
 LIBRARIES = {
     "ynnpack": {},  # XLA's default

@@ -2,7 +2,7 @@
 
   python bench/gpu_attention.py [--out bench/out/gpu_attention.json] [--repeats 20]
 
-`flaxbert.model.attention` (inference, and training with attention dropout 0 as in MosaicBERT and
+`flaxbert.models.encoder.attention` (inference, and training with attention dropout 0 as in MosaicBERT and
 cramming) runs `jax.nn.dot_product_attention` with `attention_implementation(...)`: cuDNN for
 bf16/fp16 on a GPU where cuDNN takes the shapes (even lengths, head width ≤ 128), XLA elsewhere.
 For each case below (BERT base heads: 12 × 64) this draws fresh
@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flaxbert.model import attention, attention_implementation, attention_segments  # noqa: E402
+from flaxbert.models.encoder import attention, attention_implementation, attention_segments  # noqa: E402
 
 HEADS, HEAD_DIM = 12, 64
 

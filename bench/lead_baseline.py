@@ -17,8 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flaxbert.tasks import parallel, summarization  # noqa: E402
-from flaxbert.tasks.readers import jsonl_rows  # noqa: E402
+from flaxbert.finetune.tasks import parallel, scores  # noqa: E402
+from flaxbert.finetune.tasks.readers import jsonl_rows  # noqa: E402
+from flaxbert.text.sentences import split_sentences  # noqa: E402
 
 
 def units(record: dict, field: str, how: str) -> list[str]:
@@ -28,7 +29,7 @@ def units(record: dict, field: str, how: str) -> list[str]:
     return [v for v in value if v.strip()]
   if how == "lines":
     return [line.strip() for line in value.splitlines() if line.strip()]
-  return summarization.split_sentences(value)
+  return split_sentences(value)
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
   report = {"data": args.data, "examples": len(examples), "units": args.units,
             "mean_units": sum(map(len, sources)) / len(sources)}
   for k in (1, 2, 3):
-    report[f"lead{k}"] = summarization.rouge_scores([" ".join(s[:k]) for s in sources], refs)
+    report[f"lead{k}"] = scores.rouge_scores([" ".join(s[:k]) for s in sources], refs)
     print(f"lead-{k}: " + " ".join(f"{key} {v:.2f}" for key, v in report[f"lead{k}"].items()))
   out = Path(args.out or Path(__file__).parent / "out" / f"lead_baseline_{Path(args.data).stem}.json")
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,11 @@
 `--task sst2` (classification), `--task ner` (WNUT-17 token classification, test set) or `--task
 squad` (SQuAD v1.1 windows: --train questions of whole articles, the next --eval questions
 evaluate, as bench/compare_finetune.py splits them). Both runs use
-flaxbert.finetune.train_and_evaluate on the same seeded subset of the training set, the same
+flaxbert.finetune.job.train_and_evaluate on the same seeded subset of the training set, the same
 pretrained model, recipe and number of epochs, and score the full dev set; the only change
 is `max_examples_per_row` (16: packed, 1: one sentence a padded row, as before packing). Wall
 time covers everything (featurizing, packing, compile, training, evaluation); a separate
-`flaxbert.finetune.evaluate` of the result is timed too (it must give the same scores), and
+`flaxbert.finetune.job.evaluate` of the result is timed too (it must give the same scores), and
 train_seconds is the wall time less that evaluation.
 
   python bench/packing_finetune.py --data ../shared/data [--task sst2|ner|squad --model DIR --train 2000
@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import finetune as finetune_config  # noqa: E402
-from flaxbert import finetune  # noqa: E402
+from flaxbert.finetune import job  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_finetune import task_files  # noqa: E402  # pylint: disable=wrong-import-position
@@ -39,15 +39,15 @@ CONFIGS = {"sst2": "glue_sst2", "ner": "ner", "squad": "squad_v1"}
 def run(args, train: Path, dev: Path, per_row: int, work: Path) -> dict:
   c = finetune_config.get_config(CONFIGS[args.task])
   c.init, c.train_path, c.eval_path = args.model, str(train), str(dev)
-  c.max_seq_length, c.batch_size, c.num_epochs, c.learning_rate = args.max_seq_length, 32, args.epochs, args.learning_rate
-  c.max_examples_per_row, c.eval_every_epoch, c.log_every_steps, c.checkpoint_every_steps = per_row, False, 10, 10**6
+  c.max_seq_length, c.batch_size, c.num_epochs, c.optim.learning_rate = args.max_seq_length, 32, args.epochs, args.learning_rate
+  c.max_examples_per_row, c.eval_every_epoch, c.log_every_steps, c.checkpoint.every_steps = per_row, False, 10, 10**6
   if work.exists():
     shutil.rmtree(work)
   t0 = time.perf_counter()
-  scores = finetune.train_and_evaluate(c, work)
+  scores = job.train_and_evaluate(c, work)
   wall = time.perf_counter() - t0
   t0 = time.perf_counter()
-  again = finetune.evaluate(c, work)
+  again = job.evaluate(c, work)
   evaluation = time.perf_counter() - t0
   assert again == scores, (again, scores)
   return {"scores": scores, "wall_seconds": wall, "evaluate_seconds": evaluation,

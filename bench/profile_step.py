@@ -40,7 +40,7 @@ import jax  # noqa: E402
 
 from bench.compare_train_step import (  # noqa: E402
     add_single_run_arguments, default_predictions, FlaxSide, make_batch)
-from flaxbert.config import BertConfig  # noqa: E402
+from flaxbert.models.config import BertConfig  # noqa: E402
 
 
 # CPU trace events that wrap or wait for the ops rather than being one.

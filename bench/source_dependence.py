@@ -16,13 +16,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flaxbert import seq2seq_finetune  # noqa: E402
-from flaxbert.tasks import parallel  # noqa: E402
-from flaxbert.tasks.readers import ReadReport  # noqa: E402
+from flaxbert.finetune.job import restore  # noqa: E402
+from flaxbert.finetune.tasks import parallel  # noqa: E402
+from flaxbert.finetune.tasks.readers import ReadReport  # noqa: E402
 
 
-def mean_nll(s, params, arrays: dict, order: np.ndarray, batch_size: int = 64) -> float:
-  step = jax.jit(lambda p, b: seq2seq_finetune.loss_sums(s.model, p, b, None, 0.0))
+def mean_nll(task, model, params, arrays: dict, order: np.ndarray, batch_size: int = 64) -> float:
+  step = jax.jit(lambda p, b: task.loss_sums(model, p, b, None))  # token_nll_sum: no label smoothing
   total = count = 0.0
   for i in range(0, len(order), batch_size):
     batch = {k: v[i:i + batch_size] for k, v in arrays.items()}
@@ -45,11 +45,12 @@ def main() -> None:
   examples = parallel.read_spec(args.pairs)[:args.limit]
   report = {}
   for workdir in args.workdirs:
-    s, params, _, _ = seq2seq_finetune.restore(workdir)
-    arrays = s.pairs(examples, ReadReport(args.pairs))
+    task, session, params = restore(workdir)
+    task.config.label_smoothing = 0.0  # the loss's smoothing term; the NLL reported does not use it
+    arrays = task.bundle(session).pairs(examples, ReadReport(args.pairs))
     n = len(arrays["labels"])
-    real = mean_nll(s, params, arrays, np.arange(n))
-    shuffled = mean_nll(s, params, arrays, np.random.default_rng(args.seed).permutation(n))
+    real = mean_nll(task, session.model, params, arrays, np.arange(n))
+    shuffled = mean_nll(task, session.model, params, arrays, np.random.default_rng(args.seed).permutation(n))
     report[workdir] = {"pairs": n, "real": real, "shuffled": shuffled, "gap": shuffled - real}
     print(f"{workdir}: NLL real {real:.3f}, shuffled sources {shuffled:.3f} (gap {shuffled - real:.3f})")
   Path(args.out).parent.mkdir(parents=True, exist_ok=True)

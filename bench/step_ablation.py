@@ -26,10 +26,11 @@ import ml_collections  # noqa: E402
 
 from bench.compare_train_step import (  # noqa: E402
     add_single_run_arguments, default_predictions, make_batch, optimizer_config)
-from flaxbert import metrics, optim, sharding  # noqa: E402
-from flaxbert.config import BertConfig  # noqa: E402
-from flaxbert.heads import build_model  # noqa: E402
-from flaxbert.train import create_train_state, jit_pretraining_step  # noqa: E402
+from flaxbert.training import flops, optim, sharding  # noqa: E402
+from flaxbert.models.config import BertConfig  # noqa: E402
+from flaxbert.models.pretraining import build_model  # noqa: E402
+from flaxbert.training.state import create_train_state  # noqa: E402
+from flaxbert.pretrain.job import jit_pretraining_step
 
 # name: (dropout PRNG, hidden dropout, attention dropout); the first is BERT's recipe.
 VARIANTS = {
@@ -61,8 +62,8 @@ def main() -> None:
             "seq": args.seq, "dtype": args.dtype, "init_s": round(time.perf_counter() - start, 2), "variants": []}
   print(f"{device.device_kind}: {args.size} batch {args.batch} seq {args.seq} {args.dtype}; init "
         f"{report['init_s']} s", flush=True)
-  flops = metrics.bert_flops_per_sequence(base_cfg, args.seq, predictions) * args.batch
-  peak = metrics.peak_flops(device.device_kind, args.dtype)
+  step_flops = flops.bert_flops_per_sequence(base_cfg, args.seq, predictions) * args.batch
+  peak = flops.peak_flops(device.device_kind, args.dtype)
   batch = sharding.global_batch(data, mesh)
   for name, (rng_impl, hidden, attn) in VARIANTS.items():
     row = {"variant": name, "rng_impl": rng_impl, "hidden_dropout": hidden, "attention_dropout": attn}
@@ -88,7 +89,7 @@ def main() -> None:
       step_s = statistics.median(times)
       row.update(step_ms=round(1e3 * step_s, 2), seq_per_s=round(args.batch / step_s, 1),
                  spread_ms=[round(1e3 * min(times), 2), round(1e3 * max(times), 2)],
-                 mfu=round(metrics.mfu(flops, step_s, peak, 1), 4) if peak else None,
+                 mfu=round(flops.mfu(step_flops, step_s, peak, 1), 4) if peak else None,
                  loss=round(float(out["loss"]), 4))
     except Exception as e:  # noqa: BLE001 — a failing variant is reported, the others still run
       row["error"] = f"{type(e).__name__}: {str(e)[:400]}"

@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import finetune as finetune_config  # noqa: E402
-from flaxbert import finetune  # noqa: E402
-from flaxbert.tasks import summarization  # noqa: E402
+from flaxbert.finetune import job  # noqa: E402
+from flaxbert.finetune.tasks import scores, summarization  # noqa: E402
 
 
 def main() -> None:
@@ -49,18 +49,18 @@ def main() -> None:
   test = summarization.read_summaries(path, "test", drop_headline=True)
   refs = [e.summary for e in test]
   report["test_documents"] = len(test)
-  report["lead3"] = summarization.rouge_scores(summarization.lead(test, 3), refs)
+  report["lead3"] = scores.rouge_scores(summarization.lead(test, 3), refs)
   oracle = [" ".join(e.sentences[i] for i in summarization.greedy_oracle(e.sentences, e.summary, 3)) for e in test]
-  report["oracle3"] = summarization.rouge_scores(oracle, refs)
+  report["oracle3"] = scores.rouge_scores(oracle, refs)
   print("lead3", report["lead3"], "oracle3", report["oracle3"], flush=True)
 
   def config():
     c = finetune_config.get_config("summarization")
     c.init, c.eval_path, c.eval_split, c.seed = args.model, path, "test", args.seed
     c.max_seq_length, c.num_epochs, c.oracle_sentences = args.max_seq_length, args.num_epochs, args.oracle_sentences
-    c.learning_rate, c.batch_size, c.eval_batch_size = args.learning_rate, args.batch_size, 16
+    c.optim.learning_rate, c.batch_size, c.eval_batch_size = args.learning_rate, args.batch_size, 16
     c.pooling, c.inter_sentence_layers = args.pooling, args.inter_sentence_layers
-    c.eval_every_epoch, c.log_every_steps, c.checkpoint_every_steps = False, 10, 100_000
+    c.eval_every_epoch, c.log_every_steps, c.checkpoint.every_steps = False, 10, 100_000
     return c
 
   skip = set(args.skip.split(","))
@@ -72,7 +72,7 @@ def main() -> None:
       c.train_path, c.train_split = path, "train"
     shutil.rmtree(work / name, ignore_errors=True)
     t0 = time.perf_counter()
-    report[name] = finetune.train_and_evaluate(c, work / name)
+    report[name] = job.train_and_evaluate(c, work / name)
     report[f"{name}_seconds"] = time.perf_counter() - t0
     print(name, report[name], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

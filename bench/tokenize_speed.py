@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flaxbert.tokenization import load_tokenizer  # noqa: E402
+from flaxbert.text.tokenization import load_tokenizer  # noqa: E402
 
 
 def main() -> None:

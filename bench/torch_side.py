@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from flaxbert import launch  # noqa: E402
-from flaxbert.config import BertConfig  # noqa: E402
+from flaxbert.models.config import BertConfig  # noqa: E402
 
 
 class TorchSide:

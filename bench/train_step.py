@@ -29,10 +29,11 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import pretrain as pretrain_config  # noqa: E402
-from flaxbert import metrics, optim, sharding  # noqa: E402
-from flaxbert.config import BertConfig  # noqa: E402
-from flaxbert.heads import BertForPreTraining  # noqa: E402
-from flaxbert.train import create_train_state, jit_pretraining_step  # noqa: E402
+from flaxbert.training import flops, optim, sharding  # noqa: E402
+from flaxbert.models.config import BertConfig  # noqa: E402
+from flaxbert.models.pretraining import BertForPreTraining  # noqa: E402
+from flaxbert.training.state import create_train_state  # noqa: E402
+from flaxbert.pretrain.job import jit_pretraining_step
 
 
 def synthetic_batch(batch: int, seq: int, vocab: int, predictions: int, seed: int = 0) -> dict:
@@ -51,7 +52,8 @@ def bench_one(size: str, batch: int, seq: int, dtype: str, steps: int, peak: flo
   cfg = BertConfig.from_size(size, dtype=dtype)
   model = BertForPreTraining(cfg)
   opt = pretrain_config.get_config(size).optim
-  opt.num_train_steps, opt.warmup_steps = 1000, 10
+  opt.warmup_steps = 10
+  opt = optim.resolve(opt, 1000)
   tx, schedule = optim.build_optimizer(opt), optim.learning_rate_schedule(opt)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1)), jax.devices()[:1])
   state, shardings = create_train_state(model, tx, mesh, sharding.DATA_PARALLEL, 0,
@@ -72,11 +74,11 @@ def bench_one(size: str, batch: int, seq: int, dtype: str, steps: int, peak: flo
     jax.block_until_ready(m["loss"])
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
-  flops = metrics.bert_flops_per_sequence(cfg, seq, 20) * batch
+  step_flops = flops.bert_flops_per_sequence(cfg, seq, 20) * batch
   stats = jax.devices()[0].memory_stats() or {}
   return {"size": size, "batch": batch, "seq": seq, "dtype": dtype, "steps_timed": steps,
           "seq_per_s": round(batch / step_s, 2), "tokens_per_s": round(batch * seq / step_s, 1),
-          "step_ms_median": round(1000 * step_s, 2), "mfu": round(flops / step_s / peak, 4),
+          "step_ms_median": round(1000 * step_s, 2), "mfu": round(step_flops / step_s / peak, 4),
           "compile_s": round(compile_s, 2), "time_to_first_step_s": round(first_s, 2),
           "peak_memory_gb": round((stats.get("peak_bytes_in_use") or
                                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 3),
@@ -92,10 +94,10 @@ def main() -> None:
   parser.add_argument("--out", type=Path, default=Path("bench/out/train_step.json"))
   args = parser.parse_args()
   device = jax.devices()[0]
-  peak = metrics.peak_flops(device.device_kind, args.dtype)
+  peak = flops.peak_flops(device.device_kind, args.dtype)
   measured = peak is None
   if measured:
-    peak = metrics.measure_matmul_peak(args.dtype, size=2048, seconds=3.0)
+    peak = flops.measure_matmul_peak(args.dtype, size=2048, seconds=3.0)
   results = []
   for item in args.sizes.split(","):
     size, batch = item.split(":")

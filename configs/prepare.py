@@ -1,61 +1,27 @@
 """Settings for `flaxbert prepare`: corpus → vocabulary → masked-LM / sentence-pair TFDS dataset.
 
-  flaxbert prepare --config configs/prepare.py[:ARG] [--config.key=value …]
+  flaxbert prepare --config prepare[:ARG] [--config.key=value …]
 ARG: "original" (default: google-research/bert's create_pretraining_data.py defaults),
      "dynamic" (unmasked pairs; masking in the input pipeline, RoBERTa/MosaicBERT style),
      "tiny" (small settings for tests).
-The common settings also have plain flags (--input, --vocab, --output_dir, --max_seq_length, …).
+Every field, with its default and meaning: data_prep/settings.py (the dataset builder's settings,
+which `tfds build bert_pretraining` uses too). The common settings also have plain flags
+(--input, --vocab, --output_dir, --max_seq_length, …).
 """
 import ml_collections
-from ml_collections import config_dict
+
+from data_prep.settings import prepare_settings
 
 
 def get_config(arg: str = "original") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  # --- corpus --------------------------------------------------------------------------------
-  c.input = ()  # local text files or folders (searched recursively)
-  c.input_format = "sentence_per_line"  # or "document_per_file" (sentences split by rule)
-  c.tfds_name = config_dict.placeholder(str)  # a locally prepared TFDS text dataset, e.g. "wikipedia/20230601.en"
-  c.tfds_split = "train"  # split of tfds_name to read
-  c.tfds_text_feature = "text"  # its text feature; each example is one document
-  c.tfds_data_dir = config_dict.placeholder(str)  # TFDS data_dir holding tfds_name (None: TFDS default)
-  # --- vocabulary ------------------------------------------------------------------------------
-  c.vocab = config_dict.placeholder(str)  # vocab.txt or sentencepiece .model; None: train one
-  c.lower_case = True  # lower-case and strip accents (uncased models)
-  c.train_vocab_kind = "wordpiece"  # when vocab is None: "wordpiece" | "sentencepiece_unigram" | "sentencepiece_bpe"
-  c.train_vocab_size = 30522  # when vocab is None: size of the trained vocabulary
-  # --- examples (create_pretraining_data.py) --------------------------------------------------
-  c.max_seq_length = 128  # tokens per example, [CLS]/[SEP] included
-  c.max_predictions_per_seq = 20  # cap on masked positions per example
-  c.masked_lm_prob = 0.15  # fraction of tokens to mask
-  c.short_seq_prob = 0.1  # probability of a shorter random target length
-  c.dupe_factor = 10  # passes over the corpus, each with different masks and pairs
-  c.whole_word_mask = False  # mask all wordpieces of a word together
-  c.random_next_sentence = True  # NSP pairs (50% random B); False: single segments, label 0
-  c.masking = "static"  # "static": masks stored; "dynamic": masked per epoch by the input pipeline
-  c.seed = 12345  # all randomness derives from it
-  # --- output --------------------------------------------------------------------------------
-  c.output_dir = config_dict.placeholder(str)  # the dataset folder (tfds.builder_from_directory opens it)
-  c.validation_fraction = 0.01  # fraction of documents held out for the validation split (at least 1)
-  c.chunk_chars = 4_000_000  # characters of text per work unit (one train shard per unit and dupe pass); bounds memory
-  c.num_workers = 0  # worker processes for instance creation; 0: one per CPU core
-  c.overwrite = False  # replace an existing output_dir (only once the new one is complete)
-  # Apache Beam pipeline options (the `beam` extra); empty: worker processes on this machine.
-  # e.g. "--runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing".
-  # Beam workers read the chunk files that stage 1 writes beside output_dir: a distributed runner
-  # needs output_dir on a filesystem its workers share.
-  c.beam_options = ""
-
-  if arg == "dynamic":
-    c.masking = "dynamic"
-    c.dupe_factor = 1  # masks are drawn afresh each epoch, so one pass over the corpus suffices
-  elif arg == "tiny":
-    c.max_seq_length = 32
+  if arg not in ("", "original", "dynamic", "tiny"):
+    raise ValueError(f"configs/prepare.py: unknown variant {arg!r}; expected original, dynamic or tiny")
+  c = prepare_settings("dynamic" if arg == "dynamic" else "original")
+  if arg == "tiny":
+    c.max_seq_length = 32  # tokens per example
     c.max_predictions_per_seq = 5
     c.dupe_factor = 2
-    c.chunk_chars = 8_000
+    c.chunk_chars = 8_000  # several work units even for a small test corpus
     c.num_workers = 1
     c.train_vocab_size = 200
-  elif arg not in ("", "original"):
-    raise ValueError(f"configs/prepare.py: unknown variant {arg!r}; expected original, dynamic or tiny")
   return c

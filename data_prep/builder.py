@@ -37,28 +37,12 @@ from array_record.python import array_record_module
 from data_prep import corpus as corpus_lib
 from data_prep import sources, vocab
 from data_prep.example_codec import ExampleEncoder
+from data_prep.format import LENGTHS_FILE, feature_kinds, is_prepared
 from data_prep.instances import Corpus, InstanceConfig, create_instances, create_pairs
+from data_prep.settings import prepare_settings
 from flaxbert.atomic import atomic_directory
 from flaxbert.errors import InputError
-from flaxbert.tokenization import load_tokenizer
-
-_MASKINGS = ("static", "dynamic")
-# Per split, every example's token count (its input_mask's sum, e.g. as uint16), in the split's index
-# order: flaxbert.input_pipeline's packing plans rows from it instead of reading every example.
-LENGTHS_FILE = "lengths-{split}.npy"
-
-
-def _settings_for(name: str) -> ml_collections.ConfigDict:
-  from configs import prepare  # pylint: disable=import-outside-toplevel
-  return prepare.get_config("dynamic" if name == "dynamic" else "original")
-
-
-def feature_kinds(masking: str) -> dict[str, str]:
-  kinds = {"input_ids": "int", "input_mask": "int", "segment_ids": "int", "next_sentence_labels": "int"}
-  if masking == "static":
-    kinds.update(masked_lm_positions="int", masked_lm_ids="int", masked_lm_weights="float")
-  return kinds
-
+from flaxbert.text.tokenization import load_tokenizer
 
 @dataclasses.dataclass(frozen=True)
 class _Chunk:
@@ -153,12 +137,10 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
   def settings(self) -> ml_collections.ConfigDict:
     if self._explicit_settings is not None:
       return self._explicit_settings
-    return _settings_for(self.builder_config.name)
+    return prepare_settings(self.builder_config.name)
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.settings
-    if s.masking not in _MASKINGS:
-      raise InputError(f"masking: expected one of {_MASKINGS}, got {s.masking!r}")
     shapes = {"input_ids": s.max_seq_length, "input_mask": s.max_seq_length,
               "segment_ids": s.max_seq_length, "masked_lm_positions": s.max_predictions_per_seq,
               "masked_lm_ids": s.max_predictions_per_seq, "masked_lm_weights": s.max_predictions_per_seq}
@@ -316,11 +298,6 @@ def prepare(settings: ml_collections.ConfigDict) -> tuple[Path, dict]:
   return output, metadata
 
 
-def is_prepared(directory: Path) -> bool:
-  """Whether `directory` holds a finished dataset of `prepare` (what overwrite may replace)."""
-  return (directory / "metadata.json").is_file() and (directory / "dataset_info.json").is_file()
-
-
 def _beam_options(flags: str):
   if not flags:
     return None
@@ -329,14 +306,6 @@ def _beam_options(flags: str):
   except ImportError:
     raise InputError("beam_options is set but Apache Beam is not installed: pip install 'flaxbert[beam]'") from None
   return PipelineOptions(shlex.split(flags))
-
-
-def open_dataset(directory: str | os.PathLike) -> tfds.core.DatasetBuilder:
-  """The prepared dataset, with a clear error when the folder is not (or not yet) one."""
-  directory = Path(directory)
-  if not (directory / "dataset_info.json").is_file():
-    raise InputError(f"{directory}: not a prepared dataset (no dataset_info.json); run `flaxbert prepare`")
-  return tfds.builder_from_directory(os.fspath(directory))
 
 
 def _describe_source(tfds_name: str | None, inputs: list[str]) -> str:

@@ -11,23 +11,15 @@ lines and sentences are cut at whitespace. `SourceStats` carries the counts into
 """
 import dataclasses
 import os
-import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from flaxbert.errors import InputError
+from flaxbert.text.sentences import split_sentences
 
 FORMATS = ("sentence_per_line", "document_per_file")
 MAX_SENTENCE_CHARS = 5_000  # longer "sentences" (a 10 MB line with no newline) are cut at whitespace
 _SNIFF_BYTES = 8192
-
-# A sentence ends at . ! ? (plus closing quotes/brackets) before whitespace and an upper-case
-# letter, digit or opening quote, unless the word before the stop is a known abbreviation or an
-# initial.
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st mt vs etc no vol fig gen col lt sgt capt rev hon gov sen rep jan feb "
-    "mar apr jun jul aug sep sept oct nov dec inc ltd co corp dept univ e.g i.e cf al".split())
-_BOUNDARY = re.compile(r"""([.!?]+["'”’)\]]*)\s+(?=["'“‘(\[]?[A-Z0-9])""")
 
 
 @dataclasses.dataclass
@@ -67,20 +59,6 @@ def list_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
   if not files:
     raise InputError(f"no input files found in {[str(p) for p in paths]}")
   return files
-
-
-def split_sentences(text: str) -> list[str]:
-  """Rule-based sentence splitting for text that is not one sentence per line."""
-  out, start = [], 0
-  for m in _BOUNDARY.finditer(text):
-    end = m.end(1)
-    word = text[start:m.start(1)].rsplit(None, 1)[-1] if text[start:m.start(1)].strip() else ""
-    if word.lower().rstrip(".") in _ABBREVIATIONS or re.fullmatch(r"[A-Z]", word):
-      continue
-    out.append(text[start:end].strip())
-    start = m.end()
-  out.append(text[start:].strip())
-  return [s for s in out if s]
 
 
 def _cut(sentence: str, stats: SourceStats) -> list[str]:

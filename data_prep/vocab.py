@@ -1,6 +1,6 @@
 """Training vocabularies from a corpus: sentencepiece (unigram or BPE) or BERT WordPiece.
 
-Both write a folder that `flaxbert.tokenization.load_tokenizer` reads back without being told the
+Both write a folder that `flaxbert.text.tokenization.load_tokenizer` reads back without being told the
 casing (a tokenizer_config.json goes with the vocabulary), and both put BERT's special tokens first:
 [PAD] [UNK] [CLS] [SEP] [MASK] are ids 0..4.
 
@@ -23,9 +23,9 @@ import tokenizers
 from tokenizers import models, normalizers, pre_tokenizers, trainers
 
 from flaxbert.errors import InputError
-from flaxbert.tokenization import (CLS, MASK, PAD, SEP, SPECIAL_TOKENS, SentencePieceTokenizer, Tokenizer,
-                                   WordPieceTokenizer, load_tokenizer)
-from flaxbert.wordpiece_rules import MAX_INPUT_CHARS_PER_WORD, UNK
+from flaxbert.text.tokenization import (CLS, MASK, PAD, SEP, SPECIAL_TOKENS, SentencePieceTokenizer, Tokenizer,
+                                        WordPieceTokenizer, load_tokenizer)
+from flaxbert.text.wordpiece_rules import MAX_INPUT_CHARS_PER_WORD, UNK
 
 MODEL_TYPES = ("unigram", "bpe")
 # What train_sentencepiece sets itself; `options` may not override these.

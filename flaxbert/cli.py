@@ -7,21 +7,27 @@ import sys
 
 from flaxbert.atomic import check_output_file
 from flaxbert.errors import InputError
+from flaxbert.finetune.tasks.registry import TASKS
 
 _OVERWRITE_FILE = "replace --output if it exists (only once the new file is complete)"
 
 
 def _convert(args: argparse.Namespace) -> None:
   # pylint: disable=import-outside-toplevel
-  from flaxbert.interop.encoder_decoder import export_hf, is_seq2seq_workdir
-  from flaxbert.pretrained import convert
-  if is_seq2seq_workdir(args.src):
+  from flaxbert.finetune.workdir import kind_of, read_record
+  from flaxbert.interop.pretrained import convert
+  kind = kind_of(args.src)
+  if kind == "seq2seq":
     if args.to != "hf":
       raise InputError(f"--to {args.to}: an encoder-decoder workdir exports to transformers' EncoderDecoderModel "
                        "(--to hf) only")
+    from flaxbert.finetune.job import export_hf
     export_hf(args.src, args.dst, overwrite=args.overwrite)
     print(f"converted encoder-decoder workdir {args.src} → hf EncoderDecoderModel: {args.dst}")
     return
+  if kind is not None:
+    raise InputError(f"{args.src}: a workdir fine-tuned for {read_record(args.src)['task']} ({kind}); convert "
+                     "exports pretrained models and translation/summarization_abstractive workdirs")
   loaded = convert(args.src, args.dst, args.to, overwrite=args.overwrite)
   cfg = loaded.config
   source = loaded.kind if loaded.step is None else f"{loaded.kind} step {loaded.step}"
@@ -30,7 +36,7 @@ def _convert(args: argparse.Namespace) -> None:
         f"{', vocab.txt copied' if loaded.vocab else ''})")
 
 
-# Plain flags of `prepare`, each a field of configs/prepare.py (also reachable as --config.FIELD=…).
+# Plain flags of `prepare`, each a field of its config (data_prep/settings.py; also --config.FIELD=…).
 _PREPARE_FLAGS = {
     "input": dict(nargs="+", help="text files or folders"),
     "vocab": dict(help="vocab.txt or sentencepiece .model (omit to train one on the corpus)"),
@@ -50,17 +56,17 @@ _PREPARE_FLAGS = {
 def _config(args: argparse.Namespace, default: str, flags: dict):
   """The --config file (or the default), then plain flags, then --config.key=value overrides."""
   from flaxbert import config_flags  # pylint: disable=import-outside-toplevel
-  config = config_flags.load_config(args.config or default)
+  config, renamed = config_flags.load_config(args.config or default)
   for name in flags:
     value = getattr(args, name)
     if value is not None:
       config[name] = tuple(value) if isinstance(value, list) else value
-  return config_flags.apply_overrides(config, args.overrides)
+  return config_flags.apply_overrides(config, args.overrides, renamed)
 
 
 def _prepare(args: argparse.Namespace) -> None:
   from data_prep.builder import prepare  # pylint: disable=import-outside-toplevel
-  config = _config(args, _packaged("prepare.py"), _PREPARE_FLAGS)
+  config = _config(args, "prepare", _PREPARE_FLAGS)
   output, metadata = prepare(config)
   splits = json.loads((output / "dataset_info.json").read_text())["splits"]
   counts = ", ".join(f"{s['name']} {sum(int(n) for n in s['shardLengths'])} examples in "
@@ -71,31 +77,20 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-  from flaxbert.train import train_and_evaluate  # pylint: disable=import-outside-toplevel
-  summary = train_and_evaluate(_config(args, _packaged("pretrain.py:tiny"), {}), args.workdir)
+  from flaxbert.pretrain.job import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  summary = train_and_evaluate(_config(args, "pretrain:tiny", {}), args.workdir)
   final = summary["final_eval_metrics"]
   print(f"pretrained to step {summary['step']}: eval mlm_accuracy {final.get('eval_mlm_accuracy', float('nan')):.4f}; "
         f"summary in {os.path.join(args.workdir, 'summary.json')}")
 
 
 def _task_config(args: argparse.Namespace):
-  return _config(args, _packaged("finetune.py:glue_sst2"), {})
-
-
-def _job(config):
-  """The module that runs a task: encoder-decoder tasks have their own loop around the shared parts."""
-  # pylint: disable=import-outside-toplevel
-  from configs.finetune import SEQ2SEQ_TASKS
-  if config.task in SEQ2SEQ_TASKS:
-    from flaxbert import seq2seq_finetune
-    return seq2seq_finetune
-  from flaxbert import finetune
-  return finetune
+  return _config(args, "finetune:glue_sst2", {})
 
 
 def _finetune(args: argparse.Namespace) -> None:
-  config = _task_config(args)
-  results = _job(config).train_and_evaluate(config, args.workdir)
+  from flaxbert.finetune.job import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  results = train_and_evaluate(_task_config(args), args.workdir)
   if results:
     print(f"fine-tuned; dev scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
   else:  # a SIGTERM/SIGINT stopped it (the checkpoint is saved), or there was nothing to score
@@ -104,27 +99,27 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-  config = _task_config(args)
-  results = _job(config).evaluate(config, args.workdir)
+  from flaxbert.finetune.job import evaluate  # pylint: disable=import-outside-toplevel
+  results = evaluate(_task_config(args), args.workdir)
   print(f"scores {json.dumps(results)}, written under {os.path.join(args.workdir, 'evaluations')}")
 
 
 def _predict(args: argparse.Namespace) -> None:
+  from flaxbert.finetune.job import predict  # pylint: disable=import-outside-toplevel
   check_output_file(args.output, args.overwrite, [args.input])
-  config = _task_config(args)
-  count = _job(config).predict(config, args.workdir, args.input, args.output)
+  count = predict(_task_config(args), args.workdir, args.input, args.output)
   print(f"wrote {count} predictions to {args.output}")
 
 
 def _generate(args: argparse.Namespace) -> None:
-  from flaxbert.seq2seq_finetune import generate_file  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.job import generate_file  # pylint: disable=import-outside-toplevel
   check_output_file(args.output, args.overwrite, [args.input])
   count = generate_file(args.model, args.input, args.output, args.beam_size, args.length_penalty, args.batch_size)
   print(f"wrote {count} lines to {args.output}")
 
 
 def _sweep(args: argparse.Namespace) -> None:
-  from flaxbert.sweep import run_sweep  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.sweep import run_sweep  # pylint: disable=import-outside-toplevel
   summary = run_sweep(_task_config(args), args.workdir)
   best = summary["best"]
   print(f"best {summary['metric']} {best['results'][summary['metric']]:.4f} at {best['name']}; "
@@ -132,14 +127,10 @@ def _sweep(args: argparse.Namespace) -> None:
 
 
 def _embed(args: argparse.Namespace) -> None:
-  from flaxbert.embed import embed_file  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.embed import embed_file  # pylint: disable=import-outside-toplevel
   check_output_file(args.output, args.overwrite, [args.input])
   vectors = embed_file(args.model, args.input, args.output, args.pooling, args.max_seq_length, args.batch_size)
   print(f"wrote {vectors.shape[0]} vectors of size {vectors.shape[1]} to {args.output}")
-
-
-def _packaged(name: str) -> str:
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,32 +150,34 @@ def build_parser() -> argparse.ArgumentParser:
   p = commands.add_parser("prepare", allow_abbrev=False, help="build a masked-LM / sentence-pair TFDS dataset from text",
                           description="Tokenizes a corpus and writes BERT pretraining examples "
                                       "(create_pretraining_data.py's algorithm) as a TFDS dataset. "
-                                      "Settings: configs/prepare.py; --config.KEY=VALUE overrides any.")
-  p.add_argument("--config", help="configs/prepare.py[:original|dynamic|tiny] (default: configs/prepare.py)")
+                                      "Settings: --config prepare[:VARIANT] (configs/prepare.py); --config.KEY=VALUE overrides any.")
+  p.add_argument("--config", help="prepare[:original|dynamic|tiny] (a packaged config; or a file PATH.py[:ARG]; "
+                                  "default: prepare)")
   for name, kwargs in _PREPARE_FLAGS.items():
     p.add_argument(f"--{name}", **kwargs)
   p.set_defaults(run=_prepare)
 
   p = commands.add_parser("pretrain", allow_abbrev=False, help="pretrain BERT (MLM + NSP) on a prepared dataset",
                           description="Runs train_and_evaluate(config, workdir); rerunning resumes from "
-                                      "the workdir. Settings: configs/pretrain.py; --config.KEY=VALUE overrides.")
-  p.add_argument("--config", help="configs/pretrain.py:SIZE|paper|paper_phase2|mlperf_phase2|demo "
-                                  "(default: configs/pretrain.py:tiny)")
+                                      "the workdir. Settings: --config pretrain:ARG (configs/pretrain.py); --config.KEY=VALUE "
+                                      "overrides.")
+  p.add_argument("--config", help="pretrain:SIZE|paper|paper_phase2|mlperf_phase2|demo (a packaged config; or a "
+                                  "file PATH.py[:ARG]; default: pretrain:tiny)")
   p.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, summary.json")
   p.set_defaults(run=_pretrain)
 
-  tasks = "glue_cola|glue_sst2|glue_mrpc|glue_stsb|glue_qqp|glue_mnli|glue_qnli|glue_rte|glue_wnli|ner|" \
-          "squad_v1|squad_v2|similarity|summarization|translation|summarization_abstractive"
+  tasks = "|".join(TASKS)
   for name, run, text in (
       ("finetune", _finetune, "fine-tune a pretrained BERT on a task; dev scores to WORKDIR/eval_results.json"),
       ("evaluate", _evaluate, "score a fine-tuning workdir's model on --config.eval_path"),
       ("predict", _predict, "write a fine-tuning workdir's predictions for --input to --output"),
       ("sweep", _sweep, "run the paper's lr × batch × epochs grid; best dev score to WORKDIR/sweep_results.json")):
     p = commands.add_parser(name, allow_abbrev=False, help=text,
-                            description=f"{text[0].upper()}{text[1:]}. Settings: configs/finetune.py:TASK; "
+                            description=f"{text[0].upper()}{text[1:]}. Settings: --config finetune:TASK; "
                                         "--config.KEY=VALUE overrides any (init, train_path, eval_path, "
-                                        "learning_rate, num_epochs, batch_size, max_seq_length, seed, …).")
-    p.add_argument("--config", help=f"configs/finetune.py:TASK with TASK one of {tasks} (default glue_sst2)")
+                                        "optim.learning_rate, num_epochs, batch_size, max_seq_length, seed, …).")
+    p.add_argument("--config", help=f"finetune:TASK with TASK one of {tasks} (a packaged config; or a file "
+                                    "PATH.py[:ARG]; default finetune:glue_sst2)")
     p.add_argument("--workdir", required=True, help="checkpoints, task.json, eval_results.json, predictions")
     if name == "predict":
       p.add_argument("--input", required=True, help="a file in the task's training format (labels optional)")

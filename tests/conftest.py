@@ -19,8 +19,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from flaxbert.config import BertConfig  # noqa: E402
-from flaxbert.heads import build_model  # noqa: E402
+from flaxbert.models.config import BertConfig  # noqa: E402
+from flaxbert.models.pretraining import build_model  # noqa: E402
 
 logging.getLogger("absl").setLevel(logging.WARNING)
 

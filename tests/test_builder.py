@@ -14,7 +14,7 @@ from corpus_fixtures import write_corpus, write_vocab
 from data_prep.builder import prepare
 from flaxbert.cli import main
 from flaxbert.errors import InputError
-from flaxbert.tokenization import load_tokenizer
+from flaxbert.text.tokenization import load_tokenizer
 
 
 def settings(tmp_path, **overrides):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from flaxbert.config import SIZES, BertConfig, read_json
+from flaxbert.models.config import SIZES, BertConfig, read_json
 from flaxbert.errors import InputError
 
 

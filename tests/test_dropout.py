@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from flaxbert.dropout import Dropout, dropout_keep, threefry2x32
+from flaxbert.models.dropout import Dropout, dropout_keep, threefry2x32
 
 
 def reference_keep(rng, rate, shape):

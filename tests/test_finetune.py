@@ -12,7 +12,8 @@ from finetune_fixtures import (write_conll, write_mrpc, write_pretrained, write_
                                write_stsb)
 from flaxbert import cli
 from flaxbert.errors import InputError
-from flaxbert.finetune import evaluate, train_and_evaluate
+from flaxbert.finetune.job import evaluate, generate_file, train_and_evaluate
+from flaxbert.training import loop
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +24,16 @@ def bert(tmp_path_factory) -> Path:
 def config(task: str, bert: Path, train: Path, dev: Path, **overrides):
   c = finetune_config.get_config(f"{task},tiny")
   c.init, c.train_path, c.eval_path = str(bert), str(train), str(dev)
-  c.learning_rate, c.num_epochs, c.warmup_proportion = 3e-3, 8.0, 0.0
+  c.optim.learning_rate, c.num_epochs, c.optim.warmup_proportion = 3e-3, 8.0, 0.0
   c.eval_every_epoch = False
-  c.dropout = 0.0
+  dropout(c, 0.0)
   for key, value in overrides.items():
     c[key] = value
+  return c
+
+
+def dropout(c, rate: float):
+  c.model.hidden_dropout_prob = c.model.attention_probs_dropout_prob = rate
   return c
 
 
@@ -36,7 +42,7 @@ def losses(workdir: Path) -> list[float]:
   return [r["loss"] for r in rows if "loss" in r]
 
 
-def test_sst2_trains_scores_resumes_evaluates_and_predicts(bert, tmp_path):
+def test_sst2_trains_scores_resumes_evaluates_and_predicts(bert, tmp_path, capsys):
   train, dev = write_sst2(tmp_path / "train.tsv", 96, 0), write_sst2(tmp_path / "dev.tsv", 43, 1)
   c = config("glue_sst2", bert, train, dev)
   results = train_and_evaluate(c, tmp_path / "run")
@@ -62,14 +68,29 @@ def test_sst2_trains_scores_resumes_evaluates_and_predicts(bert, tmp_path):
   c.eval_path = f"{dev},{write_sst2(tmp_path / 'dev_mismatched.tsv', 9, 2)}"  # e.g. MNLI's two dev sets
   both = evaluate(c, tmp_path / "run")
   assert set(both) == {"accuracy", "dev_mismatched_accuracy"} and both["accuracy"] == pytest.approx(results["accuracy"])
-  assert cli.main(["predict", "--config", "configs/finetune.py:glue_sst2,tiny", "--workdir", str(tmp_path / "run"),
+  assert cli.main(["predict", "--config", "finetune:glue_sst2,tiny", "--workdir", str(tmp_path / "run"),
                    "--input", str(dev), "--output", str(tmp_path / "p.jsonl")]) == 0
   assert [json.loads(l)["prediction"] for l in (tmp_path / "p.jsonl").read_text().splitlines()] == \
       [p["prediction"] for p in preds]
+  # task.json names the family; commands it does not support say so in one line
+  assert json.loads((tmp_path / "run" / "task.json").read_text())["kind"] == "classification"
+  with pytest.raises(InputError, match="a classification workdir; generate needs a translation or"):
+    generate_file(tmp_path / "run", dev, tmp_path / "g.txt")
+  assert cli.main(["convert", str(tmp_path / "run"), str(tmp_path / "hf"), "--to", "hf"]) == 2
+  assert "a workdir fine-tuned for glue_sst2 (classification); convert exports" in capsys.readouterr().err
+  # a task.json of flaxbert 0.1.0 (no kind, settings at the top) still evaluates
+  record = json.loads((tmp_path / "run" / "task.json").read_text())
+  (tmp_path / "run" / "task.json").write_text(json.dumps({
+      "task": "glue_sst2", "state": record["state"], "model": record["model"], "pooling": "mean",
+      "inter_sentence_layers": 0, **record["settings"]}))
+  c.eval_path = str(dev)
+  assert evaluate(c, tmp_path / "run") == pytest.approx(results)
+  assert train_and_evaluate(c, tmp_path / "run") == pytest.approx(results)  # a finished run, rerun: nothing to train
+  assert json.loads((tmp_path / "run" / "task.json").read_text()) == record  # … and its task.json upgraded
 
 
 class StopAfter:
-  """flaxbert.train.StopRequest stand-in: reports a SIGTERM at the `steps`-th check (one check per step)."""
+  """flaxbert.training.loop.StopRequest stand-in: reports a SIGTERM at the `steps`-th check (one check per step)."""
   steps = 0
 
   def __init__(self):
@@ -86,7 +107,7 @@ class StopAfter:
 
 def final_params(workdir: Path):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from flaxbert import checkpoint  # pylint: disable=import-outside-toplevel
+  from flaxbert.training import checkpoint  # pylint: disable=import-outside-toplevel
   mngr = checkpoint.manager(workdir, asynchronous=False)
   params = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
   mngr.close()
@@ -95,10 +116,9 @@ def final_params(workdir: Path):
 
 def test_interrupted_run_resumes_exactly(bert, tmp_path, monkeypatch):
   train, dev = write_sst2(tmp_path / "train.tsv", 40, 0), write_sst2(tmp_path / "dev.tsv", 8, 1)
-  c = config("glue_sst2", bert, train, dev, num_epochs=2.0, dropout=0.1)  # 10 steps; dropout draws from the rng
+  c = dropout(config("glue_sst2", bert, train, dev, num_epochs=2.0), 0.1)  # 10 steps; dropout draws from the rng
   train_and_evaluate(c, tmp_path / "straight")
-  import flaxbert.finetune  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(flaxbert.finetune, "StopRequest", StopAfter)
+  monkeypatch.setattr(loop, "StopRequest", StopAfter)
   StopAfter.steps = 3
   assert train_and_evaluate(c, tmp_path / "split") == {}  # stopped at step 3 (mid-epoch): no scores yet
   assert not (tmp_path / "split" / "eval_results.json").exists()
@@ -108,6 +128,27 @@ def test_interrupted_run_resumes_exactly(bert, tmp_path, monkeypatch):
     assert np.array_equal(x, y)
   assert json.loads((tmp_path / "split" / "eval_results.json").read_text()) == \
       json.loads((tmp_path / "straight" / "eval_results.json").read_text())
+
+
+def test_accumulation_and_rematerialisation_leave_training_unchanged(bert, tmp_path):
+  """The shared train step's exact accumulation and the encoder's remat serve fine-tuning too."""
+  train, dev = write_sst2(tmp_path / "train.tsv", 32, 0), write_sst2(tmp_path / "dev.tsv", 8, 1)
+  runs = {}
+  for name, extra in (("plain", {}), ("accum", {"optim.grad_accum_steps": 2}), ("remat", {"model.remat_policy": "full"})):
+    c = config("glue_sst2", bert, train, dev, num_epochs=1.0, max_examples_per_row=1)
+    for key, value in extra.items():
+      section, field = key.split(".")
+      c[section][field] = value
+    train_and_evaluate(c, tmp_path / name)
+    runs[name] = final_params(tmp_path / name)
+  for other in ("accum", "remat"):
+    for x, y in zip(runs[other], runs["plain"]):
+      np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=other)
+  c = config("glue_sst2", bert, train, dev)
+  c.optim.grad_accum_steps = 3
+  with pytest.raises(InputError, match=r"batch_size: 8 must be a positive multiple of the data-parallel devices "
+                                       r"\(8\) and of optim.grad_accum_steps \(3\)"):
+    train_and_evaluate(c, tmp_path / "bad")
 
 
 def test_mrpc_pairs_and_stsb_regression_packed(bert, tmp_path, caplog):
@@ -212,7 +253,7 @@ def test_bad_inputs_are_named(bert, tmp_path):
 
 
 def test_sweep_reports_the_best_point(bert, tmp_path):
-  from flaxbert.sweep import run_sweep  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.sweep import run_sweep  # pylint: disable=import-outside-toplevel
   c = config("glue_sst2", bert, write_sst2(tmp_path / "t.tsv", 48, 0), write_sst2(tmp_path / "d.tsv", 16, 1))
   c.sweep.learning_rates, c.sweep.batch_sizes, c.sweep.num_epochs = (3e-3, 1e-7), (8,), (2.0,)
   summary = run_sweep(c, tmp_path / "sweep")
@@ -243,8 +284,9 @@ def test_encoder_weights_from_every_checkpoint_kind(tmp_path):
   """HF, TF1 and flaxbert checkpoints give the task model the same encoder; heads are dropped;
   a headless checkpoint without a pooler leaves the task's pooler to its fresh init."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  from flaxbert.pretrained import load  # pylint: disable=import-outside-toplevel
-  from flaxbert.tasks.model import BertForTask, encoder_weights, merge_encoder  # pylint: disable=import-outside-toplevel
+  from flaxbert.interop.pretrained import load  # pylint: disable=import-outside-toplevel
+  from flaxbert.models.task_heads import BertForTask, encoder_weights  # pylint: disable=import-outside-toplevel
+  from flaxbert.models.weights import merge  # pylint: disable=import-outside-toplevel
   from finetune_fixtures import WORDS, tiny_bert_config  # pylint: disable=import-outside-toplevel
   model = BertForTask(tiny_bert_config(len(WORDS)), "sequence", 3)
   batch = {k: np.zeros((1, 8), np.int32) for k in ("input_ids", "segment_ids", "input_mask", "position_ids")}
@@ -252,7 +294,7 @@ def test_encoder_weights_from_every_checkpoint_kind(tmp_path):
   got = {}
   for fmt in ("hf", "tf1", "flaxbert"):
     loaded = load(write_pretrained(tmp_path / fmt, fmt))
-    got[fmt] = merge_encoder(fresh, encoder_weights(fresh, loaded.params, fmt))
+    got[fmt] = merge(fresh, encoder_weights(fresh, loaded.params, fmt))
   for fmt in ("tf1", "flaxbert"):
     for x, y in zip(jax.tree_util.tree_leaves(got[fmt]), jax.tree_util.tree_leaves(got["hf"])):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -261,16 +303,17 @@ def test_encoder_weights_from_every_checkpoint_kind(tmp_path):
   np.testing.assert_array_equal(got["hf"]["classifier"]["kernel"], fresh["classifier"]["kernel"])
   headless = load(write_pretrained(tmp_path / "headless", "hf", heads=False)).params
   del headless["bert"]["pooler"]
-  merged = merge_encoder(fresh, encoder_weights(fresh, headless, "headless"))
+  merged = merge(fresh, encoder_weights(fresh, headless, "headless"))
   np.testing.assert_array_equal(merged["bert"]["pooler"]["dense"]["kernel"], fresh["bert"]["pooler"]["dense"]["kernel"])
   wrong = jax.tree_util.tree_map(lambda x: x, hf)
   wrong["bert"]["embeddings"]["word_embeddings"]["embedding"] = np.zeros((7, 32), np.float32)
-  with pytest.raises(InputError, match="shapes differ"):
+  with pytest.raises(InputError, match=r"wrong: bert/embeddings/word_embeddings/embedding has shape \(7, 32\), "
+                                       r"expected \(\d+, 32\); the checkpoint's vocab_size is 7"):
     encoder_weights(fresh, wrong, "wrong")
 
 
 def test_embed_bad_arguments_are_named(bert, tmp_path):
-  from flaxbert.embed import Embedder, read_lines  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.embed import Embedder, read_lines  # pylint: disable=import-outside-toplevel
   bad = tmp_path / "s.txt"
   bad.write_bytes(b"w1 w2 .\nw3 \xff .\n")
   with pytest.raises(InputError, match=r"s.txt:2: expected UTF-8 text"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.generate import beam_search, greedy_search
+from flaxbert.models.generation import beam_search, greedy_search
 
 V, PAD, EOS, START = 5, 0, 1, 4
 ROWS = 800  # prefix codes per example: h ← h·V + token + 1 stays below 800 for 4 fed tokens

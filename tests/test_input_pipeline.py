@@ -8,7 +8,8 @@ from configs import prepare as prepare_config
 from corpus_fixtures import write_corpus, write_vocab
 from data_prep.builder import prepare
 from flaxbert.errors import InputError
-from flaxbert.input_pipeline import STATIC_FEATURES, DynamicMasking, PretrainingData
+from data_prep.format import FEATURES
+from flaxbert.pretrain.input_pipeline import DynamicMasking, PretrainingData
 
 
 def build(tmp_path, name, **overrides):
@@ -35,7 +36,7 @@ def dynamic_dir(tmp_path_factory):
 def test_shapes_and_dtypes(static_dir):
   data = PretrainingData(static_dir, "train", global_batch_size=8, seed=0)
   batch = data.batch(0)
-  assert set(batch) == set(STATIC_FEATURES)
+  assert set(batch) == set(FEATURES)
   assert batch["input_ids"].shape == (8, 32) and batch["input_ids"].dtype == np.int32
   assert batch["masked_lm_positions"].shape == (8, 5) and batch["masked_lm_weights"].dtype == np.float32
   assert batch["next_sentence_labels"].shape == (8,)
@@ -88,7 +89,7 @@ def test_dynamic_masking_fresh_per_epoch_and_deterministic(dynamic_dir):
   again = PretrainingData(dynamic_dir, "train", global_batch_size=4, seed=3, masking=masking)
   a, b = data.batch(0), again.batch(0)
   assert all(np.array_equal(a[k], b[k]) for k in a)
-  assert set(a) == set(STATIC_FEATURES) and a["masked_lm_positions"].shape == (4, 8)
+  assert set(a) == set(FEATURES) and a["masked_lm_positions"].shape == (4, 8)
   # The same example in the next epoch gets a different mask.
   _, rows0 = data._rows(0)  # pylint: disable=protected-access
   epoch1 = {tuple(data._rows(s)[1]): s for s in range(data.steps_per_epoch, 2 * data.steps_per_epoch)}  # pylint: disable=protected-access
@@ -144,7 +145,7 @@ def test_packed_rows_hold_every_sequence_masked_as_unpacked(unpaired_dir):
   packed = PretrainingData(unpaired_dir, "train", global_batch_size=4, seed=7, masking=masking, max_examples_per_row=4)
   assert packed.num_rows < 0.8 * plain.num_examples == 0.8 * packed.num_examples
   b = packed.batch(0)
-  assert set(b) == set(STATIC_FEATURES) | {"position_ids"}
+  assert set(b) == set(FEATURES) | {"position_ids"}
   assert b["masked_lm_positions"].shape == (4, packed.max_predictions)
   seen = []
   for step in range(packed.steps_per_epoch):  # epoch 0: each sequence's masks as unpacked reading gives
@@ -204,9 +205,9 @@ def test_packing_needs_dynamic_masking_without_nsp(static_dir, dynamic_dir):
 def test_packed_pretraining_loss_equals_the_unpacked_one(unpaired_dir):
   """Over the whole validation split the MLM loss sums are the same packed and one sequence a row."""
   import jax  # pylint: disable=import-outside-toplevel
-  from flaxbert.config import BertConfig  # pylint: disable=import-outside-toplevel
-  from flaxbert.heads import BertForPreTraining  # pylint: disable=import-outside-toplevel
-  from flaxbert.train import loss_sums  # pylint: disable=import-outside-toplevel
+  from flaxbert.models.config import BertConfig  # pylint: disable=import-outside-toplevel
+  from flaxbert.models.pretraining import BertForPreTraining  # pylint: disable=import-outside-toplevel
+  from flaxbert.pretrain.job import loss_sums  # pylint: disable=import-outside-toplevel
   masking = DynamicMasking(masked_lm_prob=0.15, max_predictions_per_seq=5)
   plain = PretrainingData(unpaired_dir, "validation", global_batch_size=8, seed=1, masking=masking)
   packed = PretrainingData(unpaired_dir, "validation", global_batch_size=8, seed=1, masking=masking,

@@ -11,8 +11,9 @@ from safetensors.numpy import load_file, save_file
 import flaxbert
 from conftest import make_batch, random_params
 from flaxbert.errors import InputError
-from flaxbert.heads import BertEncoder, build_model
-from flaxbert.pretrained import convert, detect, load
+from flaxbert.models.pretraining import BertEncoder, build_model
+from flaxbert.interop import hf
+from flaxbert.interop.pretrained import convert, detect, load
 
 
 def assert_same_params(a, b):
@@ -49,9 +50,9 @@ def test_round_trip_bfloat16_and_headless(tmp_path, tiny_config, fmt):
 def test_conversion_chain_hf_tf1_flaxbert_is_exact(tmp_path, tiny_model, tiny_params):
   flaxbert.save_pretrained(tmp_path / "hf", tiny_model, tiny_params, format="hf")
   (tmp_path / "hf" / "vocab.txt").write_text("[PAD]\n[UNK]\n")
-  flaxbert.pretrained.convert(tmp_path / "hf", tmp_path / "tf", "tf1")
-  flaxbert.pretrained.convert(tmp_path / "tf", tmp_path / "fb", "flaxbert")
-  flaxbert.pretrained.convert(tmp_path / "fb", tmp_path / "hf2", "hf")
+  convert(tmp_path / "hf", tmp_path / "tf", "tf1")
+  convert(tmp_path / "tf", tmp_path / "fb", "flaxbert")
+  convert(tmp_path / "fb", tmp_path / "hf2", "hf")
   assert (tmp_path / "hf2" / "vocab.txt").read_text() == "[PAD]\n[UNK]\n"
   assert_same_params(load(tmp_path / "hf2").params, tiny_params)
   a, b = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "hf2" / "model.safetensors")
@@ -133,7 +134,7 @@ def test_hf_mlm_only_checkpoint_keeps_its_head_and_gets_a_fresh_pooler_and_nsp(t
   with caplog.at_level("WARNING", logger="flaxbert"):
     model, params = flaxbert.from_pretrained(tmp_path / "hf")
   assert "has no bert/pooler or cls/seq_relationship (an MLM-only checkpoint" in caplog.text
-  fresh = flaxbert.heads.init_params(build_model(model.config), seed=0)
+  fresh = flaxbert.init_params(build_model(model.config), seed=0)
   for part in ("bert", "cls"):
     kept = {k: v for k, v in params[part].items() if k not in ("pooler", "seq_relationship")}
     assert_same_params(kept, {k: tiny_params[part][k] for k in kept})
@@ -202,7 +203,7 @@ def test_save_refuses_to_clobber_and_failures_leave_nothing(tmp_path, tiny_model
 
   def fail(*args, **kwargs):
     raise OSError("disk full")
-  monkeypatch.setattr(flaxbert.pretrained.hf, "write", fail)
+  monkeypatch.setattr(hf, "write", fail)
   with pytest.raises(OSError, match="disk full"):
     flaxbert.save_pretrained(dst, tiny_model, tiny_params, format="hf", overwrite=True)
   assert sorted(p.name for p in dst.iterdir()) == old  # the old export is untouched
@@ -235,7 +236,7 @@ def test_convert_refuses_to_write_over_its_source_or_a_workdir(tmp_path, tiny_mo
 def test_save_checks_the_params_tree(tmp_path, tiny_model, tiny_params):
   broken = jax.tree_util.tree_map(lambda x: x, tiny_params)
   del broken["cls"]["seq_relationship"]["bias"]
-  with pytest.raises(InputError, match=r"missing parameter \['cls'\]\['seq_relationship'\]\['bias'\]"):
+  with pytest.raises(InputError, match=r"params: missing cls/seq_relationship/bias \(expected shape \(2,\)\)"):
     flaxbert.save_pretrained(tmp_path / "x", tiny_model, broken, format="hf")
   with pytest.raises(InputError, match="format must be one of"):
     flaxbert.save_pretrained(tmp_path / "x", tiny_model, tiny_params, format="onnx")

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxbert.losses import token_cross_entropy
+from flaxbert.models.losses import token_cross_entropy
 
 
 def _reference(logits, labels, smoothing):

@@ -1,4 +1,4 @@
-"""flaxbert.metrics: sums and counts, FLOPs, peaks and MFU, event files and JSONL, progress, divergence."""
+"""flaxbert.training.metrics and flops: sums and counts, FLOPs, peaks and MFU, event files and JSONL, progress, divergence."""
 import io
 import json
 import math
@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from flaxbert import metrics
-from flaxbert.config import BertConfig
+from flaxbert.training import flops, metrics
+from flaxbert.models.config import BertConfig
 
 
 def _step(mlm_loss_sum, mlm_correct, mlm_count, nsp_loss_sum, nsp_correct, nsp_count, loss, grad_norm, lr):
@@ -86,17 +86,17 @@ def test_flops_of_bert_base_by_hand():
   nsp = 2 * (768 * 768 + 768 * 2)  # 1,182,720
   forward = 12 * per_layer + mlm_20 + nsp
   assert forward == 23_309_663_232
-  assert metrics.bert_flops_per_sequence(cfg, 128, 20) == 3 * forward == 69_928_989_696
-  assert metrics.bert_flops_per_sequence(cfg, 128, 20, training=False) == forward
-  assert metrics.bert_flops_per_sequence(cfg, 128, 20, with_nsp=False) == 3 * (forward - nsp)
+  assert flops.bert_flops_per_sequence(cfg, 128, 20) == 3 * forward == 69_928_989_696
+  assert flops.bert_flops_per_sequence(cfg, 128, 20, training=False) == forward
+  assert flops.bert_flops_per_sequence(cfg, 128, 20, with_nsp=False) == 3 * (forward - nsp)
   # The MLM head at all 128 positions: 108 more positions of 2·(H² + HV) each.
-  every = metrics.bert_flops_per_sequence(cfg, 128, None)
+  every = flops.bert_flops_per_sequence(cfg, 128, None)
   assert every == 3 * (forward + 108 * 2 * (768 * 768 + 768 * 30522)) == 3 * 28_500_298_752
-  ratio = every / metrics.bert_flops_per_sequence(cfg, 128, 20)
+  ratio = every / flops.bert_flops_per_sequence(cfg, 128, 20)
   assert ratio == pytest.approx(28_500_298_752 / 23_309_663_232)
   assert ratio == pytest.approx(1.22268, abs=1e-5)
   with pytest.raises(ValueError, match="num_masked"):
-    metrics.bert_flops_per_sequence(cfg, 128, 129)
+    flops.bert_flops_per_sequence(cfg, 128, 129)
 
 
 @pytest.mark.parametrize("kind,dtype,expected", [
@@ -121,28 +121,28 @@ def test_flops_of_bert_base_by_hand():
     ("Tesla V100-SXM2-16GB", "float16", None),
 ])
 def test_peak_flops_lookup(kind, dtype, expected):
-  assert metrics.peak_flops(kind, dtype) == expected
+  assert flops.peak_flops(kind, dtype) == expected
 
 
 def test_peak_flops_rejects_unknown_dtype():
   with pytest.raises(ValueError, match="unknown dtype 'int8'"):
-    metrics.peak_flops("TPU v4", "int8")
+    flops.peak_flops("TPU v4", "int8")
 
 
 def test_mfu_arithmetic():
   # 8e14 FLOPs in 2 s = 4e14 FLOP/s, over 8 chips of 1e14 → 0.5.
-  assert metrics.mfu(8e14, 2.0, 1e14, 8) == 0.5
+  assert flops.mfu(8e14, 2.0, 1e14, 8) == 0.5
   # BERT-base, batch 256 at T=128 (20 predictions) in 0.25 s on one H100: 7.16e13 / 9.89e14.
-  assert metrics.mfu(69_928_989_696 * 256, 0.25, 989e12, 1) == pytest.approx(0.072404, abs=1e-6)
+  assert flops.mfu(69_928_989_696 * 256, 0.25, 989e12, 1) == pytest.approx(0.072404, abs=1e-6)
   with pytest.raises(ValueError, match="peak"):
-    metrics.mfu(1e12, 1.0, None, 1)
+    flops.mfu(1e12, 1.0, None, 1)
   with pytest.raises(ValueError):
-    metrics.mfu(1e12, 0.0, 1e12, 1)
+    flops.mfu(1e12, 0.0, 1e12, 1)
 
 
 def test_measure_matmul_peak_on_cpu_is_quick_and_plausible():
   start = time.perf_counter()
-  peak = metrics.measure_matmul_peak("float32", size=128, seconds=0.05)
+  peak = flops.measure_matmul_peak("float32", size=128, seconds=0.05)
   assert time.perf_counter() - start < 20
   assert math.isfinite(peak) and peak > 1e7
   if jax.default_backend() == "cpu":

@@ -9,10 +9,11 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from conftest import make_batch
-from flaxbert.config import BertConfig
+from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.heads import BertEncoder, BertForPreTraining, add_vocab_bias, build_model, param_shapes
-from flaxbert.model import attention_implementation, gelu, truncated_normal
+from flaxbert.models.pretraining import BertEncoder, BertForPreTraining, add_vocab_bias, build_model, param_shapes
+from flaxbert.models.encoder import attention_implementation, truncated_normal
+from flaxbert.models.activations import gelu
 
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:

@@ -8,8 +8,8 @@ import optax
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.optim import (OPTIMIZERS, build_optimizer, describe, learning_rate_schedule,
-                            weight_decay_mask)
+from flaxbert.training.optim import (OPTIMIZERS, build_optimizer, describe, learning_rate_schedule,
+                                     weight_decay_mask)
 
 tree_map = jax.tree_util.tree_map
 
@@ -304,7 +304,7 @@ def test_state_follows_the_params_dtype_and_shards_like_the_params(optimizer):
     state = jax.jit(lambda p: tx.update(tree_map(jnp.ones_like, p), tx.init(p), p)[1])(params)
     floats = [x.dtype for x in jax.tree_util.tree_leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert floats and set(floats) == {jnp.dtype(dtype)}
-  # flaxbert.sharding lays the state out with optax.tree_map_params: every moment is a params tree.
+  # flaxbert.training.sharding lays the state out with optax.tree_map_params: every moment is a params tree.
   marked = optax.tree_map_params(tx, lambda _: "param", tx.init(tree()), transform_non_params=lambda _: "other")
   leaves = jax.tree_util.tree_leaves(marked)
   assert leaves.count("param") == 2 * len(jax.tree_util.tree_leaves(tree())) and set(leaves) <= {"param", "other"}

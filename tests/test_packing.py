@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from finetune_fixtures import tiny_bert_config
-from flaxbert import packing
-from flaxbert.tasks.model import BertForTask
+from flaxbert.training import packing
+from flaxbert.models.task_heads import BertForTask
 
 
 def per_example(lengths, length: int, seed: int = 0) -> dict:
@@ -119,7 +119,7 @@ def test_packed_token_logits_equal_each_sentence_alone():
 
 def test_span_loss_of_packed_windows_is_each_windows_own_softmax():
   """SQuAD: the start/end loss of a packed row is the cross-entropy over each window's own tokens."""
-  from flaxbert.tasks.qa import QuestionAnswering  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.tasks.qa import QuestionAnswering  # pylint: disable=import-outside-toplevel
   lengths = [9, 4, 13, 2, 6]
   arrays = per_example(lengths, length=16, seed=6)
   del arrays["label"]
@@ -130,7 +130,7 @@ def test_span_loss_of_packed_windows_is_each_windows_own_softmax():
   packed["example_mask"] = np.ones(len(packed["input_ids"]), np.int32)
   logits = {k: rng.normal(size=packed["input_ids"].shape).astype(np.float32) for k in ("start_logits", "end_logits")}
   task = QuestionAnswering.__new__(QuestionAnswering)
-  got = task.loss_sums(logits, jax.tree_util.tree_map(jnp.asarray, packed))
+  got = task.head_loss(logits, jax.tree_util.tree_map(jnp.asarray, packed))
   per_example_logits = packing.unpack(logits, packed, lengths, {k: float("-inf") for k in logits})
   want = 0.0
   for i, n in enumerate(lengths):

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.tasks.parallel import filter_lengths, read_parallel, read_parallel_tsv, read_spec
-from flaxbert.tasks.readers import ReadReport
+from flaxbert.finetune.tasks.parallel import filter_lengths, read_parallel, read_parallel_tsv, read_spec
+from flaxbert.finetune.tasks.readers import ReadReport
 
 
 def write(path, lines, gz=False):

@@ -4,8 +4,8 @@ import pytest
 
 import flaxbert
 from conftest import make_batch, random_params
-from flaxbert.config import BertConfig
-from flaxbert.heads import build_model
+from flaxbert.models.config import BertConfig
+from flaxbert.models.pretraining import build_model
 
 torch = pytest.importorskip("torch", reason="parity tests need torch==2.13.0 (pip install -e .[test])")
 transformers = pytest.importorskip("transformers", reason="parity tests need transformers (pip install -e .[test])")

@@ -1,11 +1,11 @@
-"""flaxbert.tasks.readers: GLUE TSVs in their shipped layouts, custom tables, CoNLL files, file:line errors."""
+"""flaxbert.finetune.tasks.readers: GLUE TSVs in their shipped layouts, custom tables, CoNLL files, file:line errors."""
 import json
 
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.tasks import glue_tsv, readers
-from flaxbert.tasks.readers import ReadReport, TaggedExample, TextExample
+from flaxbert.finetune.tasks import glue_tsv, readers
+from flaxbert.finetune.tasks.readers import ReadReport, TaggedExample, TextExample
 
 
 def write(tmp_path, name: str, lines, encoding: str = "utf-8") -> str:
@@ -158,12 +158,12 @@ def test_qqp_skip_malformed(tmp_path):
   assert len(glue_tsv.read_glue("qqp", path, skip_malformed=True)) == 2
   # The fine-tuning config's switch reaches the reader; the error names it.
   from configs import finetune  # pylint: disable=import-outside-toplevel
-  from flaxbert.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
   c = finetune.get_config("glue_qqp,tiny")
   with pytest.raises(InputError, match=r"got 4 \(--config.skip_malformed_rows=true skips such rows\)"):
-    get_task(c).read(str(path), None, True)
+    get_task(c).read(str(path), True, "train_path")
   c.skip_malformed_rows = True
-  assert [e.guid for e in get_task(c).read(str(path), None, True)] == ["1", "3"]
+  assert [e.guid for e in get_task(c).read(str(path), True, "train_path")] == ["1", "3"]
 
 
 def test_not_utf8_names_the_line(tmp_path):
@@ -296,7 +296,7 @@ def test_read_conll_errors(tmp_path):
 ])
 def test_truncate_pair_is_the_originals(a, b, limit, want_a, want_b):
   """google-research/bert's _truncate_seq_pair: pop from a only while it is strictly longer."""
-  from flaxbert.tasks.base import truncate_pair  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.tasks.layout import truncate_pair  # pylint: disable=import-outside-toplevel
   assert truncate_pair(a, b, limit) is True
   assert (a, b) == (want_a, want_b)
   assert truncate_pair(a, b, limit) is False
@@ -305,23 +305,23 @@ def test_truncate_pair_is_the_originals(a, b, limit, want_a, want_b):
 def test_glue_csv_exports_read_with_each_tasks_own_column_names(tmp_path):
   """HF datasets' / TFDS's GLUE columns: SST-2 `sentence`, QNLI `question` + `sentence`, MNLI `premise` + `hypothesis`."""
   from configs import finetune  # pylint: disable=import-outside-toplevel
-  from flaxbert.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
   files = {"glue_sst2": ("sentence,label\nw1 w2,1\n", ("w1 w2", None)),
            "glue_qnli": ("question,sentence,label\nq1?,s1.,entailment\n", ("q1?", "s1.")),
            "glue_mnli": ("premise,hypothesis,label\np1,h1,neutral\n", ("p1", "h1"))}
   for task, (text, want) in files.items():
     path = tmp_path / f"{task}.csv"
     path.write_text(text)
-    [example] = get_task(finetune.get_config(f"{task},tiny")).read(str(path), None, True)
+    [example] = get_task(finetune.get_config(f"{task},tiny")).read(str(path), True, "train_path")
     assert (example.text_a, example.text_b) == want, task
 
 
 def test_ner_tag_unseen_in_training_is_named_at_its_own_line(tmp_path):
   from configs import finetune  # pylint: disable=import-outside-toplevel
-  from flaxbert.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
   task = get_task(finetune.get_config("ner,tiny"))
   (tmp_path / "train.txt").write_text("w1\tB-PER\nw2\tO\n\nw3\tO\n")
   (tmp_path / "dev.txt").write_text("w1\tO\nw2\tB-FOO\n\nw3\tO\n")
-  task.learn(task.read(str(tmp_path / "train.txt"), None, True))
+  task.learn(task.read(str(tmp_path / "train.txt"), True, "train_path"))
   with pytest.raises(InputError, match=r"dev.txt:2: tag\(s\) \['B-FOO'\] of the dev data are not among"):
-    task.check([("dev", task.read(str(tmp_path / "dev.txt"), None, False))])
+    task.check([("dev", task.read(str(tmp_path / "dev.txt"), False, "eval_path"))])

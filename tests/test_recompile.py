@@ -7,10 +7,11 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import pretrain as pretrain_config
-from flaxbert import optim, sharding
-from flaxbert.config import BertConfig
-from flaxbert.heads import BertForPreTraining
-from flaxbert.train import create_train_state, pretraining_step
+from flaxbert.training import optim, sharding
+from flaxbert.models.config import BertConfig
+from flaxbert.models.pretraining import BertForPreTraining
+from flaxbert.training.state import create_train_state
+from flaxbert.pretrain.job import pretraining_step
 
 BATCH, SEQ, PREDICTIONS = 8, 16, 3
 
@@ -38,7 +39,8 @@ def test_train_step_traces_once(accum_steps):
   cfg = BertConfig.from_size("tiny", vocab_size=101, max_position_embeddings=SEQ)
   model = BertForPreTraining(cfg)
   opt = pretrain_config.get_config("tiny").optim
-  opt.num_train_steps, opt.warmup_steps = 10, 2
+  opt.warmup_steps = 2
+  opt = optim.resolve(opt, 10)
   tx, schedule = optim.build_optimizer(opt), optim.learning_rate_schedule(opt)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1)))
   state, shardings = create_train_state(model, tx, mesh, sharding.DATA_PARALLEL, 0,

@@ -1,4 +1,4 @@
-"""flaxbert.tasks.scores: hand-computed GLUE and seqeval values, and the reference libraries when installed."""
+"""flaxbert.finetune.tasks.scores: hand-computed GLUE and seqeval values, and the reference libraries when installed."""
 import math
 import random
 import warnings
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.tasks import scores
+from flaxbert.finetune.tasks import scores
 
 # --- GLUE metrics, by hand -----------------------------------------------------------------------
 

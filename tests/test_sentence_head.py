@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from flaxbert.config import BertConfig
+from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.model import BertModel
-from flaxbert.tasks.model import BertForTask, sinusoidal_positions
+from flaxbert.models.encoder import BertModel
+from flaxbert.models.task_heads import BertForTask, sinusoidal_positions
 
 CFG = BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
                  max_position_embeddings=32)

@@ -4,6 +4,8 @@ evaluates, generates line by line; the warm start lands the checkpoint's weights
 import functools
 import json
 import logging
+import shutil
+import types
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,10 @@ from configs import finetune as finetune_config
 from finetune_fixtures import STEMS, write_pretrained
 from flaxbert import cli
 from flaxbert.errors import InputError
-from flaxbert.pretrained import load
-from flaxbert.finetune import optimizer_section
-from flaxbert.seq2seq_finetune import evaluate, generate_file, optimizer, restore, train_and_evaluate
-from flaxbert.tasks import batching
+from flaxbert.finetune.job import evaluate, generate_file, restore, train_and_evaluate
+from flaxbert.finetune.tasks.registry import get_task
+from flaxbert.interop.pretrained import load
+from flaxbert.training import batching, optim
 
 
 def sentences(n: int, seed: int, words=STEMS[:24]) -> list[list[str]]:
@@ -39,9 +41,13 @@ def losses(workdir: Path) -> list[float]:
 
 def tiny(task: str, **overrides):
   c = finetune_config.get_config(f"{task},tiny")
-  c.learning_rate, c.warmup_proportion, c.dropout, c.eval_every_epoch = 3e-3, 0.0, 0.0, False
+  c.optim.learning_rate, c.optim.warmup_proportion, c.eval_every_epoch = 3e-3, 0.0, False
+  c.model.hidden_dropout_prob = c.model.attention_probs_dropout_prob = 0.0
   for key, value in overrides.items():
-    c[key] = value
+    node, *path = [c, *key.split(".")]
+    for name in path[:-1]:
+      node = node[name]
+    node[path[-1]] = value
   return c
 
 
@@ -64,7 +70,8 @@ def test_translation_from_random_init_trains_scores_resumes_and_generates(transl
   hyps = (w / "hypotheses.txt").read_text().splitlines()
   assert len(hyps) == 12
   record = json.loads((w / "task.json").read_text())
-  assert record["state"]["warm_start"] == "random" and record["model"]["hidden_size"] == 128
+  assert record["kind"] == "seq2seq" and record["settings"]["warm_start"] == "random"
+  assert record["model"]["hidden_size"] == 128 and record["defaults"]["beam_size"] == 2
   assert (w / "spm.model").is_file()  # the joint vocabulary travels with the workdir
   assert json.loads((w / "eval_results.json").read_text()) == results
   # a finished run, rerun: nothing retrained, the restored model scores the same
@@ -93,7 +100,8 @@ def test_export_loads_in_transformers_with_the_same_logits_and_greedy_output(tra
   assert cli.main(["convert", str(w), str(tmp_path / "hf"), "--to", "hf"]) == 0
   hf, info = transformers.EncoderDecoderModel.from_pretrained(tmp_path / "hf", output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"]
-  s, params, _, _ = restore(w)
+  task, session, params = restore(w)
+  s = task.bundle(session)
   src = s.sources(["w1 w2 w3", "w4 w5"])
   t = s.tokenizer
   tgt = np.asarray([[t.cls_id, 7, 8, 9], [t.cls_id, 10, 11, t.pad_id]], np.int32)
@@ -120,9 +128,8 @@ def test_summarization_warm_start_lands_the_checkpoint_and_scores_rouge(tmp_path
   dev.write_text("".join(json.dumps({"text": " ".join(r), "s1": r[0], "s2": [" ".join(r[:2])]}) + "\n"
                          for r in rows[:5]))
   c = tiny("summarization_abstractive", init=str(bert), train_path=str(train), eval_path=str(dev),
-           source_field="text", target_fields="summary", eval_target_fields="s1,s2", learning_rate=1e-30,
-           weight_decay=0.0,
-           max_source_length=16, max_target_length=8)
+           source_field="text", target_fields="summary", eval_target_fields="s1,s2",
+           **{"optim.learning_rate": 1e-30, "optim.weight_decay": 0.0}, max_source_length=16, max_target_length=8)
   w = tmp_path / "w"
   with caplog.at_level(logging.WARNING, logger="flaxbert"):
     results = train_and_evaluate(c, w)
@@ -130,7 +137,7 @@ def test_summarization_warm_start_lands_the_checkpoint_and_scores_rouge(tmp_path
   # summarization cuts a long training source (cut_long_sources) rather than dropping the pair
   assert "train.jsonl: 1 source(s) over 14 wordpieces cut" in caplog.text and "skipped" not in caplog.text
   # a learning rate of ~0: the checkpoint's weights, as the warm start placed them (bert2bert)
-  _, params, _, _ = restore(w)
+  _, _, params = restore(w)
   bert_params = load(bert).params["bert"]
   same = functools.partial(np.testing.assert_allclose, rtol=0, atol=1e-6)
   same(params["encoder"]["embeddings"]["word_embeddings"]["embedding"],
@@ -141,13 +148,15 @@ def test_summarization_warm_start_lands_the_checkpoint_and_scores_rouge(tmp_path
 
 
 def test_fresh_weights_learn_at_fresh_lr_scale_times_the_rate():
-  opt = optimizer_section(tiny("translation", learning_rate=1e-3, warmup_proportion=0.0, weight_decay=0.0), 10)
   grads = {"encoder": {"kernel": np.ones(3, np.float32)},
            "decoder": {"bert": {"layer_0": {"crossattention": {"kernel": np.ones(3, np.float32)},
                                             "attention": {"kernel": np.ones(3, np.float32)}}}}}
+  with_head = types.SimpleNamespace(params={"cls": {"predictions": {}}})
   for mode, scale, fresh in (("bert2bert", 10.0, ["crossattention"]), ("bert2rnd", 4.0, ["crossattention", "attention"]),
-                             (None, 10.0, [])):
-    tx = optimizer(opt, scale, mode, has_mlm_head=True)
+                             ("random", 10.0, [])):
+    c = tiny("translation", warm_start=mode, fresh_lr_scale=scale,
+             **{"optim.learning_rate": 1e-3, "optim.warmup_proportion": 0.0, "optim.weight_decay": 0.0})
+    tx = get_task(c).optimizer(optim.resolve(c.optim, 10), with_head)
     updates, _ = tx.update(grads, tx.init(grads), grads)
     base = float(updates["encoder"]["kernel"][0])
     assert base < 0
@@ -155,7 +164,7 @@ def test_fresh_weights_learn_at_fresh_lr_scale_times_the_rate():
       got = float(updates["decoder"]["bert"]["layer_0"][name]["kernel"][0])
       np.testing.assert_allclose(got, base * (scale if name in fresh else 1.0), rtol=1e-6, err_msg=f"{mode} {name}")
   with pytest.raises(InputError, match="fresh_lr_scale: expected a positive number, got 0"):
-    optimizer(opt, 0, "bert2bert", True)
+    get_task(tiny("translation", warm_start="random", fresh_lr_scale=0)).check_config()
 
 
 def test_bad_inputs_are_named(tmp_path):
@@ -171,6 +180,9 @@ def test_bad_inputs_are_named(tmp_path):
   bad.write_text(json.dumps({"source": "a b", "target": "c"}) + "\n" + json.dumps({"source": "a", "tgt": "c"}) + "\n")
   with pytest.raises(InputError, match=r"bad.jsonl:2: field 'target': expected text or a list of texts \(no such"):
     train_and_evaluate(tiny("translation", warm_start="random", train_path=str(bad)), tmp_path / "d")
+  with pytest.raises(InputError, match=r"num_epochs: expected a number > 0, got 0"):
+    train_and_evaluate(tiny("translation", warm_start="random", train_path=train, num_epochs=0.0), tmp_path / "n")
+  assert not (tmp_path / "n").exists()
   with pytest.raises(InputError, match=r"max_target_length: 999; expected 3 to the model's max_position_embeddings"):
     train_and_evaluate(tiny("translation", warm_start="random", train_path=train, max_target_length=999),
                        tmp_path / "e")
@@ -199,3 +211,40 @@ def test_grouped_batches_cover_each_example_once_with_similar_lengths():
   trimmed = batching.trim(again, {"mask": ("mask",)}, 8)
   longest = again["mask"].sum(axis=1).max()
   assert trimmed["mask"].shape[1] == -(-longest // 8) * 8 and trimmed["mask"].sum() == again["mask"].sum()
+
+
+def test_every_command_dispatches_on_the_recorded_kind(translation, tmp_path, capsys):
+  """embed reads a seq2seq workdir's encoder; a task.json of flaxbert 0.1.0 (no kind) still evaluates
+  and generates; predict goes through the family too."""
+  c, w, results = translation
+  sentences = tmp_path / "s.txt"
+  sentences.write_text("w1 w2 w3\nw4 w5\n")
+  assert cli.main(["embed", "--model", str(w), "--input", str(sentences), "--output", str(tmp_path / "v.npy")]) == 0
+  vectors = np.load(tmp_path / "v.npy")
+  assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+  old = tmp_path / "old"
+  shutil.copytree(w, old)
+  record = json.loads((old / "task.json").read_text())
+  (old / "task.json").write_text(json.dumps({  # as flaxbert 0.1.0 wrote it
+      "task": record["task"], "state": {k: record["settings"][k] for k in ("warm_start", "init")},
+      "model": record["model"], "max_source_length": record["settings"]["max_source_length"],
+      "max_target_length": record["settings"]["max_target_length"]}))
+  assert evaluate(c, old) == results
+  src = tmp_path / "in.txt"
+  src.write_text(Path(c.eval_path.split("|")[0]).read_text().splitlines()[0] + "\n")
+  assert generate_file(old, src, tmp_path / "old.txt", beam_size=2) == 1
+  assert (tmp_path / "old.txt").read_text() == (w / "hypotheses.txt").read_text().splitlines()[0] + "\n"
+  assert cli.main(["predict", "--config", "finetune:translation,tiny", "--workdir", str(w), "--input", str(src),
+                   "--output", str(tmp_path / "p.txt"), "--config.beam_size=2"]) == 0
+  assert (tmp_path / "p.txt").read_text() == (tmp_path / "old.txt").read_text()
+
+
+def test_sweep_runs_a_translation_config(tmp_path):
+  from flaxbert.finetune.sweep import run_sweep  # pylint: disable=import-outside-toplevel
+  train, dev = write_parallel(tmp_path, "train", 16, 0), write_parallel(tmp_path, "dev", 4, 1)
+  c = tiny("translation", warm_start="random", train_path=train, eval_path=dev, vocab_size=24, beam_size=1)
+  c.sweep.learning_rates, c.sweep.batch_sizes, c.sweep.num_epochs = (3e-3,), (8,), (1.0,)
+  summary = run_sweep(c, tmp_path / "sweep")
+  assert summary["metric"] == "bleu" and [p["name"] for p in summary["points"]] == ["lr0.003_bs8_ep1"]
+  assert set(summary["best"]["results"]) == {"bleu", "bleu_uncased", "chrf"}
+  assert json.loads((tmp_path / "sweep" / "lr0.003_bs8_ep1" / "task.json").read_text())["kind"] == "seq2seq"

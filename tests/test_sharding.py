@@ -6,11 +6,11 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import pretrain as pretrain_config
-from flaxbert import optim, sharding
-from flaxbert.config import BertConfig
+from flaxbert.training import optim, sharding
+from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.heads import BertForPreTraining
-from flaxbert.train import create_train_state
+from flaxbert.models.pretraining import BertForPreTraining
+from flaxbert.training.state import create_train_state
 
 
 def mesh_config(data=-1, fsdp=1, model=1):
@@ -44,9 +44,8 @@ def test_rules_are_validated():
 def test_state_is_placed_by_the_rules(rules, mesh, word, query, mu_query):
   model = BertForPreTraining(BertConfig.from_size("tiny", vocab_size=64, max_position_embeddings=32))
   opt = pretrain_config.get_config("tiny").optim
-  opt.num_train_steps = 10
   opt.warmup_steps = 1
-  tx = optim.build_optimizer(opt)
+  tx = optim.build_optimizer(optim.resolve(opt, 10))
   state, shardings = create_train_state(model, tx, sharding.make_mesh(mesh), rules, 0,
                                         (jax.ShapeDtypeStruct((1, 16), jnp.int32),))
   params = state.params

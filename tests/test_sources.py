@@ -1,7 +1,7 @@
-"""Reading pretraining text: both layouts, sentence splitting, and every kind of bad input."""
+"""Reading pretraining text: both layouts and every kind of bad input (splitting: test_sentences.py)."""
 import pytest
 
-from data_prep.sources import MAX_SENTENCE_CHARS, SourceStats, list_files, read_file, split_sentences
+from data_prep.sources import MAX_SENTENCE_CHARS, SourceStats, list_files, read_file
 from flaxbert.errors import InputError
 
 
@@ -25,13 +25,6 @@ def test_document_per_file_splits_sentences(tmp_path):
   docs, _ = read_all([tmp_path / "book.txt"], "document_per_file")
   assert docs == [["Mr. Smith went to Washington.", "He arrived at 5 p.m. on Monday!",
                    "\"Is it late?\" she asked.", "J. R. Tolkien wrote it."]]
-
-
-def test_split_sentences_rules():
-  assert split_sentences("One. Two! Three? four.") == ["One.", "Two!", "Three? four."]
-  assert split_sentences("See Fig. 3 and Dr. Who. Then 1999 came.") == ["See Fig. 3 and Dr. Who.", "Then 1999 came."]
-  assert split_sentences("He said \"Stop.\" Then he left.") == ["He said \"Stop.\"", "Then he left."]
-  assert split_sentences("   ") == []
 
 
 def test_bad_files_are_skipped_and_counted(tmp_path):

@@ -1,4 +1,4 @@
-"""flaxbert.tasks.squad / squad_post: reading SQuAD v1.1/v2.0 JSON, doc-stride features, span
+"""flaxbert.finetune.tasks.squad / squad_post: reading SQuAD v1.1/v2.0 JSON, doc-stride features, span
 logits back to the context's own text, the official EM/F1 (v1.1 and v2.0), predictions.json."""
 import json
 import logging
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.tasks.squad import ReadReport, featurize, read_squad
-from flaxbert.tasks.squad_post import (exact_match_score, f1_score, get_final_text, normalize_answer,
-                                       predict_answers, squad_scores, write_predictions_json)
-from flaxbert.tokenization import SPECIAL_TOKENS, WordPieceTokenizer
-from flaxbert.wordpiece_rules import basic_tokenize
+from flaxbert.finetune.tasks.readers import ReadReport
+from flaxbert.finetune.tasks.squad import featurize, read_squad
+from flaxbert.finetune.tasks.squad_post import (exact_match_score, f1_score, get_final_text, normalize_answer,
+                                                predict_answers, squad_scores, write_predictions_json)
+from flaxbert.text.tokenization import SPECIAL_TOKENS, WordPieceTokenizer
+from flaxbert.text.wordpiece_rules import basic_tokenize
 
 SUPER_BOWL = ("Super Bowl 50 was an American football game to determine the champion of the National "
               "Football League (NFL) for the 2015 season. The American Football Conference (AFC) champion "
@@ -86,7 +87,7 @@ def test_read_maps_answers_to_words_and_skips_answers_not_in_the_context(tmp_pat
   assert [text for text, _ in sb1.answers] == ["Denver Broncos", "Broncos"]  # all golds for eval
   assert sb1.start_word == -1 and not sb1.is_impossible
 
-  report = ReadReport()
+  report = ReadReport("squad")
   with caplog.at_level(logging.WARNING, logger="flaxbert"):
     training = by_id(read_squad(path, "v1.1", training=True, report=report))
   assert report.skipped == 1 and report.skipped_ids == ["sb_bad"] and "sb_bad" not in training
@@ -295,7 +296,7 @@ def test_official_v2_scores_and_best_threshold(tmp_path):
 
 def test_task_scores_are_those_of_its_predictions_file(tmp_path):
   """A threshold above 1 answers "has" at odds 2.0; the task must not count that as no-answer."""
-  from flaxbert.tasks.qa import QuestionAnswering  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.tasks.qa import QuestionAnswering  # pylint: disable=import-outside-toplevel
   examples = read_squad(v2_file(tmp_path), "v2", training=False)[:2]  # "has" (Denver Broncos), "no"
   task = QuestionAnswering.__new__(QuestionAnswering)
   task.version = "v2"

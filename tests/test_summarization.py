@@ -1,57 +1,21 @@
-"""flaxbert.tasks.summarization: sentence splitting, the JSONL reader, the greedy oracle, ROUGE,
-BertSumExt features, trigram-blocked selection, Lead-k and centroid ranking, on hand-made data."""
+"""flaxbert.finetune.tasks.summarization: the JSONL reader, the greedy oracle, ROUGE, BertSumExt
+features, trigram-blocked selection, Lead-k and centroid ranking, on hand-made data."""
 import json
 
 import numpy as np
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.tasks import readers
-from flaxbert.tasks import summarization as S
-from flaxbert.tasks.summarization import SummaryExample
-from flaxbert.tokenization import WordPieceTokenizer
+from flaxbert.finetune.tasks import readers, scores
+from flaxbert.finetune.tasks import summarization as S
+from flaxbert.finetune.tasks.summarization import SummaryExample
+from flaxbert.text.tokenization import WordPieceTokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d", "e", "."]
 
 
 def example(sentences, summary=None, guid="d") -> SummaryExample:
   return SummaryExample(guid, tuple(sentences), summary, f"{guid}.jsonl:1")
-
-
-# --- sentence splitting ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("Mr. Smith met Dr. Jones in the U.S. capital. They named firms, e.g. Apple and IBM. Then they left!",
-     ["Mr. Smith met Dr. Jones in the U.S. capital.", "They named firms, e.g. Apple and IBM.", "Then they left!"]),
-    ('He said: "It is over." Then he left. "Will it work?" she asked. Who knows?',
-     ['He said: "It is over."', "Then he left.", '"Will it work?" she asked.', "Who knows?"]),
-    ("Profits rose 5.2% in 2004. 2005 looks better. (Shares fell.) Wait... It happened.",
-     ["Profits rose 5.2% in 2004.", "2005 looks better.", "(Shares fell.)", "Wait...", "It happened."]),
-    ("Ad sales boost profit\n\nFirst paragraph. Second sentence\nthird line\n\n  \n Last one.",
-     ["Ad sales boost profit", "First paragraph.", "Second sentence", "third line", "Last one."]),
-    ("J. K. Rowling lives at No. 10 Acacia Road. it costs 3 vs. 4 dollars. ok then.",
-     ["J. K. Rowling lives at No. 10 Acacia Road. it costs 3 vs. 4 dollars. ok then."]),
-    ("The number is no. But 5 people came.", ["The number is no.", "But 5 people came."]),
-    ("", []),
-])
-def test_split_sentences(text, expected):
-  assert S.split_sentences(text) == expected
-
-
-@pytest.mark.parametrize("summary, expected", [
-    ("TimeWarner said sales rose 2% to $11.1bn from $10.9bn.For the full-year, it made $3.36bn.However, AOL lost.",
-     ["TimeWarner said sales rose 2% to $11.1bn from $10.9bn.", "For the full-year, it made $3.36bn.",
-      "However, AOL lost."]),
-    ('He said: "It is over."The dollar fell.', ['He said: "It is over."', "The dollar fell."]),
-    ('The dollar fell."I think so," he said.Will it rise?Yes!', ["The dollar fell.", '"I think so," he said.',
-                                                                  "Will it rise?", "Yes!"]),
-    ("Sales fell.£5m was lost.$3bn too.(Shares fell.)2005 is next.",
-     ["Sales fell.", "£5m was lost.", "$3bn too.", "(Shares fell.)", "2005 is next."]),
-    ("One. Two.\nThree.Mr.Smith agreed.", ["One.", "Two.", "Three.", "Mr.Smith agreed."]),
-])
-def test_split_reference(summary, expected):
-  assert S.split_reference(summary) == expected
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -129,23 +93,23 @@ def test_greedy_oracle():
 
 
 def test_rouge_scores_hand_checked():
-  assert S.rouge_scores(["The cat sat."], ["The cat sat."]) == {"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0}
+  assert scores.rouge_scores(["The cat sat."], ["The cat sat."]) == {"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0}
   # "the cat sat" vs "the cat sat on the mat": unigrams 3 of 3 predicted, 3 of 6 reference
   # (clipped counts) → F1 = 2·1·0.5/1.5 = 2/3; bigrams 2/2 and 2/5 → 4/7; LCS 3 → 2/3.
-  got = S.rouge_scores(["the cat sat"], ["The cat sat on the mat."])
+  got = scores.rouge_scores(["the cat sat"], ["The cat sat on the mat."])
   assert got["rouge1"] == pytest.approx(200 / 3) and got["rouge2"] == pytest.approx(400 / 7)
   assert got["rougeL"] == pytest.approx(200 / 3)
-  mean = S.rouge_scores(["the cat sat", "x"], ["The cat sat on the mat.", "x"])
+  mean = scores.rouge_scores(["the cat sat", "x"], ["The cat sat on the mat.", "x"])
   assert mean["rouge1"] == pytest.approx((200 / 3 + 100) / 2)
-  assert S.rouge_scores(["Running dogs."], ["run dog"])["rouge1"] == pytest.approx(100.0)  # stemmer on
-  assert S.rouge_scores([], []) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+  assert scores.rouge_scores(["Running dogs."], ["run dog"])["rouge1"] == pytest.approx(100.0)  # stemmer on
+  assert scores.rouge_scores([], []) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
   # several references: the best F1 over them, per variant
-  best = S.rouge_scores(["the cat sat"], [["a dog ran", "The cat sat on the mat."]])
-  assert best == got and S.rouge_scores(["x"], [("y", "x")])["rouge2"] == 0.0
+  best = scores.rouge_scores(["the cat sat"], [["a dog ran", "The cat sat on the mat."]])
+  assert best == got and scores.rouge_scores(["x"], [("y", "x")])["rouge2"] == 0.0
   with pytest.raises(ValueError, match="missing"):
-    S.rouge_scores(["x"], [[]])
+    scores.rouge_scores(["x"], [[]])
   with pytest.raises(ValueError, match="2 predictions but 1 references"):
-    S.rouge_scores(["a", "b"], ["a"])
+    scores.rouge_scores(["a", "b"], ["a"])
 
 
 # --- features --------------------------------------------------------------------------------------

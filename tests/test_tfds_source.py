@@ -3,7 +3,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from flaxbert.errors import InputError
-from flaxbert.tasks import tfds_source
+from flaxbert.finetune.tasks import tfds_source
 
 
 def test_glue_splits_become_text_examples():

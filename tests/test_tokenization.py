@@ -1,4 +1,4 @@
-"""flaxbert.tokenization: the original WordPiece rules one by one (reference and fast path), the fast
+"""flaxbert.text.tokenization: the original WordPiece rules one by one (reference and fast path), the fast
 path against the reference on hostile strings and on every code point, against transformers on real
 text, sentencepiece models, saving/loading, and bad vocabularies."""
 import json
@@ -9,8 +9,8 @@ import pytest
 import sentencepiece
 
 from flaxbert.errors import InputError
-from flaxbert.tokenization import SPECIAL_TOKENS, Tokenizer, load_tokenizer
-from flaxbert.wordpiece_rules import basic_tokenize, clean_text, words_are_independent
+from flaxbert.text.tokenization import SPECIAL_TOKENS, Tokenizer, load_tokenizer
+from flaxbert.text.wordpiece_rules import basic_tokenize, clean_text, words_are_independent
 
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flaxbert.tokenization import SPECIAL_TOKENS, load_tokenizer
+from flaxbert.text.tokenization import SPECIAL_TOKENS, load_tokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

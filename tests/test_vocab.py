@@ -6,8 +6,8 @@ import pytest
 
 from data_prep.vocab import corpus_lines, train_sentencepiece, train_wordpiece
 from flaxbert.errors import InputError
-from flaxbert.tokenization import SPECIAL_TOKENS, load_tokenizer
-from flaxbert.wordpiece_rules import basic_tokenize
+from flaxbert.text.tokenization import SPECIAL_TOKENS, load_tokenizer
+from flaxbert.text.wordpiece_rules import basic_tokenize
 
 _STEMS = "walk talk play jump read paint build sing cook clean climb dream".split()
 _AFFIXES = ("", "s", "ed", "ing", "er", "ers")

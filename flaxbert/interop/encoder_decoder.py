@@ -1,4 +1,4 @@
-"""Export of a BERT2BERT workdir to transformers' `EncoderDecoderModel` layout.
+"""Export of a BERT2BERT model (flaxbert.models.encoder_decoder) to transformers' `EncoderDecoderModel` layout.
 
 The directory holds config.json (model_type "encoder-decoder": a BERT encoder config and a BERT
 decoder config with is_decoder and add_cross_attention), model.safetensors with HF's tensor names
@@ -11,7 +11,8 @@ sets tie_encoder_decoder and writes the shared tensors under both names. The enc
 which EncoderDecoderModel creates but never uses, is written as zeros.
 
 `transformers.EncoderDecoderModel.from_pretrained(DIR)` loads it with no missing or unexpected
-keys and gives flaxbert's logits (tests/test_seq2seq_export.py).
+keys and gives flaxbert's logits (tests/test_seq2seq_finetune.py). `flaxbert convert WORKDIR DST
+--to hf` restores a seq2seq workdir and calls `export_hf` (flaxbert.finetune.job.export_hf).
 """
 import json
 import os
@@ -22,13 +23,14 @@ from safetensors.numpy import save_file
 
 from flaxbert.atomic import atomic_directory
 from flaxbert.interop.names import encoder_decoder_entries, get_path, to_external
+from flaxbert.interop.pretrained import EXPORT_KIND, is_export
 
 
-def export_hf(workdir: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> Path:
-  """Writes the newest checkpoint of a translation/summarization_abstractive workdir to `dst`."""
-  from flaxbert.seq2seq_finetune import restore  # pylint: disable=import-outside-toplevel
-  s, params, record, _ = restore(workdir)
-  enc, dec, share = s.model.encoder_config, s.model.decoder_config, s.model.share
+def export_hf(model, params: dict, tokenizer, max_target_length: int, dst: str | os.PathLike,
+              overwrite: bool = False, inputs=()) -> Path:
+  """Writes a BertEncoderDecoder's `params` (with its tokenizer; generation up to
+  `max_target_length` tokens) to `dst`, atomically; `inputs` (the workdir read) are never replaced."""
+  enc, dec, share = model.encoder_config, model.decoder_config, model.share
   tensors = {e.hf: to_external(np.asarray(get_path(params, e.path)), e.kind, "hf")
              for e in encoder_decoder_entries(enc, dec, share)}
   # EncoderDecoderModel builds its BertModel encoder with a pooler, which it never uses: zeros keep
@@ -36,7 +38,7 @@ def export_hf(workdir: str | os.PathLike, dst: str | os.PathLike, overwrite: boo
   h = enc.hidden_size
   tensors.update({"encoder.pooler.dense.weight": np.zeros((h, h), np.float32),
                   "encoder.pooler.dense.bias": np.zeros((h,), np.float32)})
-  t = s.tokenizer
+  t = tokenizer
   ids = {"decoder_start_token_id": t.cls_id, "eos_token_id": t.sep_id, "pad_token_id": t.pad_id}
   config = {"model_type": "encoder-decoder", "architectures": ["EncoderDecoderModel"], "is_encoder_decoder": True,
             "tie_encoder_decoder": share, "encoder": enc.to_hf_dict(),
@@ -44,9 +46,8 @@ def export_hf(workdir: str | os.PathLike, dst: str | os.PathLike, overwrite: boo
                             architectures=["BertLMHeadModel"]),
             **ids}
   config["encoder"]["architectures"] = ["BertModel"]
-  generation = dict(ids, max_length=record["max_target_length"] + 1)  # HF counts the start token
-  from flaxbert.pretrained import EXPORT_KIND, is_export  # pylint: disable=import-outside-toplevel
-  with atomic_directory(dst, overwrite, [workdir], is_export, EXPORT_KIND) as tmp:
+  generation = dict(ids, max_length=max_target_length + 1)  # HF counts the start token
+  with atomic_directory(dst, overwrite, list(inputs), is_export, EXPORT_KIND) as tmp:
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(tmp / "model.safetensors"),
@@ -56,14 +57,3 @@ def export_hf(workdir: str | os.PathLike, dst: str | os.PathLike, overwrite: boo
       (tmp / "tokenizer_config.json").write_text(json.dumps(
           {"tokenizer_class": "BertTokenizer", "do_lower_case": t.lower_case}, indent=2) + "\n")
   return Path(dst)
-
-
-def is_seq2seq_workdir(path: str | os.PathLike) -> bool:
-  """A `flaxbert finetune` workdir of an encoder-decoder task (its task.json has target lengths)."""
-  record = Path(path) / "task.json"
-  if not record.is_file():
-    return False
-  try:
-    return "max_target_length" in json.loads(record.read_text())
-  except (OSError, json.JSONDecodeError):
-    return False

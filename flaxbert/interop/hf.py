@@ -11,7 +11,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from flaxbert.config import BertConfig, read_json, write_json
+from flaxbert.models.config import BertConfig, read_json, write_json
 from flaxbert.errors import InputError
 from flaxbert.interop import torch_bin
 

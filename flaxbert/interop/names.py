@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from flaxbert.config import BertConfig
+from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
 
 
@@ -72,7 +72,7 @@ def entries(config: BertConfig, heads: bool, pooler: bool) -> list[Entry]:
 
 
 def encoder_decoder_entries(encoder: BertConfig, decoder: BertConfig, share: bool = False) -> list[Entry]:
-  """flaxbert.seq2seq.BertEncoderDecoder ⇄ HF EncoderDecoderModel (a BertModel encoder, a
+  """flaxbert.models.encoder_decoder.BertEncoderDecoder ⇄ HF EncoderDecoderModel (a BertModel encoder, a
   BertLMHeadModel decoder with cross-attention); no TF1 names (tf is ""). With `share` (HF's
   tie_encoder_decoder) the decoder's embeddings and layer entries point at the encoder's paths."""
   out = [Entry(("encoder",) + e.path[1:], "encoder." + e.hf.removeprefix("bert."), "", e.kind)

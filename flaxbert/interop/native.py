@@ -4,12 +4,13 @@ Parameters are stored exactly (dtype and bits), as training checkpoints store th
 """
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flaxbert.config import BertConfig, read_json, write_json
+from flaxbert.models.config import BertConfig, read_json, write_json
 from flaxbert.errors import InputError
-from flaxbert.heads import build_model, param_shapes
+from flaxbert.models.pretraining import build_model, param_shapes
 from flaxbert.interop.tensors import check_params
 
 CONFIG = "flaxbert_config.json"
@@ -39,17 +40,11 @@ def restore_params(directory: Path, source: str) -> dict:
   try:
     checkpointer = ocp.StandardCheckpointer()
     metadata = checkpointer.metadata(directory).item_metadata.tree
-    target = _tree_map(lambda m: np.zeros(m.shape, m.dtype), metadata)
+    target = jax.tree_util.tree_map(lambda m: np.zeros(m.shape, m.dtype), metadata)
     return checkpointer.restore(directory, target)
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise InputError(f"{source}: cannot restore parameters from {directory} ({e.__class__.__name__}: "
                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
-
-
-def _tree_map(fn, tree):
-  if isinstance(tree, dict):
-    return {k: _tree_map(fn, v) for k, v in tree.items()}
-  return fn(tree)
 
 
 def read(path: Path) -> tuple[BertConfig, dict, bool, bool]:

@@ -13,10 +13,11 @@ import re
 
 import numpy as np
 
-from flaxbert.config import BertConfig
+from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.heads import build_model, init_params, param_shapes
+from flaxbert.models.pretraining import build_model, init_params, param_shapes
 from flaxbert.interop import names
+from flaxbert.models import weights
 
 log = logging.getLogger("flaxbert")
 
@@ -126,16 +127,5 @@ def _check_extra(tensors, expected, params, config, fmt, source):
 
 
 def check_params(params: dict, shapes: dict, source: str) -> None:
-  """Same tree, shapes and floating dtypes as the model expects; names the first offending path."""
-  import jax  # pylint: disable=import-outside-toplevel
-  got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  want = dict(jax.tree_util.tree_flatten_with_path(shapes)[0])
-  fmt = jax.tree_util.keystr
-  for path in sorted(set(want) - set(got), key=fmt):
-    raise InputError(f"{source}: missing parameter {fmt(path)} (shape {want[path].shape})")
-  for path in sorted(set(got) - set(want), key=fmt):
-    raise InputError(f"{source}: unexpected parameter {fmt(path)} (shape {np.shape(got[path])})")
-  for path, leaf in want.items():
-    if tuple(np.shape(got[path])) != tuple(leaf.shape):
-      raise InputError(f"{source}: parameter {fmt(path)} has shape {tuple(np.shape(got[path]))}, "
-                       f"expected {tuple(leaf.shape)}")
+  """The same tree and shapes as the model expects; names the first offending key."""
+  weights.take(shapes, params, source, strict=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxbert.config import BertConfig, read_json, write_json
+from flaxbert.models.config import BertConfig, read_json, write_json
 from flaxbert.errors import InputError
 
 CONFIG = "bert_config.json"

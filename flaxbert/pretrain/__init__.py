@@ -1,0 +1,1 @@
+"""The pretraining job (masked LM + next-sentence prediction) and its input pipeline."""

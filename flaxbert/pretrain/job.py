@@ -1,0 +1,207 @@
+"""The pretraining job: masked LM (+ next-sentence prediction) on a prepared dataset.
+
+`train_and_evaluate(config, workdir)` is the whole job; `flaxbert pretrain` only parses flags. It
+builds BertForPreTraining from the config and the dataset's vocabulary, the train state straight
+into its sharded layout (flaxbert.training.state), the one train step with the MLM/NSP objective
+(flaxbert.training.step: sums over denominators, exact accumulation over
+`optim.grad_accum_steps` micro-batches), and runs the one training loop (flaxbert.training.loop):
+resume from the workdir's newest restorable checkpoint, or start from `init_from` (a phase-1
+run's parameters or full state); log, evaluate on the validation split (every example once),
+save; SIGTERM/SIGINT saves and stops. The batch at a step is a function of (seed, step)
+(flaxbert.pretrain.input_pipeline), so the input position is the step. `WORKDIR/summary.json` is
+written at the end; the workdir also records its model (flaxbert_config.json) and vocabulary, so
+`flaxbert.from_pretrained(WORKDIR)` and `flaxbert convert` read it.
+"""
+import json
+import logging
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from flaxbert.errors import InputError
+from flaxbert.interop import native
+from flaxbert.models.config import BertConfig
+from flaxbert.models.encoder import check_remat_policy
+from flaxbert.models.losses import token_cross_entropy
+from flaxbert.models.pretraining import BertForPreTraining
+from flaxbert.pretrain.input_pipeline import DynamicMasking, PretrainingData
+from flaxbert.text.tokenization import load_tokenizer
+from flaxbert.training import checkpoint, flops, loop, metrics, optim, sharding
+from flaxbert.training.state import create_train_state
+from flaxbert.training.step import compile_train_step, make_train_step
+
+log = logging.getLogger("flaxbert")
+
+
+def bert_config(config: ml_collections.ConfigDict, vocab_size: int, seq_len: int) -> BertConfig:
+  m = config.model
+  cfg = BertConfig.from_size(m.size, vocab_size=vocab_size, hidden_act=m.hidden_act,
+                             hidden_dropout_prob=m.hidden_dropout_prob,
+                             attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+                             max_position_embeddings=m.max_position_embeddings, dtype=m.dtype)
+  if seq_len > cfg.max_position_embeddings:
+    raise InputError(f"the dataset's max_seq_length {seq_len} exceeds model.max_position_embeddings "
+                     f"{cfg.max_position_embeddings}")
+  return cfg
+
+
+# --- losses ------------------------------------------------------------------------------------
+
+
+def loss_sums(model: nn.Module, params, batch: dict, rng, deterministic: bool, nsp: bool) -> dict:
+  """Sums and counts of the MLM and NSP losses over a batch (rows weighted by `example_mask`)."""
+  out = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"],
+                    batch.get("position_ids"),  # packed rows (flaxbert.training.packing) restart them per sequence
+                    masked_positions=batch["masked_lm_positions"], deterministic=deterministic,
+                    rngs=None if deterministic else {"dropout": rng})
+  rows = batch.get("example_mask", jnp.ones(batch["input_ids"].shape[:1], jnp.int32)).astype(jnp.float32)
+  nll, _, correct = token_cross_entropy(out.mlm_logits, batch["masked_lm_ids"])
+  w = batch["masked_lm_weights"].astype(jnp.float32) * rows[:, None]
+  sums = {"mlm_loss_sum": jnp.sum(nll * w), "mlm_count": jnp.sum(w), "mlm_correct": jnp.sum(correct * w)}
+  if nsp:
+    nsp_labels = batch["next_sentence_labels"]
+    nsp_nll = token_cross_entropy(out.nsp_logits, nsp_labels)[0]
+    sums.update(nsp_loss_sum=jnp.sum(nsp_nll * rows), nsp_count=jnp.sum(rows),
+                nsp_correct=jnp.sum((jnp.argmax(out.nsp_logits, -1) == nsp_labels) * rows))
+  return sums
+
+
+def _objective(sums: dict, totals: dict) -> jax.Array:
+  """Mean MLM loss over masked tokens (+ mean NSP loss over sequences), normalised by batch totals."""
+  loss = sums["mlm_loss_sum"] / jnp.maximum(totals["mlm_count"], 1.0)
+  if "nsp_loss_sum" in sums:
+    loss += sums["nsp_loss_sum"] / jnp.maximum(totals["nsp_count"], 1.0)
+  return loss
+
+
+def _counts(batch: dict) -> dict:
+  """The whole batch's denominators: masked positions, and sequences for NSP."""
+  return {"mlm_count": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)),
+          "nsp_count": jnp.asarray(batch["input_ids"].shape[0], jnp.float32)}
+
+
+def pretraining_step(model: nn.Module, tx: optax.GradientTransformation, schedule, accum_steps: int, nsp: bool):
+  """The train step (not jitted) with the MLM (+ NSP) objective."""
+  return make_train_step(lambda p, b, rng: loss_sums(model, p, b, rng, deterministic=False, nsp=nsp),
+                         _counts, _objective, tx, schedule, accum_steps)
+
+
+def jit_pretraining_step(model: nn.Module, tx, schedule, accum_steps: int, nsp: bool, shardings, mesh):
+  """The pretraining step as `train_and_evaluate` runs it (and the benchmarks time it)."""
+  return compile_train_step(lambda p, b, rng: loss_sums(model, p, b, rng, deterministic=False, nsp=nsp),
+                            _counts, _objective, tx, schedule, accum_steps, shardings, mesh)
+
+
+def make_eval_step(model: nn.Module, nsp: bool):
+  def eval_step(params, batch: dict) -> dict:
+    return loss_sums(model, params, batch, None, deterministic=True, nsp=nsp)
+  return eval_step
+
+
+def evaluate(eval_step, params, data: PretrainingData, mesh, max_batches: int) -> dict:
+  """Metrics over the whole split (or its first max_batches), every example counted once."""
+  acc = metrics.MetricsAccumulator()
+  for i, batch in enumerate(data.eval_batches()):
+    if max_batches and i >= max_batches:
+      break
+    acc.add(eval_step(params, sharding.global_batch(batch, mesh)))
+  return metrics.summarize(acc.sums, max(acc.steps, 1))
+
+
+# --- the job -----------------------------------------------------------------------------------
+
+
+def _start(config, state):
+  """A fresh workdir's state: init_from's parameters (or full state), else the fresh init."""
+  if not config.init_from:
+    return state
+  source = Path(config.init_from)
+  if config.init_mode not in ("params", "full_state"):
+    raise InputError(f"init_mode: expected 'params' or 'full_state', got {config.init_mode!r}")
+  full = config.init_mode == "full_state"
+  src = checkpoint.manager(source, asynchronous=False)
+  try:
+    found = checkpoint.restore_latest(src, state.params, state.train_items() if full else None)
+  finally:
+    src.close()
+  if found is None:
+    raise InputError(f"init_from {source}: no restorable checkpoint under {source / checkpoint.CHECKPOINTS}")
+  step, params, train, _ = found
+  log.info("initialising from %s step %d (%s)", source, step, config.init_mode)
+  return state.replace(params=params, **train) if full else state.replace(params=params)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       devices: list | None = None) -> dict:
+  """Pretrains as `config` says, in `workdir` (resuming what is there); returns the summary.
+
+  devices: the devices of the mesh (default: all of them).
+  """
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  sharding.initialize_distributed()
+  if not config.dataset_dir:
+    raise InputError("dataset_dir: required (a folder written by `flaxbert prepare`)")
+  if not (isinstance(config.num_train_steps, int) and config.num_train_steps >= 1):
+    raise InputError(f"num_train_steps: expected a positive integer, got {config.num_train_steps!r}")
+  remat = check_remat_policy(config.model.remat_policy, "model.remat_policy")
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rules = sharding.rules_from_config(config.mesh.sharding_rules)
+  masking = DynamicMasking(config.masked_lm_prob, config.max_predictions_per_seq, config.whole_word_mask)
+  data, eval_data = (PretrainingData(config.dataset_dir, split, global_batch_size=config.global_batch_size,
+                                     seed=config.seed, masking=masking, max_examples_per_row=config.max_examples_per_row)
+                     for split in ("train", "validation"))
+  nsp = bool(data.builder.info.metadata["settings"]["random_next_sentence"])
+  cfg = bert_config(config, data.builder.info.metadata["tokenizer"]["vocab_size"], data.max_seq_length)
+  model = BertForPreTraining(cfg, remat_policy=remat, scan_layers=config.model.scan_layers)
+  accum = config.optim.grad_accum_steps
+  sharding.check_batch_size("global_batch_size", config.global_batch_size, mesh, accum)
+  opt_config = optim.resolve(config.optim, config.num_train_steps)
+  tx, schedule = optim.build_optimizer(opt_config), optim.learning_rate_schedule(opt_config)
+  _record_model(workdir, cfg, config.dataset_dir)  # after the config checks: a refused run writes nothing
+  ids = jax.ShapeDtypeStruct((1, data.max_seq_length), jnp.int32)
+  state, shardings = create_train_state(model, tx, mesh, rules, config.seed, (ids,), rng_impl=config.rng_impl)
+  train_step = jit_pretraining_step(model, tx, schedule, accum, nsp, shardings, mesh)
+  eval_step = jax.jit(make_eval_step(model, nsp), in_shardings=(shardings.params, sharding.batch_sharding(mesh)),
+                      out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  flops_per_sequence = flops.bert_flops_per_sequence(cfg, data.max_seq_length, data.max_predictions, with_nsp=nsp)
+  peak = flops.peak_flops(jax.devices()[0].device_kind, cfg.dtype) or flops.measure_matmul_peak(cfg.dtype)
+  batch = config.global_batch_size
+
+  def throughput(steps_per_second: float) -> dict:
+    rate = steps_per_second * batch
+    return {"examples_per_second": rate, "tokens_per_second": rate * data.max_seq_length,
+            "mfu": flops.mfu(flops_per_sequence * batch, 1.0 / steps_per_second, peak, mesh.size)}
+
+  cadence = loop.Cadence(total_steps=config.num_train_steps, log_every_steps=config.log_every_steps,
+                         checkpoint_every_steps=config.checkpoint.every_steps,
+                         keep_checkpoints=config.checkpoint.keep, eval_every_steps=config.eval_every_steps)
+  outcome = loop.train(
+      workdir, state, train_step, lambda step: (sharding.global_batch(b, mesh) for b in data.iterate(step)), cadence,
+      lambda params, final: evaluate(eval_step, params, eval_data, mesh, config.eval_max_batches),
+      batch_size=batch, meta={"seed": config.seed},
+      start=lambda state: _start(config, state), throughput=throughput)
+  summary = {"step": int(outcome.state.step), "num_train_steps": config.num_train_steps,
+             "stopped_by": outcome.stopped_by, "final_train_metrics": outcome.train_metrics,
+             "final_eval_metrics": {f"eval_{k}": v for k, v in outcome.eval_metrics.items()},
+             "model": cfg.to_dict(), "devices": mesh.size, "device_kind": jax.devices()[0].device_kind,
+             "peak_flops_per_device": peak, "flops_per_sequence": flops_per_sequence}
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+  return summary
+
+
+def _record_model(workdir: Path, cfg: BertConfig, dataset_dir: str) -> None:
+  """WORKDIR/flaxbert_config.json (the model, as flaxbert's own format) and the vocabulary; a
+  workdir that already holds a different model is an error, not silently overwritten."""
+  path = workdir / native.CONFIG
+  if path.exists():
+    existing, _, _ = native.read_header(workdir)
+    if existing.replace(dtype=cfg.dtype) != cfg:
+      raise InputError(f"{path}: this workdir holds a different model ({existing}); use a new workdir")
+    return
+  load_tokenizer(dataset_dir).save(workdir)
+  native.write_header(workdir, cfg, heads=True, pooler=True)

@@ -1,0 +1,143 @@
+"""The one training loop: pretraining, encoder fine-tuning and seq2seq fine-tuning all run it.
+
+`train(...)` resumes from the workdir's newest restorable checkpoint (or, in a fresh workdir, lets
+the job start the state: `start`, e.g. a phase-1 run's weights), then trains to
+`cadence.total_steps`. Jobs pass what differs: the jitted step, the batches from a step on, the
+evaluation, the cadence, and optional throughput metrics. On the way:
+
+  log    every log_every_steps and at the end: the metric sums on device (no host sync between log
+         steps) pulled to the host once, checked for NaN/Inf (a diverged run stops before it can be
+         saved), written to TensorBoard + metrics.jsonl, one console line;
+  eval   every eval_every_steps (0: only at the end): `evaluate(params, final)`, written as eval_*;
+  save   every checkpoint_every_steps, at each epoch's end (`epoch_steps`) and at the end; a state
+         whose loss is not finite is never saved, so the last good checkpoint stays the newest;
+  stop   SIGTERM/SIGINT (a preemption): the step in flight finishes, a checkpoint is saved, and the
+         loop returns without evaluating; rerunning the same command resumes exactly, since a
+         batch is a function of (seed, step) and the dropout masks of (seed, step).
+
+A finished run, rerun, trains nothing and evaluates the state it restored.
+"""
+import dataclasses
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import jax
+
+from flaxbert.training import checkpoint, metrics
+from flaxbert.training.state import TrainState
+
+log = logging.getLogger("flaxbert")
+
+
+class StopRequest:
+  """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits at the next step boundary."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  def _handle(self, signum, _frame):
+    self.signal = signal.Signals(signum).name
+
+  def restore(self):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+  """When the loop logs, evaluates and saves (in optimizer steps)."""
+  total_steps: int  # train until the state's step reaches this
+  log_every_steps: int
+  checkpoint_every_steps: int
+  keep_checkpoints: int  # newest kept
+  eval_every_steps: int = 0  # 0: evaluate only at the end
+  epoch_steps: int = 0  # > 0: also save (forced) at the end of every epoch of this many steps
+
+
+@dataclasses.dataclass
+class Outcome:
+  state: TrainState
+  train_metrics: dict  # the last log step's summary ({} when nothing was trained)
+  eval_metrics: dict  # the last evaluation's scores, unprefixed ({} when stopped before one)
+  stopped_by: str | None  # the signal that stopped the run, or None
+
+
+def train(workdir: str | Path, state: TrainState, train_step, batches: Callable[[int], Iterator[dict]],
+          cadence: Cadence, evaluate: Callable[[object, bool], dict], *, batch_size: int, meta: dict | None = None,
+          start: Callable[[TrainState], TrainState] | None = None,
+          throughput: Callable[[float], dict] | None = None) -> Outcome:
+  """Runs `train_step(state, batch)` from the resumed step to cadence.total_steps.
+
+  batches(step): the global batches from `step` on (a batch is a pure function of its step, so
+  resuming needs no data state). evaluate(params, final): scores ({} without eval data); final is
+  True at the last step (the job writes its predictions then). start(state): the state of a run
+  that has no checkpoint yet. throughput(steps_per_second): extra metrics for each log step
+  (examples/s, MFU), from the steady state after the compiling step. meta: JSON saved with each
+  checkpoint (the step is added).
+  """
+  workdir = Path(workdir)
+  mngr = checkpoint.manager(workdir, every_steps=cadence.checkpoint_every_steps, keep=cadence.keep_checkpoints)
+  try:
+    found = checkpoint.resume(mngr, state.params, state.train_items())
+    if found is not None:
+      log.info("resuming %s from step %d", workdir, found[0])
+      state = state.replace(params=found[1], **found[2])
+    elif start is not None:
+      state = start(state)
+    return _run(workdir, mngr, state, train_step, batches, cadence, evaluate, batch_size, meta or {}, throughput)
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+
+
+def _run(workdir, mngr, state, train_step, batches, cadence, evaluate, batch_size, meta, throughput) -> Outcome:
+  first = int(state.step)
+  writer = metrics.MetricWriter(workdir)
+  progress = metrics.ProgressBar(cadence.total_steps, first, batch_size)
+  acc, stop = metrics.MetricsAccumulator(), StopRequest()
+  last, evals, stopped_by, t0, timed_from = {}, {}, None, None, first
+  try:
+    stream = batches(first)
+    for step in range(first, cadence.total_steps):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, step_metrics = train_step(state, next(stream))
+      acc.add(step_metrics)
+      done = step + 1
+      if t0 is None:  # the one host sync outside log steps: steady-state timing starts after compiling
+        jax.block_until_ready(step_metrics)
+        t0, timed_from = time.perf_counter(), done
+        progress.mark_compiled(done)
+      stopped_by = stop.signal  # read once: a signal arriving later is handled at the next step
+      final = done == cadence.total_steps or stopped_by is not None
+      if done % cadence.log_every_steps == 0 or final:
+        last = acc.summary()
+        metrics.check_finite(last, done)
+        if throughput is not None and done > timed_from:
+          last.update(throughput((done - timed_from) / (time.perf_counter() - t0)))
+        writer.write_scalars(done, last)
+        progress.update(done, last)
+        acc = metrics.MetricsAccumulator()
+      if stopped_by is None and (done == cadence.total_steps
+                                 or (cadence.eval_every_steps and done % cadence.eval_every_steps == 0)):
+        evals = evaluate(state.params, done == cadence.total_steps)
+        if evals:
+          scalars = {f"eval_{k}": v for k, v in evals.items()}
+          writer.write_scalars(done, scalars)
+          progress.note(done, scalars)
+      epoch_end = cadence.epoch_steps > 0 and done % cadence.epoch_steps == 0
+      if done % cadence.checkpoint_every_steps == 0 or epoch_end or final:
+        metrics.check_finite({"loss": float(step_metrics["loss"])}, done)  # never save a diverged state
+        checkpoint.save(mngr, done, state.params, state.train_items(), dict(meta, step=done), force=epoch_end or final)
+      if stopped_by is not None:
+        log.warning("%s received: saved step %d; rerun the same command to resume", stopped_by, done)
+        break
+    if not evals and stopped_by is None:  # a finished run, rerun: score the state it restored
+      evals = evaluate(state.params, True)
+  finally:
+    stop.restore()
+    writer.close()
+  return Outcome(state, last, evals, stopped_by)
