@@ -1,7 +1,7 @@
 """flaxbert: BERT pretraining, fine-tuning and weight interop in JAX/Flax."""
 import setuptools
 
-# Ranges are the versions tested together on Python 3.11 (see README, "Set-up").
+# Ranges are the versions tested together on Python 3.11 (see docs/setup.md).
 INSTALL_REQUIRES = [
     "jax>=0.10.2,<0.11",
     "jaxlib>=0.10.2,<0.11",

@@ -33,11 +33,11 @@ import numpy as np  # noqa: E402
 
 from configs import finetune as finetune_config  # noqa: E402
 from flaxbert.finetune import job  # noqa: E402
-from flaxbert.interop.pretrained import load  # noqa: E402
-from flaxbert.training import batching, sharding  # noqa: E402
-from flaxbert.models.task_heads import BertForTask  # noqa: E402
 from flaxbert.finetune.tasks.registry import get_task  # noqa: E402
+from flaxbert.interop.pretrained import load  # noqa: E402
+from flaxbert.models.task_heads import BertForTask  # noqa: E402
 from flaxbert.text.tokenization import load_tokenizer  # noqa: E402
+from flaxbert.training import batching, sharding  # noqa: E402
 
 
 def task_files(name: str, data: Path, work: Path, args) -> dict:

@@ -65,15 +65,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from configs import pretrain as pretrain_config  # noqa: E402
-from flaxbert.training import flops, optim, sharding  # noqa: E402
-from flaxbert.models.config import SIZES, BertConfig  # noqa: E402
-from flaxbert.errors import InputError  # noqa: E402
-from flaxbert.models.pretraining import build_model  # noqa: E402
-from flaxbert.models.encoder import check_remat_policy  # noqa: E402
-from flaxbert.training.state import check_rng_impl, create_train_state  # noqa: E402
-from flaxbert.pretrain.job import jit_pretraining_step
 from bench.torch_side import TorchWorker  # noqa: E402
+from configs import pretrain as pretrain_config  # noqa: E402
+from flaxbert.errors import InputError  # noqa: E402
+from flaxbert.models.config import SIZES, BertConfig  # noqa: E402
+from flaxbert.models.encoder import check_remat_policy  # noqa: E402
+from flaxbert.models.pretraining import build_model  # noqa: E402
+from flaxbert.pretrain.job import jit_pretraining_step  # noqa: E402
+from flaxbert.training import flops, optim, sharding  # noqa: E402
+from flaxbert.training.state import check_rng_impl, create_train_state  # noqa: E402
 
 
 def parse_configs(text: str) -> list[tuple[str, int]]:
@@ -191,7 +191,7 @@ def compare_one(size: str, batch: int, args, peak: float, measured_peak: float) 
   step_s = {name: statistics.median(t) for name, t in times.items()}
   model_flops = flops.bert_flops_per_sequence(cfg, args.seq, args.predictions) * batch
   torch_flops = flops.bert_flops_per_sequence(cfg, args.seq, None) * batch  # MLM logits at all T
-  mfu = lambda flops, s, p: round(flops.mfu(flops, s, p, 1), 4)  # noqa: E731
+  mfu = lambda count, s, p: round(flops.mfu(count, s, p, 1), 4)  # noqa: E731
   result = {
       "size": size, "batch": batch, "seq": args.seq, "predictions": args.predictions, "dtype": args.dtype,
       "attention_dropout": cfg.attention_probs_dropout_prob,

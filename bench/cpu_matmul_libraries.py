@@ -14,7 +14,7 @@ library's kind the executable holds (that the option took effect).
 
 flaxbert compiles with XLA's default: oneDNN's dot fusion is faster here but crashes jaxlib
 0.10.2 (SIGILL after "partition compile failed") on the BERT2BERT training step and on as little
-as `(a @ a) @ a`; README, Pretraining (the CPU comparison).
+as `(a @ a) @ a`; docs/performance.md (the CPU comparison).
 """
 import argparse
 import collections
@@ -38,11 +38,11 @@ import jaxlib  # noqa: E402
 import ml_collections  # noqa: E402
 
 from bench.compare_train_step import default_predictions, make_batch, optimizer_config, parse_configs, sync_jax  # noqa: E402
-from flaxbert.training import optim, sharding  # noqa: E402
 from flaxbert.models.config import BertConfig  # noqa: E402
 from flaxbert.models.pretraining import build_model  # noqa: E402
+from flaxbert.pretrain.job import jit_pretraining_step  # noqa: E402
+from flaxbert.training import optim, sharding  # noqa: E402
 from flaxbert.training.state import create_train_state  # noqa: E402
-from flaxbert.pretrain.job import jit_pretraining_step
 
 LIBRARIES = {
     "ynnpack": {},  # XLA's default

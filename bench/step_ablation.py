@@ -26,11 +26,11 @@ import ml_collections  # noqa: E402
 
 from bench.compare_train_step import (  # noqa: E402
     add_single_run_arguments, default_predictions, make_batch, optimizer_config)
-from flaxbert.training import flops, optim, sharding  # noqa: E402
 from flaxbert.models.config import BertConfig  # noqa: E402
 from flaxbert.models.pretraining import build_model  # noqa: E402
+from flaxbert.pretrain.job import jit_pretraining_step  # noqa: E402
+from flaxbert.training import flops, optim, sharding  # noqa: E402
 from flaxbert.training.state import create_train_state  # noqa: E402
-from flaxbert.pretrain.job import jit_pretraining_step
 
 # name: (dropout PRNG, hidden dropout, attention dropout); the first is BERT's recipe.
 VARIANTS = {

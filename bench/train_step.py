@@ -29,11 +29,11 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import pretrain as pretrain_config  # noqa: E402
-from flaxbert.training import flops, optim, sharding  # noqa: E402
 from flaxbert.models.config import BertConfig  # noqa: E402
 from flaxbert.models.pretraining import BertForPreTraining  # noqa: E402
+from flaxbert.pretrain.job import jit_pretraining_step  # noqa: E402
+from flaxbert.training import flops, optim, sharding  # noqa: E402
 from flaxbert.training.state import create_train_state  # noqa: E402
-from flaxbert.pretrain.job import jit_pretraining_step
 
 
 def synthetic_batch(batch: int, seq: int, vocab: int, predictions: int, seed: int = 0) -> dict:

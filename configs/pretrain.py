@@ -1,4 +1,4 @@
-"""Settings for `flaxbert pretrain --config configs/pretrain.py:ARG --workdir W [--config.key=value …]`.
+"""Settings for `flaxbert pretrain --config pretrain:ARG --workdir W [--config.key=value …]`.
 
 ARG: a model size (tiny | mini | small | medium | base | large), or a recipe:
   paper          BERT-Base as Devlin et al. 2018 trained it, phase 1: batch 256, Adam lr 1e-4 with
@@ -50,7 +50,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.log_every_steps = 100  # metrics pulled to the host, TensorBoard and console
   c.eval_every_steps = 10_000  # validation split; 0: only at the end
   c.eval_max_batches = 0  # 0: the whole validation split, exactly once
-  c.init_from = config_dict.placeholder(str)  # start from another run (workdir) or any checkpoint
+  c.init_from = config_dict.placeholder(str)  # start from another pretraining run's workdir (newest checkpoint)
   c.init_mode = "params"  # params: weights only, new optimizer and step 0 | full_state: continue it
 
   if arg in SIZES:

@@ -34,8 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
-from data_prep import corpus as corpus_lib
-from data_prep import sources, vocab
+from data_prep import corpus as corpus_lib, sources, vocab
 from data_prep.example_codec import ExampleEncoder
 from data_prep.format import LENGTHS_FILE, feature_kinds, is_prepared
 from data_prep.instances import Corpus, InstanceConfig, create_instances, create_pairs
@@ -43,6 +42,7 @@ from data_prep.settings import prepare_settings
 from flaxbert.atomic import atomic_directory
 from flaxbert.errors import InputError
 from flaxbert.text.tokenization import load_tokenizer
+
 
 @dataclasses.dataclass(frozen=True)
 class _Chunk:

@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = commands.add_parser("prepare", allow_abbrev=False, help="build a masked-LM / sentence-pair TFDS dataset from text",
                           description="Tokenizes a corpus and writes BERT pretraining examples "
                                       "(create_pretraining_data.py's algorithm) as a TFDS dataset. "
-                                      "Settings: --config prepare[:VARIANT] (configs/prepare.py); --config.KEY=VALUE overrides any.")
+                                      "Settings: --config prepare[:VARIANT] (configs/prepare.py); --config.KEY=VALUE "
+                                      "overrides any.")
   p.add_argument("--config", help="prepare[:original|dynamic|tiny] (a packaged config; or a file PATH.py[:ARG]; "
                                   "default: prepare)")
   for name, kwargs in _PREPARE_FLAGS.items():
@@ -159,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = commands.add_parser("pretrain", allow_abbrev=False, help="pretrain BERT (MLM + NSP) on a prepared dataset",
                           description="Runs train_and_evaluate(config, workdir); rerunning resumes from "
-                                      "the workdir. Settings: --config pretrain:ARG (configs/pretrain.py); --config.KEY=VALUE "
-                                      "overrides.")
+                                      "the workdir. Settings: --config pretrain:ARG (configs/pretrain.py); "
+                                      "--config.KEY=VALUE overrides.")
   p.add_argument("--config", help="pretrain:SIZE|paper|paper_phase2|mlperf_phase2|demo (a packaged config; or a "
                                   "file PATH.py[:ARG]; default: pretrain:tiny)")
   p.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, summary.json")

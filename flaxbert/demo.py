@@ -49,6 +49,7 @@ def check_hf_export(hf_dir: Path, dataset: Path, model, params) -> float:
   """Max |logit difference| between flaxbert and transformers' BertForPreTraining on a batch."""
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
+
   from flaxbert.pretrain.input_pipeline import PretrainingData  # pylint: disable=import-outside-toplevel
   batch = PretrainingData(dataset, "validation", global_batch_size=4, seed=0).batch(0)
   ours = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], batch["input_mask"])

@@ -6,8 +6,9 @@ faults its working set back in, 4 KiB at a time (1.8M page faults in a profile o
 glibc ≥ 2.35 can advise the kernel to back such blocks with 2 MiB pages (the tunable
 `glibc.malloc.hugetlb=1`; the kernel's transparent_hugepage setting must be `madvise` or `always`):
 a tenth of the faults, and BERT-small's CPU step took 2721 ms instead of 2963 (bench/profile_step.py,
-one run each; README). glibc reads tunables only when a process starts, so the `flaxbert` command, `python -m
-flaxbert.demo` and the benchmarks re-execute themselves once with it set, before importing jax.
+one run each; docs/performance.md). glibc reads tunables only when a process starts, so the
+`flaxbert` command, `python -m flaxbert.demo` and the benchmarks re-execute themselves once with it
+set, before importing jax.
 
 FLAXBERT_MALLOC_HUGEPAGES=0 in the environment turns this off; a library user sets GLIBC_TUNABLES
 in their own launcher.

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 
 from corpus_fixtures import SPECIALS, STEMS, SUFFIXES
+from flaxbert.interop.pretrained import save_pretrained
 from flaxbert.models.config import BertConfig
 from flaxbert.models.pretraining import build_model, init_params
-from flaxbert.interop.pretrained import save_pretrained
 
 POSITIVE, NEGATIVE = STEMS[:10], STEMS[10:20]
 NEUTRAL = STEMS[20:]

@@ -9,8 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import prepare as prepare_config
-from data_prep import corpus as corpus_lib
 from corpus_fixtures import write_corpus, write_vocab
+from data_prep import corpus as corpus_lib
 from data_prep.builder import prepare
 from flaxbert.cli import main
 from flaxbert.errors import InputError

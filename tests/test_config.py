@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from flaxbert.models.config import SIZES, BertConfig, read_json
 from flaxbert.errors import InputError
+from flaxbert.models.config import SIZES, BertConfig, read_json
 
 
 def test_named_sizes():

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from configs import finetune as finetune_config
-from finetune_fixtures import (write_conll, write_mrpc, write_pretrained, write_squad, write_sst2,
-                               write_stsb)
+from finetune_fixtures import write_conll, write_mrpc, write_pretrained, write_squad, write_sst2, write_stsb
 from flaxbert import cli
 from flaxbert.errors import InputError
 from flaxbert.finetune.job import evaluate, generate_file, train_and_evaluate
@@ -107,6 +106,7 @@ class StopAfter:
 
 def final_params(workdir: Path):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   from flaxbert.training import checkpoint  # pylint: disable=import-outside-toplevel
   mngr = checkpoint.manager(workdir, asynchronous=False)
   params = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
@@ -284,10 +284,11 @@ def test_encoder_weights_from_every_checkpoint_kind(tmp_path):
   """HF, TF1 and flaxbert checkpoints give the task model the same encoder; heads are dropped;
   a headless checkpoint without a pooler leaves the task's pooler to its fresh init."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  from finetune_fixtures import WORDS, tiny_bert_config  # pylint: disable=import-outside-toplevel
   from flaxbert.interop.pretrained import load  # pylint: disable=import-outside-toplevel
   from flaxbert.models.task_heads import BertForTask, encoder_weights  # pylint: disable=import-outside-toplevel
   from flaxbert.models.weights import merge  # pylint: disable=import-outside-toplevel
-  from finetune_fixtures import WORDS, tiny_bert_config  # pylint: disable=import-outside-toplevel
   model = BertForTask(tiny_bert_config(len(WORDS)), "sequence", 3)
   batch = {k: np.zeros((1, 8), np.int32) for k in ("input_ids", "segment_ids", "input_mask", "position_ids")}
   fresh = nn.unbox(model.init(jax.random.key(0), dict(batch, cls_positions=np.zeros((1, 2), np.int32)))["params"])

@@ -7,8 +7,8 @@ import pytest
 from configs import prepare as prepare_config
 from corpus_fixtures import write_corpus, write_vocab
 from data_prep.builder import prepare
-from flaxbert.errors import InputError
 from data_prep.format import FEATURES
+from flaxbert.errors import InputError
 from flaxbert.pretrain.input_pipeline import DynamicMasking, PretrainingData
 
 
@@ -205,6 +205,7 @@ def test_packing_needs_dynamic_masking_without_nsp(static_dir, dynamic_dir):
 def test_packed_pretraining_loss_equals_the_unpacked_one(unpaired_dir):
   """Over the whole validation split the MLM loss sums are the same packed and one sequence a row."""
   import jax  # pylint: disable=import-outside-toplevel
+
   from flaxbert.models.config import BertConfig  # pylint: disable=import-outside-toplevel
   from flaxbert.models.pretraining import BertForPreTraining  # pylint: disable=import-outside-toplevel
   from flaxbert.pretrain.job import loss_sums  # pylint: disable=import-outside-toplevel

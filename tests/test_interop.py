@@ -11,9 +11,9 @@ from safetensors.numpy import load_file, save_file
 import flaxbert
 from conftest import make_batch, random_params
 from flaxbert.errors import InputError
-from flaxbert.models.pretraining import BertEncoder, build_model
 from flaxbert.interop import hf
 from flaxbert.interop.pretrained import convert, detect, load
+from flaxbert.models.pretraining import BertEncoder, build_model
 
 
 def assert_same_params(a, b):

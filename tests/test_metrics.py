@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from flaxbert.training import flops, metrics
 from flaxbert.models.config import BertConfig
+from flaxbert.training import flops, metrics
 
 
 def _step(mlm_loss_sum, mlm_correct, mlm_count, nsp_loss_sum, nsp_correct, nsp_count, loss, grad_norm, lr):

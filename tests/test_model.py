@@ -9,11 +9,11 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from conftest import make_batch
-from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.models.pretraining import BertEncoder, BertForPreTraining, add_vocab_bias, build_model, param_shapes
-from flaxbert.models.encoder import attention_implementation, truncated_normal
 from flaxbert.models.activations import gelu
+from flaxbert.models.config import BertConfig
+from flaxbert.models.encoder import attention_implementation, truncated_normal
+from flaxbert.models.pretraining import BertEncoder, BertForPreTraining, add_vocab_bias, build_model, param_shapes
 
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:

@@ -8,8 +8,7 @@ import optax
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.training.optim import (OPTIMIZERS, build_optimizer, describe, learning_rate_schedule,
-                                     weight_decay_mask)
+from flaxbert.training.optim import OPTIMIZERS, build_optimizer, describe, learning_rate_schedule, weight_decay_mask
 
 tree_map = jax.tree_util.tree_map
 

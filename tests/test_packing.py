@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from finetune_fixtures import tiny_bert_config
-from flaxbert.training import packing
 from flaxbert.models.task_heads import BertForTask
+from flaxbert.training import packing
 
 
 def per_example(lengths, length: int, seed: int = 0) -> dict:

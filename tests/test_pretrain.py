@@ -13,15 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import prepare as prepare_config
-from configs import pretrain as pretrain_config
+from configs import prepare as prepare_config, pretrain as pretrain_config
 from corpus_fixtures import write_corpus, write_vocab
 from data_prep.builder import prepare
-from flaxbert.training import checkpoint
 from flaxbert.errors import InputError
+from flaxbert.pretrain.job import train_and_evaluate
+from flaxbert.training import checkpoint
 from flaxbert.training.loop import StopRequest
 from flaxbert.training.state import threefry_kernels
-from flaxbert.pretrain.job import train_and_evaluate
 
 
 @pytest.fixture(scope="module")

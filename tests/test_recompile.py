@@ -7,11 +7,11 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import pretrain as pretrain_config
-from flaxbert.training import optim, sharding
 from flaxbert.models.config import BertConfig
 from flaxbert.models.pretraining import BertForPreTraining
-from flaxbert.training.state import create_train_state
 from flaxbert.pretrain.job import pretraining_step
+from flaxbert.training import optim, sharding
+from flaxbert.training.state import create_train_state
 
 BATCH, SEQ, PREDICTIONS = 8, 16, 3
 

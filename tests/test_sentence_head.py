@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
+from flaxbert.models.config import BertConfig
 from flaxbert.models.encoder import BertModel
 from flaxbert.models.task_heads import BertForTask, sinusoidal_positions
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import flaxbert
+from flaxbert.errors import InputError
+from flaxbert.interop import names
 from flaxbert.models import encoder_decoder as seq2seq
 from flaxbert.models.config import BertConfig
-from flaxbert.errors import InputError
 from flaxbert.models.pretraining import build_model, param_shapes
-from flaxbert.interop import names
 from flaxbert.models.warm_start import fresh_mask, warm_start
 
 START, EOS, PAD = 2, 3, 0

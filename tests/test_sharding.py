@@ -6,10 +6,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import pretrain as pretrain_config
-from flaxbert.training import optim, sharding
-from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
+from flaxbert.models.config import BertConfig
 from flaxbert.models.pretraining import BertForPreTraining
+from flaxbert.training import optim, sharding
 from flaxbert.training.state import create_train_state
 
 

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from flaxbert.errors import InputError
-from flaxbert.finetune.tasks import readers, scores
-from flaxbert.finetune.tasks import summarization as S
+from flaxbert.finetune.tasks import readers, scores, summarization as S
 from flaxbert.finetune.tasks.summarization import SummaryExample
 from flaxbert.text.tokenization import WordPieceTokenizer
 

@@ -13,7 +13,6 @@ from flaxbert.text.tokenization import SPECIAL_TOKENS, Tokenizer, load_tokenizer
 from flaxbert.text.wordpiece_rules import basic_tokenize, clean_text, words_are_independent
 
 
-
 def write_vocab(directory: Path, tokens, name: str = "vocab.txt") -> Path:
   path = directory / name
   path.write_text("".join(t + "\n" for t in list(SPECIAL_TOKENS) + list(tokens)), encoding="utf-8")

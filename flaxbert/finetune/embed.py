@@ -15,17 +15,17 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from flaxbert.training import batching, checkpoint
 from flaxbert.atomic import atomic_file
-from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
+from flaxbert.finetune.tasks.readers import text_lines
 from flaxbert.finetune.tasks.registry import family
+from flaxbert.finetune.tasks.similarity import encode_sentences
 from flaxbert.finetune.workdir import kind_of, read_record
 from flaxbert.interop.pretrained import load
+from flaxbert.models.config import BertConfig
 from flaxbert.models.task_heads import BertForTask
-from flaxbert.finetune.tasks.readers import text_lines
-from flaxbert.finetune.tasks.similarity import encode_sentences
 from flaxbert.text.tokenization import load_tokenizer
+from flaxbert.training import batching, checkpoint
 
 BUCKET = 16  # batches are cut to their longest sentence, rounded up to a multiple of this
 

@@ -71,21 +71,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   model = task.build_model(cfg)
   session = Session(workdir, mesh, rules, tokenizer, cfg, model)
   data = task.training_data(train, session)
-  record = {"kind": task.kind, "task": c.task, "state": task.state(), "model": cfg.to_dict(), **task.record(data)}
+  record = {"kind": task.kind, "task": c.task, "state": task.state(), "model": cfg.to_dict(), **task.record()}
   record.setdefault("defaults", {})
   workdir_lib.check_record(workdir, record)
   if jax.process_index() == 0 and not (workdir / "tokenizer_config.json").is_file():
     tokenizer.save(workdir)  # evaluate/predict/embed/generate read the workdir's own vocabulary
   evals = task.prepare_evals(session, eval_sets)
 
-  per_epoch = batching.steps_per_epoch(len(data.arrays[next(iter(data.arrays))]), data.rows_per_batch)
+  per_epoch = batching.steps_per_epoch(data.rows, data.rows_per_batch)
   total = max(1, int(np.ceil(c.num_epochs * per_epoch)))
   opt_config = optim.resolve(c.optim, total)
   tx, schedule = task.optimizer(opt_config, loaded), optim.learning_rate_schedule(opt_config)
   described = task.describe()
   log.info("%s%s: %s, %d steps (%d per epoch); %s", c.task, f" ({described})" if described else "", data.summary,
            total, per_epoch, optim.describe(opt_config))
-  shapes = task.input_shapes(session, record)
+  shapes = task.input_shapes(session)
   pretrained, merge = task.initial_weights(nn.unbox(boxed_param_shapes(model, shapes)), loaded)
   state, shardings = create_train_state(model, tx, mesh, rules, c.seed, shapes, pretrained, merge, rng_impl=c.rng_impl)
   session.params_sharding = shardings.params
@@ -155,7 +155,7 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   cfg = BertConfig.from_dict(record["model"])
   model = task.build_model(cfg)
   session = Session(workdir, mesh, rules, task.tokenizer(workdir, None, ()), cfg, model)
-  boxed = boxed_param_shapes(model, task.input_shapes(session, record))
+  boxed = boxed_param_shapes(model, task.input_shapes(session))
   _, params, session.params_sharding = checkpoint.restore_sharded(workdir, boxed, mesh, rules)
   return task, session, params
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import ml_collections
 
-from flaxbert.finetune import job
 from flaxbert.atomic import atomic_file
+from flaxbert.finetune import job
 
 log = logging.getLogger("flaxbert")
 

@@ -32,9 +32,10 @@ EVALUATIONS = "evaluations"
 _LEGACY_ENCODER_SETTINGS = {"similarity": ("max_seq_length", "pooling"),
                             "extractive_summarization": ("max_seq_length", "pooling", "inter_sentence_layers")}
 # What flaxbert 0.1.0's configs/finetune.py gave generation for a seq2seq task (task.json did not record it).
-_LEGACY_GENERATION = {"translation": {"beam_size": 4, "length_penalty": 0.6, "eval_batch_size": 64, "length_bucket": 16},
-                      "summarization_abstractive": {"beam_size": 4, "length_penalty": 0.6, "eval_batch_size": 16,
-                                                    "length_bucket": 16}}
+_LEGACY_GENERATION = {
+    "translation": {"beam_size": 4, "length_penalty": 0.6, "eval_batch_size": 64, "length_bucket": 16},
+    "summarization_abstractive": {"beam_size": 4, "length_penalty": 0.6, "eval_batch_size": 16, "length_bucket": 16},
+}
 
 
 def write_json(path: Path, value: dict) -> None:

@@ -11,9 +11,9 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from flaxbert.models.config import BertConfig, read_json, write_json
 from flaxbert.errors import InputError
 from flaxbert.interop import torch_bin
+from flaxbert.models.config import BertConfig, read_json, write_json
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")

@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
+from flaxbert.models.config import BertConfig
 
 
 @dataclasses.dataclass(frozen=True)

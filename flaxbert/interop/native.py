@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flaxbert.models.config import BertConfig, read_json, write_json
 from flaxbert.errors import InputError
-from flaxbert.models.pretraining import build_model, param_shapes
 from flaxbert.interop.tensors import check_params
+from flaxbert.models.config import BertConfig, read_json, write_json
+from flaxbert.models.pretraining import build_model, param_shapes
 
 CONFIG = "flaxbert_config.json"
 FORMAT_VERSION = 1

@@ -15,13 +15,13 @@ from pathlib import Path
 import flax.linen as nn
 import numpy as np
 
-from flaxbert.training import checkpoint
 from flaxbert.atomic import atomic_directory, check_destination
-from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.models.pretraining import build_model, describe, param_shapes
 from flaxbert.interop import hf, native, tf1
 from flaxbert.interop.tensors import check_params, export_tensors, import_tensors
+from flaxbert.models.config import BertConfig
+from flaxbert.models.pretraining import build_model, describe, param_shapes
+from flaxbert.training import checkpoint
 
 log = logging.getLogger("flaxbert")
 

@@ -13,11 +13,11 @@ import re
 
 import numpy as np
 
-from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.models.pretraining import build_model, init_params, param_shapes
 from flaxbert.interop import names
 from flaxbert.models import weights
+from flaxbert.models.config import BertConfig
+from flaxbert.models.pretraining import build_model, init_params, param_shapes
 
 log = logging.getLogger("flaxbert")
 

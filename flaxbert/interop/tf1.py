@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxbert.models.config import BertConfig, read_json, write_json
 from flaxbert.errors import InputError
+from flaxbert.models.config import BertConfig, read_json, write_json
 
 CONFIG = "bert_config.json"
 PREFIX = "bert_model.ckpt"

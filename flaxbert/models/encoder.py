@@ -15,10 +15,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flaxbert.errors import InputError
 from flaxbert.models.activations import activation
 from flaxbert.models.config import BertConfig
 from flaxbert.models.dropout import Dropout, dropout_keep
-from flaxbert.errors import InputError
 
 # Logical axis names used on parameters (and activations):
 #   vocab, position, type   rows of the three embedding tables

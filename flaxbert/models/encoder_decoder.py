@@ -36,12 +36,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxbert.models import generation
-from flaxbert.models.config import BertConfig
 from flaxbert.errors import InputError
-from flaxbert.models import weights
-from flaxbert.models.pretraining import MaskedLMHead
+from flaxbert.models import generation, weights
+from flaxbert.models.config import BertConfig
 from flaxbert.models.encoder import BertModel, Embeddings, attention_block, dense, feed_forward
+from flaxbert.models.pretraining import MaskedLMHead
 
 # The decoder-layer entries that BERTShare takes from the encoder's layer of the same index.
 SHARED_LAYER_PARTS = ("attention", "intermediate", "output", "LayerNorm")

@@ -11,8 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxbert.models.config import BertConfig
 from flaxbert.models.activations import activation
+from flaxbert.models.config import BertConfig
 from flaxbert.models.encoder import BertModel, check_remat_policy, dense, gather_positions, layer_norm
 
 

@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxbert.models.config import BertConfig
-from flaxbert.models import weights
-from flaxbert.models.dropout import Dropout
 from flaxbert.errors import InputError
+from flaxbert.models import weights
+from flaxbert.models.config import BertConfig
+from flaxbert.models.dropout import Dropout
 from flaxbert.models.encoder import BertModel, EncoderLayer, dense, gather_positions
 
 log = logging.getLogger("flaxbert")

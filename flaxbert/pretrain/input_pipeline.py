@@ -35,10 +35,9 @@ import numpy as np
 
 from data_prep.format import FEATURES, LENGTHS_FILE, open_dataset
 from data_prep.masking import mask_tokens, num_to_predict
-from flaxbert.training import packing
 from flaxbert.errors import InputError
 from flaxbert.text.tokenization import load_tokenizer
-
+from flaxbert.training import packing
 
 
 @dataclasses.dataclass(frozen=True)

@@ -153,7 +153,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   rules = sharding.rules_from_config(config.mesh.sharding_rules)
   masking = DynamicMasking(config.masked_lm_prob, config.max_predictions_per_seq, config.whole_word_mask)
   data, eval_data = (PretrainingData(config.dataset_dir, split, global_batch_size=config.global_batch_size,
-                                     seed=config.seed, masking=masking, max_examples_per_row=config.max_examples_per_row)
+                                     seed=config.seed, masking=masking,
+                                     max_examples_per_row=config.max_examples_per_row)
                      for split in ("train", "validation"))
   nsp = bool(data.builder.info.metadata["settings"]["random_next_sentence"])
   cfg = bert_config(config, data.builder.info.metadata["tokenizer"]["vocab_size"], data.max_seq_length)

@@ -40,7 +40,8 @@ def train_batch(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed:
 
 def grouped_batch(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed: int, keys: np.ndarray,
                   window: int = 100) -> dict[str, np.ndarray]:
-  """The global training batch `step` (`train_batch`'s, before `local_slice`) with rows of similar `keys` (lengths) batched together, fairseq/Tensor2Tensor style.
+  """The global training batch `step` (`train_batch`'s, before `local_slice`) with rows of similar
+  `keys` (lengths) batched together, fairseq/Tensor2Tensor style.
 
   Each epoch's permutation (seeded by (seed, epoch), as train_batch's) is cut into windows of
   `window` batches; a window is sorted by key and cut into batches, and the epoch's batches are

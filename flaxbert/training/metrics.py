@@ -32,7 +32,6 @@ from typing import Any, Callable, Mapping, TextIO
 import jax
 import numpy as np
 
-
 # --- sums and denominators -----------------------------------------------------------------------
 
 _COUNT, _SUM, _CORRECT = "_count", "_sum", "_correct"

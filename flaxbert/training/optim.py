@@ -27,7 +27,7 @@ and `bias` and every bias are excluded; kernels and embedding tables decay). In 
 applies to the decay only; the trust ratio scales every tensor, as optax.lamb and NVIDIA's LAMB do
 (the TF LAMB of ALBERT / the MLPerf reference also skips the trust ratio where decay is skipped).
 
-Gradient accumulation is not optax.MultiSteps: flaxbert's train step (flaxbert/train.py) scans
+Gradient accumulation is not optax.MultiSteps: flaxbert's train step (flaxbert/training/step.py) scans
 over `grad_accum_steps` micro-batches inside one jitted step, adds their loss *sums* and divides
 by the whole batch's denominators. That equals the large batch exactly for the masked-LM loss,
 whose denominator (masked positions) differs between micro-batches, where MultiSteps' mean of

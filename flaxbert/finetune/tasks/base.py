@@ -29,6 +29,7 @@ import numpy as np
 from flaxbert.errors import InputError
 from flaxbert.models.config import BertConfig
 from flaxbert.text.tokenization import Tokenizer
+from flaxbert.training import sharding
 
 
 @dataclasses.dataclass
@@ -45,7 +46,7 @@ class Session:
   @property
   def parallel(self) -> int:
     """Data-parallel devices: a batch is split over the mesh's data and fsdp axes."""
-    return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    return sharding.data_parallel(self.mesh)
 
 
 @dataclasses.dataclass
@@ -54,8 +55,11 @@ class TrainingData:
   arrays: dict[str, np.ndarray]  # [rows, …] (packed tasks: rows of several examples)
   rows_per_batch: int
   batch: Callable[[int], dict[str, np.ndarray]]  # step → the global batch (host arrays)
-  examples: int  # training examples (features) the rows hold
   summary: str  # for the log: how the examples became rows
+
+  @property
+  def rows(self) -> int:
+    return len(next(iter(self.arrays.values())))
 
 
 class Task:
@@ -71,7 +75,9 @@ class Task:
 
   def needs_training(self) -> bool:
     """False where the family can score a checkpoint as it is (extractive summarization without
-    train_path: sentences ranked by their embeddings); the job then skips training."""
+    train_path: sentences ranked by their embeddings); the job then skips training and scores
+    with the family's `score_unsupervised(examples, embedder)` (flaxbert.finetune.embed.Embedder of
+    the init checkpoint, with the config's pooling and max_seq_length)."""
     return True
 
   # --- data ---------------------------------------------------------------------------------------
@@ -118,17 +124,18 @@ class Task:
   def build_model(self, cfg: BertConfig) -> nn.Module:
     raise NotImplementedError
 
-  def record(self, data: TrainingData | None) -> dict:
+  def record(self) -> dict:
     """What evaluate/predict/generate need to rebuild the model, beyond the task, its kind, its
-    state and the model config (written to task.json)."""
+    state and the model config: {"settings": …, ["defaults": …]} (task.json; after training_data)."""
     raise NotImplementedError
 
   def restore_settings(self, record: dict) -> None:
     """Takes the recorded settings (lengths, pooling…) over into this task's config."""
     raise NotImplementedError
 
-  def input_shapes(self, session: Session, record: dict, arrays: dict | None = None) -> tuple:
-    """model.init's positional arguments as jax.ShapeDtypeStruct trees (one example)."""
+  def input_shapes(self, session: Session) -> tuple:
+    """model.init's positional arguments as jax.ShapeDtypeStruct trees (one example), after
+    training_data or restore_settings."""
     raise NotImplementedError
 
   def initial_weights(self, fresh_shapes: dict, loaded) -> tuple[Any, Callable | None]:

@@ -17,7 +17,8 @@ import numpy as np
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks import glue_tsv, readers, scores, tfds_source
 from flaxbert.finetune.tasks.encoder import EncoderTask
-from flaxbert.finetune.tasks.layout import Features, Specials, cross_entropy, pack_pair, slot_weights, stack, truncate_pair
+from flaxbert.finetune.tasks.layout import (Features, Specials, cross_entropy, pack_pair, slot_weights, stack,
+                                            truncate_pair)
 
 log = logging.getLogger("flaxbert")
 

@@ -124,7 +124,7 @@ class EncoderTask(Task):
     return BertForTask(cfg, self.head, self.num_outputs, remat_policy=m.remat_policy, scan_layers=m.scan_layers,
                        **self.head_settings())
 
-  def record(self, data: TrainingData | None) -> dict:
+  def record(self) -> dict:
     inputs = {k: [list(v.shape[1:]), v.dtype.name] for k, v in sorted(self._layout.items())}
     return {"settings": {"inputs": inputs, "max_seq_length": self.config.max_seq_length, **self.head_settings()}}
 
@@ -136,7 +136,7 @@ class EncoderTask(Task):
       if k in self.config:
         self.config[k] = v
 
-  def input_shapes(self, session: Session, record: dict) -> tuple:
+  def input_shapes(self, session: Session) -> tuple:
     # one example in the recorded per-example layout, as the model reads it (packed or not)
     arrays, _ = self.rows(Features(self._layout), session.parallel, session.parallel)
     return ({k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in arrays.items()},)
@@ -158,10 +158,10 @@ class EncoderTask(Task):
     multiple = math.lcm(session.parallel, c.optim.grad_accum_steps)
     arrays, per_batch = self.rows(features, c.batch_size, multiple)
     n = len(arrays["input_ids"])
-    summary = (f"{len(examples)} train examples → {len(features)} features"
-               + (f", packed into {n} rows ({len(features) / n:.2f} a row), {per_batch} rows a batch" if self.packed else ""))
-    return TrainingData(arrays, per_batch, lambda step: batching.train_batch(arrays, step, per_batch, c.seed),
-                        len(features), summary)
+    summary = f"{len(examples)} train examples → {len(features)} features"
+    if self.packed:
+      summary += f", packed into {n} rows ({len(features) / n:.2f} a row), {per_batch} rows a batch"
+    return TrainingData(arrays, per_batch, lambda step: batching.train_batch(arrays, step, per_batch, c.seed), summary)
 
   def loss_sums(self, model, params, batch: dict, rng) -> dict:
     return self.head_loss(model.apply({"params": params}, batch, deterministic=False, rngs={"dropout": rng}), batch)

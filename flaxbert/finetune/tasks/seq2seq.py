@@ -132,7 +132,8 @@ class Seq2SeqTask(Task):
     lines = [text for e in train for text in (e.source, e.target)]
     log.info("training a joint sentencepiece vocabulary of %d pieces on %d lines", c.vocab_size, len(lines))
     try:
-      return train_sentencepiece(None, workdir / "joint_vocab", c.vocab_size, lines=lines, lower_case=bool(c.lower_case))
+      return train_sentencepiece(None, workdir / "joint_vocab", c.vocab_size, lines=lines,
+                                 lower_case=bool(c.lower_case))
     except InputError as e:
       raise InputError(f"vocab_size: {c.vocab_size} pieces for the joint vocabulary of {c.train_path}: {e}") from None
 
@@ -152,7 +153,7 @@ class Seq2SeqTask(Task):
   def build_model(self, cfg: BertConfig) -> BertEncoderDecoder:
     return BertEncoderDecoder(cfg, cfg, share=self.config.warm_start == "bertshare")
 
-  def record(self, data: TrainingData | None) -> dict:
+  def record(self) -> dict:
     c = self.config
     return {"settings": {k: (str(c[k]) if k == "init" else c[k]) for k in SETTINGS},
             "defaults": {k: c[k] for k in DEFAULTS}}
@@ -164,7 +165,7 @@ class Seq2SeqTask(Task):
     self.config.warm_start = record["settings"]["warm_start"]
     self._check_lengths(BertConfig.from_dict(record["model"]).max_position_embeddings)
 
-  def input_shapes(self, session: Session, record: dict) -> tuple:
+  def input_shapes(self, session: Session) -> tuple:
     src = jax.ShapeDtypeStruct((1, self.config.max_source_length), jnp.int32)
     tgt = jax.ShapeDtypeStruct((1, self.config.max_target_length), jnp.int32)
     return (src, src, tgt, tgt)
@@ -200,8 +201,7 @@ class Seq2SeqTask(Task):
       if c.length_bucket:
         return batching.trim(batching.grouped_batch(arrays, step, c.batch_size, c.seed, keys), GROUPS, c.length_bucket)
       return batching.train_batch(arrays, step, c.batch_size, c.seed)
-    n = len(arrays["labels"])
-    return TrainingData(arrays, c.batch_size, batch, n, f"{n} training pairs")
+    return TrainingData(arrays, c.batch_size, batch, f"{len(arrays['labels'])} training pairs")
 
   def optimizer(self, opt_config, loaded) -> optax.GradientTransformation:
     """flaxbert.training.optim's optimizer, whose updates of the weights the warm start leaves
