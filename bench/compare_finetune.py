@@ -205,8 +205,11 @@ def main() -> None:
         import shutil  # pylint: disable=import-outside-toplevel
         shutil.rmtree(work / "flaxbert")
       result = (run_flaxbert if framework == "flaxbert" else run_torch)(config, work)
-      result["recipe"] = {k: config[k] for k in ("learning_rate", "batch_size", "num_epochs", "max_seq_length",
-                                                 "warmup_proportion", "weight_decay", "adam_eps", "dropout", "seed")}
+      o, m = config.optim, config.model
+      result["recipe"] = {"learning_rate": o.learning_rate, "batch_size": config.batch_size,
+                          "num_epochs": config.num_epochs, "max_seq_length": config.max_seq_length,
+                          "warmup_proportion": o.warmup_proportion, "weight_decay": o.weight_decay,
+                          "adam_eps": o.adam_eps, "dropout": m.hidden_dropout_prob, "seed": config.seed}
       result["command_args"] = {k: v for k, v in vars(args).items() if k not in ("out", "work")}
       report["runs"].setdefault(name, {})[framework] = result
       print(name, framework, json.dumps(result["scores"]), f"{result['seconds']:.0f}s", flush=True)
