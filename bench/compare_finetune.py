@@ -37,7 +37,7 @@ from flaxbert.finetune.tasks.registry import get_task  # noqa: E402
 from flaxbert.interop.pretrained import load  # noqa: E402
 from flaxbert.models.task_heads import BertForTask  # noqa: E402
 from flaxbert.text.tokenization import load_tokenizer  # noqa: E402
-from flaxbert.training import batching, sharding  # noqa: E402
+from flaxbert.training import batching, optim, sharding  # noqa: E402
 
 
 def task_files(name: str, data: Path, work: Path, args) -> dict:
@@ -121,7 +121,7 @@ def run_torch(config, work: Path) -> dict:
     torch_head.bias.copy_(torch.from_numpy(np.asarray(head["bias"])))
   steps_per_epoch = batching.steps_per_epoch(len(arrays["input_ids"]), rows_per_batch)
   total = max(1, int(np.ceil(config.num_epochs * steps_per_epoch)))
-  warmup = int(round(config.optim.warmup_proportion * total))
+  warmup = optim.resolve(config.optim, total).warmup_steps
   decay = [p for n, p in model.named_parameters() if "LayerNorm" not in n and "bias" not in n]
   no_decay = [p for n, p in model.named_parameters() if "LayerNorm" in n or "bias" in n]
   o = config.optim

@@ -20,9 +20,11 @@ RENAMED = {
 }
 
 
-def model(*, size: str | None = None, architecture: bool = False) -> ml_collections.ConfigDict:
+def model(*, size: str | None = None, architecture: bool = False,
+          encoder_runs: bool = True) -> ml_collections.ConfigDict:
   """How the model is built and run. architecture: also the fields that define a new model (a
-  job that builds one from scratch, pretraining); fine-tuning takes them from its checkpoint."""
+  job that builds one from scratch, pretraining); fine-tuning takes them from its checkpoint.
+  encoder_runs: the BERT encoder's remat_policy and scan_layers (models built on BertModel)."""
   m = ml_collections.ConfigDict()
   if size is not None:
     m.size = size  # named size (tiny | mini | small | medium | base | large) of a model built from scratch
@@ -32,6 +34,8 @@ def model(*, size: str | None = None, architecture: bool = False) -> ml_collecti
   m.hidden_dropout_prob = 0.1  # dropout on embeddings, sublayer outputs (and a task head's input)
   m.attention_probs_dropout_prob = 0.1  # dropout on attention probabilities
   m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params and optimizer state stay float32)
+  if not encoder_runs:
+    return m
   # Rematerialisation of each encoder layer in the backward pass (flaxbert.models.encoder.REMAT_POLICIES):
   # none (keep all activations) | full (keep only layer inputs, recompute the layer) | dots (keep the
   # projection matmuls' outputs, recompute attention matrices and elementwise ops). Same parameters.

@@ -43,7 +43,7 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   c.train_path = config_dict.placeholder(str)  # training file (GLUE TSV, CSV/JSONL, CoNLL, SQuAD JSON, …)
   c.eval_path = config_dict.placeholder(str)  # dev file(s), comma-separated; scores of the 2nd… are prefixed
   c.lower_case = config_dict.placeholder(bool)  # tokenizer casing; None: what the checkpoint's vocab says
-  c.model = common.model(size="small" if kind == "seq2seq" else None)
+  c.model = common.model(size="small", encoder_runs=False) if kind == "seq2seq" else common.model()
   # --- training -----------------------------------------------------------------------------
   c.batch_size = 32  # global training batch (paper: 16 or 32); packed tasks: examples a batch on average
   c.eval_batch_size = 64  # evaluation/prediction batch; the last one is padded and masked

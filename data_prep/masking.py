@@ -1,7 +1,7 @@
 """BERT's masked-LM rule, vectorised: which tokens to predict and what they become.
 
 Used at build time (static masking, data_prep/instances.py) and in the training input pipeline
-(dynamic masking, flaxbert/input_pipeline.py). The rule, as google-research/bert's
+(dynamic masking, flaxbert/pretrain/input_pipeline.py). The rule, as google-research/bert's
 create_pretraining_data.py: candidates are all real tokens but [CLS]/[SEP]; with whole-word
 masking a continuation piece joins the previous candidate; candidate groups are shuffled;
 num_to_predict = min(max_predictions, max(1, round(len × prob))) (Python 3 round, half to even);

@@ -79,6 +79,10 @@ def _prepare(args: argparse.Namespace) -> None:
 def _pretrain(args: argparse.Namespace) -> None:
   from flaxbert.pretrain.job import train_and_evaluate  # pylint: disable=import-outside-toplevel
   summary = train_and_evaluate(_config(args, "pretrain:tiny", {}), args.workdir)
+  if summary["stopped_by"]:
+    print(f"stopped by {summary['stopped_by']} at step {summary['step']} (saved; rerun the same command to resume); "
+          f"summary in {os.path.join(args.workdir, 'summary.json')}")
+    return
   final = summary["final_eval_metrics"]
   print(f"pretrained to step {summary['step']}: eval mlm_accuracy {final.get('eval_mlm_accuracy', float('nan')):.4f}; "
         f"summary in {os.path.join(args.workdir, 'summary.json')}")
@@ -194,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--input", required=True, help="text file, one source a line (.gz too)")
   p.add_argument("--output", required=True, help="the hypotheses file to write")
   p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_FILE)
-  p.add_argument("--beam_size", type=int, help="beams (1: greedy; default: the task config's)")
-  p.add_argument("--length_penalty", type=float, help="GNMT alpha (default: the task config's)")
-  p.add_argument("--batch_size", type=int, help="sources decoded at once (default: the task config's eval_batch_size)")
+  p.add_argument("--beam_size", type=int, help="beams (1: greedy; default: what the workdir was trained with)")
+  p.add_argument("--length_penalty", type=float, help="GNMT alpha (default: what the workdir was trained with)")
+  p.add_argument("--batch_size", type=int, help="sources decoded at once (default: the workdir's eval_batch_size)")
   p.set_defaults(run=_generate)
 
   p = commands.add_parser("embed", allow_abbrev=False, help="sentences → L2-normalised vectors (.npy)",

@@ -67,6 +67,7 @@ def test_every_task_loads_with_the_shared_sections_and_only_its_familys_fields(t
   c = finetune.get_config(task)
   assert ("doc_stride" in c) == task.startswith("squad") and ("beam_size" in c) == (TASKS[task] == "seq2seq")
   assert ("max_seq_length" in c) == (TASKS[task] != "seq2seq")
+  assert ("remat_policy" in c.model) == (TASKS[task] != "seq2seq")  # encoder runs: models built on BertModel
 
 
 def test_one_list_of_tasks_and_one_table_of_sizes():

@@ -237,6 +237,13 @@ def test_every_command_dispatches_on_the_recorded_kind(translation, tmp_path, ca
   assert cli.main(["predict", "--config", "finetune:translation,tiny", "--workdir", str(w), "--input", str(src),
                    "--output", str(tmp_path / "p.txt"), "--config.beam_size=2"]) == 0
   assert (tmp_path / "p.txt").read_text() == (tmp_path / "old.txt").read_text()
+  # predict decodes with the lengths the model was trained with, as generate does; evaluate takes
+  # the config's (longer out-of-domain text)
+  other = tiny("translation", max_source_length=5, max_target_length=3)
+  task, session, params = restore(w, other)
+  assert task.bundle(session).max_target_length == 3
+  task.predict_file(session, params, str(src), str(tmp_path / "q.txt"))
+  assert (task.config.max_source_length, task.config.max_target_length) == (24, 16)
 
 
 def test_sweep_runs_a_translation_config(tmp_path):

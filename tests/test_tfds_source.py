@@ -31,3 +31,12 @@ def test_missing_dataset_and_bad_spec_are_named(tmp_path, monkeypatch):
     tfds_source.read_text_pairs("tfds:glue/sst2:train", None)
   with pytest.raises(InputError, match="tfds:NAME"):
     tfds_source.read_text_pairs("tfds:glue", None)
+
+
+def test_qa_task_reads_a_squad_split_with_the_files_checks():
+  from configs import finetune  # pylint: disable=import-outside-toplevel
+  from flaxbert.finetune.tasks.registry import get_task  # pylint: disable=import-outside-toplevel
+  task = get_task(finetune.get_config("squad_v1,tiny"))
+  with tfds.testing.mock_data(num_examples=4):
+    examples = task.read("tfds:squad/v1.1:validation", False, "eval_path")
+  assert len(examples) == 4 and all(e.question and e.context for e in examples)

@@ -3,9 +3,9 @@
 `Embedder(path, pooling)` reads a flaxbert dir/workdir, HF dir or TF1 checkpoint (the encoder
 only), or a `flaxbert finetune` workdir (its newest checkpoint's encoder, e.g. a similarity
 bi-encoder); `embed(texts)` pools the last hidden states (mean over the mask, or [CLS]).
-Sentences are sorted by length and each batch padded to its longest rounded up to a multiple of 16
-(flaxbert.training.batching.by_length), so a large file compiles few shapes and wastes little on
-padding; the result is in input order. A fine-tuning workdir of any task family gives the BERT
+Sentences are sorted by length and each batch padded to the first of a few widths (16, 32, … 512)
+that holds its longest (flaxbert.training.batching.by_length), so a large file compiles at most a
+handful of shapes and wastes little on padding; the result is in input order. A fine-tuning workdir of any task family gives the BERT
 encoder inside its model (a BERT2BERT model: its encoder).
 `flaxbert embed --model PATH --input sentences.txt --output vectors.npy [--pooling mean|cls]`.
 """
@@ -27,7 +27,7 @@ from flaxbert.models.task_heads import BertForTask
 from flaxbert.text.tokenization import load_tokenizer
 from flaxbert.training import batching, checkpoint
 
-BUCKET = 16  # batches are cut to their longest sentence, rounded up to a multiple of this
+WIDTHS = (16, 32, 64, 128, 256, 512)  # a batch is cut to the first of these that holds its longest sentence
 
 
 def _finetuned_encoder(workdir: Path) -> tuple[BertConfig, dict]:
@@ -67,7 +67,7 @@ class Embedder:
     out = np.zeros((len(texts), self.model.config.hidden_size), np.float32)
     groups = {"input_mask": ("input_ids", "input_mask")}
     for rows, batch in batching.by_length({"input_ids": ids, "input_mask": mask}, mask.sum(1), self.batch_size,
-                                          groups, BUCKET):
+                                          groups, WIDTHS):
       out[rows] = np.asarray(self._apply(self.params, {k: batch[k] for k in groups["input_mask"]}))[:len(rows)]
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 

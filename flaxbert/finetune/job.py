@@ -55,10 +55,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   workdir_lib.check_new_or_finetune(workdir)
   task = get_task(config)
   task.check_config()
+  sharding.initialize_distributed()  # before anything asks jax for its devices
   mesh, rules = _mesh(config, devices)
   _check_run(config, mesh)
   workdir.mkdir(parents=True, exist_ok=True)
-  sharding.initialize_distributed()
   loaded = task.load_init()
   if not task.needs_training():
     return _score_untrained(task, workdir)
@@ -69,7 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   tokenizer = task.tokenizer(workdir, loaded, train)
   cfg = task.model_config(loaded, tokenizer)
   model = task.build_model(cfg)
-  session = Session(workdir, mesh, rules, tokenizer, cfg, model)
+  session = Session(mesh, rules, tokenizer, model)
   data = task.training_data(train, session)
   record = {"kind": task.kind, "task": c.task, "state": task.state(), "model": cfg.to_dict(), **task.record()}
   record.setdefault("defaults", {})
@@ -138,6 +138,7 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   workdir was trained for; None: the workdir's own record (generate, convert)."""
   workdir = Path(workdir)
   record = workdir_lib.read_record(workdir)
+  sharding.initialize_distributed()
   if config is None:
     cls = family(record["kind"])
     if not hasattr(cls, "from_record"):
@@ -154,18 +155,24 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   mesh, rules = _mesh(task.config, devices)
   cfg = BertConfig.from_dict(record["model"])
   model = task.build_model(cfg)
-  session = Session(workdir, mesh, rules, task.tokenizer(workdir, None, ()), cfg, model)
+  session = Session(mesh, rules, task.tokenizer(workdir, None, ()), model)
   boxed = boxed_param_shapes(model, task.input_shapes(session))
   _, params, session.params_sharding = checkpoint.restore_sharded(workdir, boxed, mesh, rules)
   return task, session, params
+
+
+def _check_eval_batch(config: ml_collections.ConfigDict, devices) -> None:
+  """Before a checkpoint is read: the evaluation batch must split over the data-parallel devices."""
+  sharding.initialize_distributed()
+  sharding.check_batch_size("eval_batch_size", config.eval_batch_size, _mesh(config, devices)[0])
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
   """Scores the workdir's newest checkpoint on config.eval_path; writes the scores and the first
   file's predictions to WORKDIR/evaluations/STEM/ (STEM: the first eval file's name)."""
   workdir = Path(workdir)
+  _check_eval_batch(config, devices)
   task, session, params = restore(workdir, config, devices)
-  sharding.check_batch_size("eval_batch_size", task.config.eval_batch_size, session.mesh)
   sets = task.eval_sets()
   if not sets:
     raise InputError("eval_path: required")
@@ -179,8 +186,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=Non
 def predict(config: ml_collections.ConfigDict, workdir: str | Path, input_path: str, output: str,
             devices=None) -> int:
   """Writes the predictions of the workdir's model for `input_path` to `output`; returns how many."""
+  _check_eval_batch(config, devices)
   task, session, params = restore(workdir, config, devices)
-  sharding.check_batch_size("eval_batch_size", task.config.eval_batch_size, session.mesh)
   return task.predict_file(session, params, input_path, output)
 
 

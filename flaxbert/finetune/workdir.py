@@ -77,7 +77,11 @@ def read_record(workdir: str | Path) -> dict:
   if not isinstance(record, dict) or not isinstance(record.get("task"), str):
     raise InputError(f"{path}: expected a JSON object with a 'task', got {str(record)[:80]}")
   if "kind" not in record:
-    record = _upgrade(record)
+    try:
+      record = _upgrade(record)
+    except (KeyError, TypeError, InputError) as e:
+      raise InputError(f"{path}: a task.json of flaxbert 0.1.0 that cannot be read ({type(e).__name__}: {e}); "
+                       "fine-tune into a new workdir") from None
   if record["kind"] not in FAMILIES:
     raise InputError(f"{path}: kind {record['kind']!r} is not a task family of this flaxbert "
                      f"({', '.join(FAMILIES)}); the workdir was written by another version")

@@ -1,1 +1,2 @@
-"""Weight conversion between flaxbert, HF transformers and original TF1 BERT checkpoints."""
+"""Weights in and out: flaxbert, HF transformers and original TF1 BERT checkpoints (pretrained.py is
+the front door: detect, load, save, convert), and BERT2BERT models to transformers' EncoderDecoderModel."""

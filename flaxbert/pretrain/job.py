@@ -186,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       lambda params, final: evaluate(eval_step, params, eval_data, mesh, config.eval_max_batches),
       batch_size=batch, meta={"seed": config.seed},
       start=lambda state: _start(config, state), throughput=throughput)
-  summary = {"step": int(outcome.state.step), "num_train_steps": config.num_train_steps,
+  summary = {"recipe": config.recipe, "step": int(outcome.state.step), "num_train_steps": config.num_train_steps,
              "stopped_by": outcome.stopped_by, "final_train_metrics": outcome.train_metrics,
              "final_eval_metrics": {f"eval_{k}": v for k, v in outcome.eval_metrics.items()},
              "model": cfg.to_dict(), "devices": mesh.size, "device_kind": jax.devices()[0].device_kind,

@@ -7,7 +7,7 @@ of an epoch is padded to full size with rows whose `example_mask` is 0, as evalu
 example counts exactly once per epoch and the loss divides by real rows only.
 """
 import math
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -27,15 +27,13 @@ def take(arrays: dict[str, np.ndarray], indices: np.ndarray, batch_size: int) ->
   return out
 
 
-def train_batch(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed: int,
-                process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
-  """The process's slice of global training batch `step`."""
+def train_batch(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+  """Global training batch `step` (each process takes its part with `local_slice`)."""
   n = len(next(iter(arrays.values())))
   per_epoch = steps_per_epoch(n, batch_size)
   epoch, within = divmod(step, per_epoch)
   order = np.random.default_rng([seed, epoch]).permutation(n)
-  batch = take(arrays, order[within * batch_size:(within + 1) * batch_size], batch_size)
-  return local_slice(batch, process_index, process_count)
+  return take(arrays, order[within * batch_size:(within + 1) * batch_size], batch_size)
 
 
 def grouped_batch(arrays: dict[str, np.ndarray], step: int, batch_size: int, seed: int, keys: np.ndarray,
@@ -69,24 +67,30 @@ def grouped_batch(arrays: dict[str, np.ndarray], step: int, batch_size: int, see
 _PLANS: dict = {}
 
 
-def trim(batch: dict[str, np.ndarray], groups: dict[str, tuple[str, ...]], multiple: int) -> dict[str, np.ndarray]:
-  """Cuts each group's arrays (axis 1) to the group's longest real row, rounded up to `multiple`
-  (so that few shapes compile); groups: mask name → the arrays padded along it. Trim the global
-  batch, then `local_slice` it: every process must see the same shapes."""
+def trim(batch: dict[str, np.ndarray], groups: dict[str, tuple[str, ...]],
+         multiple: int | Sequence[int]) -> dict[str, np.ndarray]:
+  """Cuts each group's arrays (axis 1) to the group's longest real row, rounded up to `multiple`,
+  or to the first of the widths it lists that holds the row (so that few shapes compile; 0: no
+  cut); groups: mask name → the arrays padded along it. Trim the global batch, then `local_slice`
+  it: every process must see the same shapes."""
   out = dict(batch)
   for mask, names in groups.items():
     full = batch[mask].shape[1]
     longest = int(batch[mask].sum(axis=1).max(initial=1))
-    length = min(full, -(-longest // multiple) * multiple) if multiple > 0 else full
+    if isinstance(multiple, int):
+      length = min(full, -(-longest // multiple) * multiple) if multiple > 0 else full
+    else:
+      length = min(full, next((w for w in multiple if w >= longest), full))
     for name in names:
       out[name] = batch[name][:, :length]
   return out
 
 
 def by_length(arrays: dict[str, np.ndarray], lengths: np.ndarray, batch_size: int,
-              groups: dict[str, tuple[str, ...]], multiple: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+              groups: dict[str, tuple[str, ...]],
+              multiple: int | Sequence[int]) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
   """(indices, batch) over every row once, longest first (inference: generation, embedding), each
-  batch `trim`med to its longest row rounded up to `multiple`, so a large input compiles few
+  batch `trim`med to its longest row rounded up (`multiple`: see trim), so a large input compiles few
   shapes and computes little padding; the last batch is padded (example_mask 0). The caller puts
   each batch's outputs back at `indices`."""
   order = np.argsort(-np.asarray(lengths), kind="stable")

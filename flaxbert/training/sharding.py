@@ -29,7 +29,7 @@ BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
 DATA_PARALLEL = (("batch", BATCH_AXES),)
 FSDP = (("batch", BATCH_AXES), ("embed", "fsdp"), ("vocab", None))
 TENSOR_PARALLEL = (("batch", BATCH_AXES), ("heads", "model"), ("mlp", "model"), ("vocab", "model"))
-# By name, for `--config.sharding_rules=fsdp` on the command line.
+# By name, for `--config.mesh.sharding_rules=fsdp` on the command line.
 PRESETS = {"data_parallel": DATA_PARALLEL, "fsdp": FSDP, "tensor_parallel": TENSOR_PARALLEL}
 
 

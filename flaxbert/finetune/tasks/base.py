@@ -4,14 +4,15 @@ A task family turns files into examples, examples into training arrays and a mod
 initial weights, says what its loss is (sums over a denominator, so that padded rows and gradient
 accumulation stay exact: flaxbert.training.step), and scores a model on evaluation files. The job
 runs the same sequence for every family — read, fit, tokenizer, model, state, the one training
-loop, evaluation — so `finetune`, `evaluate`, `predict`, `generate`, `sweep`, `embed` and
-`convert` work on any task. Two families' kinds implement it:
+loop, evaluation — so `finetune`, `evaluate`, `predict`, `sweep` and `embed` work on any task, and
+`generate` and `convert` on the families that have them (seq2seq). The six kinds
+(flaxbert.finetune.tasks.registry.FAMILIES) come in two shapes:
 
-  encoder  flaxbert.finetune.tasks.encoder.EncoderTask: BERT with a task head (classification,
-           ner, qa, similarity, extractive_summarization), its encoder from a checkpoint,
-           evaluation by a forward pass
-  seq2seq  flaxbert.finetune.tasks.seq2seq.Seq2SeqTask: the BERT2BERT encoder-decoder
-           (translation, abstractive summarization), warm-started, evaluation by beam search
+  flaxbert.finetune.tasks.encoder.EncoderTask: BERT with a task head (classification, ner, qa,
+    similarity, extractive_summarization), its encoder from a checkpoint, evaluation by a
+    forward pass
+  flaxbert.finetune.tasks.seq2seq.Seq2SeqTask (seq2seq): the BERT2BERT encoder-decoder
+    (translation, abstractive summarization), warm-started, evaluation by beam search
 
 A family's `kind` is recorded in the workdir's task.json, and every later command dispatches on
 it (flaxbert.finetune.workdir). Learnt state (label sets) travels in `state()`, so evaluation and
@@ -35,11 +36,9 @@ from flaxbert.training import sharding
 @dataclasses.dataclass
 class Session:
   """A model on a mesh, with its tokenizer: what training, evaluation and prediction share."""
-  workdir: Path
   mesh: jax.sharding.Mesh
   rules: tuple
   tokenizer: Tokenizer
-  cfg: BertConfig  # the (encoder's) BERT configuration
   model: nn.Module
   params_sharding: Any = None  # set once the parameters are laid out (training or restore)
 

@@ -12,10 +12,8 @@ window's own tokens: the original's also spanned the padding of its row (which t
 to low logits and changes nothing else), and its n-best search could pick padding positions and
 then drop them; here a window's logits past its end are -inf, so the n-best holds real tokens.
 """
-import json
 import logging
 import math
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -42,11 +40,8 @@ class QuestionAnswering(EncoderTask):
     self.lower_case = True
 
   def read_examples(self, path: str, training: bool) -> list:
-    if tfds_source.is_tfds(path):
-      with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "squad.json"
-        local.write_text(json.dumps(tfds_source.squad_json(path)))
-        return squad.read_squad(local, self.version, training)
+    if tfds_source.is_tfds(path):  # the same checks as a file's, errors naming the tfds: source
+      return squad.squad_examples(tfds_source.squad_json(path)["data"], path, self.version, training)
     return squad.read_squad(path, self.version, training)
 
   def featurize(self, examples: Sequence, tokenizer, training: bool) -> Features:

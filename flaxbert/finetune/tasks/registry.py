@@ -2,7 +2,7 @@
 
 Every family implements flaxbert.finetune.tasks.base.Task; its `kind` is what a workdir's
 task.json records and what every command dispatches on. Family modules are imported when used,
-so reading this list (the configs, the command line's help) imports no JAX.
+so reading this list (the command line's help) imports no JAX.
 """
 import importlib
 

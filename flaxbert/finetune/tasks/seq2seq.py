@@ -55,7 +55,9 @@ class Seq2SeqTask(Task):
 
   def __init__(self, config):
     super().__init__(config)
-    self.reports: dict[str, ReadReport] = {}
+    self.reports: dict[tuple[str, bool], ReadReport] = {}  # (spec, training) → what its read skipped
+    self._eval_specs: dict[str, str] = {}  # eval set name → its spec
+    self._trained_lengths: tuple[int, int] | None = None
 
   @classmethod
   def from_record(cls, record: dict) -> "Seq2SeqTask":
@@ -76,9 +78,6 @@ class Seq2SeqTask(Task):
     scale = c.fresh_lr_scale
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
       raise InputError(f"fresh_lr_scale: expected a positive number, got {scale!r}")
-    if c.model.remat_policy != "none" or c.model.scan_layers:
-      raise InputError("model.remat_policy, model.scan_layers: the encoder-decoder runs its layers unrolled "
-                       "without rematerialisation; set none and false")
 
   def _check_lengths(self, limit: int) -> None:
     """Both lengths must fit the model's positions."""
@@ -92,7 +91,7 @@ class Seq2SeqTask(Task):
     if not path:
       raise InputError(f"{field}: required")
     targets = c.target_fields if training or not c.eval_target_fields else c.eval_target_fields
-    report = self.reports[path] = ReadReport(path)
+    report = self.reports[(path, training)] = ReadReport(path)
     examples = parallel.read_spec(path, c.source_field, [f for f in targets.split(",") if f], report)
     if not examples:
       raise InputError(f"{field}: {path}: no examples ({report.reasons or 'empty'})")
@@ -102,6 +101,10 @@ class Seq2SeqTask(Task):
 
   def eval_name(self, path: str) -> str:
     return Path(path.split("|")[-1]).name.split(".")[0]  # the target file's stem
+
+  def eval_sets(self) -> list[tuple[str, list]]:
+    self._eval_specs = {self.eval_name(p): p for p in (self.config.eval_path or "").split(",") if p}
+    return super().eval_sets()
 
   def learn(self, train: Sequence) -> None:
     if any(e.target is None for e in train):
@@ -160,9 +163,11 @@ class Seq2SeqTask(Task):
 
   def restore_settings(self, record: dict) -> None:
     """Evaluation keeps the config's lengths (the parameters do not depend on them: longer
-    out-of-domain text may need more); the warm start decides the model's shape (bertshare)."""
+    out-of-domain text may need more); prediction and generation use the trained ones. The warm
+    start decides the model's shape (bertshare)."""
     self.config = self.config.copy_and_resolve_references()
     self.config.warm_start = record["settings"]["warm_start"]
+    self._trained_lengths = (record["settings"]["max_source_length"], record["settings"]["max_target_length"])
     self._check_lengths(BertConfig.from_dict(record["model"]).max_position_embeddings)
 
   def input_shapes(self, session: Session) -> tuple:
@@ -187,12 +192,11 @@ class Seq2SeqTask(Task):
   def bundle(self, session: Session) -> Seq2Seq:
     """The model, tokenizer, mesh and lengths as one: texts → source rows, pairs → training arrays, generation."""
     c = self.config
-    return Seq2Seq(session.model, session.tokenizer, session.mesh, session.rules, c.max_source_length,
-                   c.max_target_length)
+    return Seq2Seq(session.model, session.tokenizer, session.mesh, c.max_source_length, c.max_target_length)
 
   def training_data(self, examples: Sequence, session: Session) -> TrainingData:
     c = self.config
-    report = self.reports[c.train_path]
+    report = self.reports[(c.train_path, True)]
     arrays = self.bundle(session).pairs(examples, report, c.cut_long_sources)
     # similar lengths batched together: target length first, then source length
     keys = arrays["target_mask"].sum(axis=1) * (c.max_source_length + 1) + arrays["source_mask"].sum(axis=1)
@@ -238,9 +242,9 @@ class Seq2SeqTask(Task):
     file) and hypotheses_NAME.txt."""
     c, results = self.config, {}
     for n, (name, examples) in enumerate(evals):
-      path = next(p for p in self.reports if self.eval_name(p) == name)  # read by eval_sets
+      path = self._eval_specs[name]  # read by eval_sets
       hyps = self.bundle(session).generate(params, [e.source for e in examples], c.eval_batch_size, c.beam_size,
-                                            c.length_penalty, self.reports[path], c.length_bucket)
+                                            c.length_penalty, self.reports[(path, False)], c.length_bucket)
       refs = [e.references for e in examples]
       if any(not r for r in refs):
         raise InputError(f"eval_path: {path}: no references; expected SOURCE|TARGET files, a .tsv or a .jsonl")
@@ -251,7 +255,8 @@ class Seq2SeqTask(Task):
     return results
 
   def predict_file(self, session: Session, params, input_path: str, output: str) -> int:
-    """`flaxbert predict`: generate_file with the config's beam settings."""
+    """`flaxbert predict`: generate_file with the config's beam settings and the trained lengths."""
+    self.config.max_source_length, self.config.max_target_length = self._trained_lengths
     return self.generate_file(session, params, input_path, output)
 
   def generate_file(self, session: Session, params, input_path: str | Path, output: str | Path,

@@ -28,7 +28,6 @@ class Seq2Seq:
   model: BertEncoderDecoder
   tokenizer: Tokenizer
   mesh: jax.sharding.Mesh
-  rules: tuple
   max_source_length: int
   max_target_length: int
 

@@ -101,21 +101,26 @@ def _load_json(path: Path) -> list:
 
 def read_squad(path: str | os.PathLike, version: str, training: bool,
                report: ReadReport | None = None) -> list[QAExample]:
-  """The questions of a SQuAD v1.1 / v2.0 JSON file, in file order.
+  """The questions of a SQuAD v1.1 / v2.0 JSON file, in file order (`squad_examples`)."""
+  return squad_examples(_load_json(Path(path)), str(path), version, training, report)
+
+
+def squad_examples(articles: list, source: str, version: str, training: bool,
+                   report: ReadReport | None = None) -> list[QAExample]:
+  """The questions of SQuAD's "data" list (articles), in order; errors and warnings name `source`.
 
   Training: a question's first answer gives start_word/end_word; one whose text is not found in
   the words at its answer_start (run_squad's check) is skipped, counted in `report` and warned
   about. Evaluation keeps every question with all its gold answers. v2 training needs
   "is_impossible" on every question; an impossible question with answers is an error.
   """
-  path = Path(path)
   v2 = squad_version(version) == "v2"
-  report = report if report is not None else ReadReport(str(path))
+  report = report if report is not None else ReadReport(source)
   examples: list[QAExample] = []
   seen: dict[str, str] = {}
-  for a, article in enumerate(_load_json(path)):
+  for a, article in enumerate(articles):
     title = article.get("title", f"#{a}") if isinstance(article, dict) else f"#{a}"
-    where_article = f"{path}: article {title!r}"
+    where_article = f"{source}: article {title!r}"
     for p, paragraph in enumerate(_get(article, "paragraphs", list, where_article)):
       where_par = f"{where_article}, paragraph {p}"
       context = _get(paragraph, "context", str, where_par)
@@ -157,7 +162,7 @@ def read_squad(path: str | os.PathLike, version: str, training: bool,
                                   start_word, end_word, is_impossible, str(title)))
   if report.skipped:
     log.warning("%s: skipped %d questions whose answer is not in the context (first ids: %s)",
-                path, report.skipped, ", ".join(report.skipped_ids[:5]))
+                source, report.skipped, ", ".join(report.skipped_ids[:5]))
   return examples
 
 
