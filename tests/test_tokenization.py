@@ -338,7 +338,7 @@ def test_blank_lines_not_utf8_and_spm_vocab_files(tmp_path):
 
 
 def test_bad_folders_and_configs(tmp_path):
-  with pytest.raises(InputError, match="no vocab.txt or a sentencepiece .model in this folder"):
+  with pytest.raises(InputError, match="no vocab.txt, tokenizer.json or a sentencepiece .model in this folder"):
     load_tokenizer(tmp_path)
   (tmp_path / "spm.model").write_bytes(b"not a model")
   with pytest.raises(InputError, match=r"spm\.model: not a sentencepiece model"):
@@ -372,3 +372,25 @@ def test_decode_drops_specials_and_joins_pieces(wordpiece, spm_model):
   spm = load_tokenizer(spm_model)
   text = "the river ran about bridges"
   assert spm.decode([spm.cls_id, *spm.encode(text), spm.sep_id, spm.pad_id]) == text
+
+
+def test_a_transformers_tokenizer_json_gives_the_same_wordpiece_tokenizer(tmp_path):
+  """transformers 5 saves tokenizer.json (no vocab.txt): its WordPiece vocabulary and casing are read."""
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s", ","]
+  (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  want = load_tokenizer(tmp_path / "vocab.txt", lower_case=False)
+  folder = tmp_path / "hf"
+  folder.mkdir()
+  model = {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+           "vocab": {t: i for i, t in reversed(list(enumerate(vocab)))}}
+  (folder / "tokenizer.json").write_text(json.dumps({"normalizer": {"type": "BertNormalizer", "lowercase": False},
+                                                     "model": model}))
+  got = load_tokenizer(folder)
+  assert not got.lower_case and got.encode("Hello worlds, hello") == want.encode("Hello worlds, hello")
+  model["vocab"]["gap"] = 20
+  (folder / "tokenizer.json").write_text(json.dumps({"model": model}))
+  with pytest.raises(InputError, match=r"tokenizer.json: the WordPiece ids are not 0…9 without gaps"):
+    load_tokenizer(folder)
+  (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": {}}}))
+  with pytest.raises(InputError, match=r"tokenizer.json: a BPE tokenizer; expected BERT's WordPiece"):
+    load_tokenizer(folder)

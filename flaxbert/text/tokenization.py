@@ -31,6 +31,7 @@ _ASCII_PIECES = re.compile(r"[0-9A-Za-z]+|[^0-9A-Za-z]")
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 VOCAB_FILE = "vocab.txt"
 SPM_FILE = "spm.model"
+HF_TOKENIZER_FILE = "tokenizer.json"  # transformers' fast-tokenizer file: a folder saved by transformers v5 has no vocab.txt
 CONFIG_FILE = "tokenizer_config.json"
 KINDS = ("wordpiece", "sentencepiece")
 SPM_SPACE = "\u2581"  # '▁', sentencepiece's word-start marker
@@ -246,6 +247,21 @@ class SentencePieceTokenizer(Tokenizer):
 # Loading.
 
 
+def read_hf_tokenizer_vocab(path: Path) -> tuple[list[str], bool]:
+  """(tokens by id, lower_case) of a transformers tokenizer.json holding a BERT WordPiece model."""
+  try:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    model, normalizer = data["model"], data.get("normalizer") or {}
+    if model.get("type") != "WordPiece" or model.get("continuing_subword_prefix", "##") != "##":
+      raise InputError(f"{path}: a {model.get('type')} tokenizer; expected BERT's WordPiece (prefix '##')")
+    by_id = sorted((int(i), t) for t, i in model["vocab"].items())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+    raise InputError(f"{path}: not a readable transformers tokenizer.json ({type(e).__name__}: {e})") from None
+  if [i for i, _ in by_id] != list(range(len(by_id))):
+    raise InputError(f"{path}: the WordPiece ids are not 0…{len(by_id) - 1} without gaps")
+  return [t for _, t in by_id], bool(normalizer.get("lowercase", True))
+
+
 def read_wordpiece_vocab(path: str | os.PathLike) -> list[str]:
   """A vocab.txt's tokens by id: one a line, stripped (as the original); empty or duplicate tokens are errors."""
   path = Path(path)
@@ -306,7 +322,9 @@ def _find_model_file(directory: Path, kind: str | None) -> Path:
       raise InputError(f"{directory}: holds both {VOCAB_FILE} and {', '.join(p.name for p in spm)}; add "
                        f"{CONFIG_FILE} with \"kind\" or pass the file itself")
     if not vocab.is_file() and not spm:
-      raise InputError(f"{directory}: no {VOCAB_FILE} or a sentencepiece .model in this folder")
+      if (directory / HF_TOKENIZER_FILE).is_file():
+        return directory / HF_TOKENIZER_FILE
+      raise InputError(f"{directory}: no {VOCAB_FILE}, {HF_TOKENIZER_FILE} or a sentencepiece .model in this folder")
     kind = "wordpiece" if vocab.is_file() else "sentencepiece"
   if kind == "wordpiece":
     if not vocab.is_file():
@@ -341,6 +359,10 @@ def load_tokenizer(path: str | os.PathLike, lower_case: bool | None = None) -> T
                        f"lower_case={lower_case} was asked for; leave lower_case out to use the folder's")
   else:
     file = path
+  if file.name == HF_TOKENIZER_FILE:
+    vocab, lower = read_hf_tokenizer_vocab(file)
+    return WordPieceTokenizer(vocab, next(v for v in (lower_case, config["lower_case"], lower) if v is not None),
+                              source=str(file))
   lower = next(v for v in (lower_case, config["lower_case"], True) if v is not None)
   if file.suffix == ".model":
     try:
