@@ -50,8 +50,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.log_every_steps = 100  # metrics pulled to the host, TensorBoard and console
   c.eval_every_steps = 10_000  # validation split; 0: only at the end
   c.eval_max_batches = 0  # 0: the whole validation split, exactly once
-  c.init_from = config_dict.placeholder(str)  # start from another pretraining run's workdir (newest checkpoint)
-  c.init_mode = "params"  # params: weights only, new optimizer and step 0 | full_state: continue it
+  # Where a fresh workdir starts (none: a fresh init): another pretraining run's workdir (its newest
+  # checkpoint), or, for continued pretraining, a released model: a flaxbert export, an HF BERT folder
+  # (BertForPreTraining, BertForMaskedLM or BertModel) or a TF1 checkpoint, whose architecture replaces
+  # model.size (heads it lacks start fresh; its vocab.txt must be the dataset's, token for token).
+  c.init_from = config_dict.placeholder(str)
+  c.init_mode = "params"  # params: weights only, new optimizer and step 0 | full_state: continue a workdir's run
 
   if arg in SIZES:
     c.global_batch_size = 256 if arg in ("base", "large") else 128

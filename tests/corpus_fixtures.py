@@ -27,3 +27,14 @@ def write_corpus(directory: Path, num_files: int = 3, docs_per_file: int = 8, se
     docs = ["\n".join(sentence(rng) for _ in range(rng.randint(1, 25))) for _ in range(docs_per_file)]
     (directory / f"part-{f}.txt").write_text("\n\n".join(docs) + "\n")
   return directory
+
+
+def override(config, fields: dict):
+  """Sets config fields by dotted name ("optim.learning_rate": …); returns the config."""
+  for key, value in fields.items():
+    node = config
+    *parents, name = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[name] = value
+  return config

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import prepare as prepare_config, pretrain as pretrain_config
-from corpus_fixtures import write_corpus, write_vocab
+from corpus_fixtures import override, write_corpus, write_vocab
 from data_prep.builder import prepare
 from flaxbert.errors import InputError
 from flaxbert.pretrain.job import train_and_evaluate
@@ -45,13 +45,7 @@ def tiny_config(dataset, **overrides):
   c.eval_max_batches = 2
   c.optim.warmup_steps = 2
   c.optim.learning_rate = 1e-3
-  for key, value in overrides.items():
-    node = c
-    *parents, name = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[name] = value
-  return c
+  return override(c, overrides)
 
 
 def stopped_at(config, step):

@@ -7,11 +7,14 @@ into its sharded layout (flaxbert.training.state), the one train step with the M
 `optim.grad_accum_steps` micro-batches), and runs the one training loop (flaxbert.training.loop):
 resume from the workdir's newest restorable checkpoint, or start from `init_from` (a phase-1
 run's parameters or full state); log, evaluate on the validation split (every example once),
-save; SIGTERM/SIGINT saves and stops. The batch at a step is a function of (seed, step)
-(flaxbert.pretrain.input_pipeline), so the input position is the step. `WORKDIR/summary.json` is
+save; SIGTERM/SIGINT saves and stops. `init_from` may also be a released model (a flaxbert export,
+an HF BERT folder or a TF1 checkpoint): continued pretraining with its architecture and weights, a
+fresh optimizer at step 0 (flaxbert.pretrain.init_from). The batch at a step is a function of
+(seed, step) (flaxbert.pretrain.input_pipeline), so the input position is the step. `WORKDIR/summary.json` is
 written at the end; the workdir also records its model (flaxbert_config.json) and vocabulary, so
 `flaxbert.from_pretrained(WORKDIR)` and `flaxbert convert` read it.
 """
+import functools
 import json
 import logging
 from pathlib import Path
@@ -24,14 +27,16 @@ import optax
 
 from flaxbert.errors import InputError
 from flaxbert.interop import native
+from flaxbert.models import weights
 from flaxbert.models.config import BertConfig
 from flaxbert.models.encoder import check_remat_policy
 from flaxbert.models.losses import token_cross_entropy
 from flaxbert.models.pretraining import BertForPreTraining
+from flaxbert.pretrain import init_from
 from flaxbert.pretrain.input_pipeline import DynamicMasking, PretrainingData
 from flaxbert.text.tokenization import load_tokenizer
 from flaxbert.training import checkpoint, flops, loop, metrics, optim, sharding
-from flaxbert.training.state import create_train_state
+from flaxbert.training.state import boxed_param_shapes, create_train_state
 from flaxbert.training.step import compile_train_step, make_train_step
 
 log = logging.getLogger("flaxbert")
@@ -116,12 +121,8 @@ def evaluate(eval_step, params, data: PretrainingData, mesh, max_batches: int) -
 
 
 def _start(config, state):
-  """A fresh workdir's state: init_from's parameters (or full state), else the fresh init."""
-  if not config.init_from:
-    return state
+  """A fresh workdir's state from another pretraining run's workdir: its parameters (or full state)."""
   source = Path(config.init_from)
-  if config.init_mode not in ("params", "full_state"):
-    raise InputError(f"init_mode: expected 'params' or 'full_state', got {config.init_mode!r}")
   full = config.init_mode == "full_state"
   src = checkpoint.manager(source, asynchronous=False)
   try:
@@ -135,6 +136,12 @@ def _start(config, state):
   return state.replace(params=params, **train) if full else state.replace(params=params)
 
 
+def _log_start(path: Path, kind: str, state):
+  """A fresh workdir's state from a model's weights (already in it): logged, nothing else to do."""
+  log.info("continuing pretraining from %s (%s): its weights, a fresh optimizer, step 0", path, kind)
+  return state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        devices: list | None = None) -> dict:
   """Pretrains as `config` says, in `workdir` (resuming what is there); returns the summary.
@@ -142,8 +149,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   devices: the devices of the mesh (default: all of them).
   """
   workdir = Path(workdir)
+  sharding.initialize_distributed()  # before anything asks jax (or Orbax) for its processes
+  source = init_from.locate(config.init_from, config.init_mode, workdir)  # before anything is written
   workdir.mkdir(parents=True, exist_ok=True)
-  sharding.initialize_distributed()
   if not config.dataset_dir:
     raise InputError("dataset_dir: required (a folder written by `flaxbert prepare`)")
   if not (isinstance(config.num_train_steps, int) and config.num_train_steps >= 1):
@@ -157,15 +165,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                                      max_examples_per_row=config.max_examples_per_row)
                      for split in ("train", "validation"))
   nsp = bool(data.builder.info.metadata["settings"]["random_next_sentence"])
-  cfg = bert_config(config, data.builder.info.metadata["tokenizer"]["vocab_size"], data.max_seq_length)
-  model = BertForPreTraining(cfg, remat_policy=remat, scan_layers=config.model.scan_layers)
   accum = config.optim.grad_accum_steps
   sharding.check_batch_size("global_batch_size", config.global_batch_size, mesh, accum)
   opt_config = optim.resolve(config.optim, config.num_train_steps)
   tx, schedule = optim.build_optimizer(opt_config), optim.learning_rate_schedule(opt_config)
+  if source is not None and source.kind == "model":  # the checkpoint's architecture, this run's dropout and dtype
+    m = config.model
+    cfg = init_from.open_model(source, workdir, config.dataset_dir).replace(
+        hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+        dtype=m.dtype, param_dtype="float32")
+    init_from.check_architecture(cfg, source, m, data.max_seq_length)
+  else:
+    cfg = bert_config(config, data.builder.info.metadata["tokenizer"]["vocab_size"], data.max_seq_length)
+  model = BertForPreTraining(cfg, remat_policy=remat, scan_layers=config.model.scan_layers)
   _record_model(workdir, cfg, config.dataset_dir)  # after the config checks: a refused run writes nothing
   ids = jax.ShapeDtypeStruct((1, data.max_seq_length), jnp.int32)
-  state, shardings = create_train_state(model, tx, mesh, rules, config.seed, (ids,), rng_impl=config.rng_impl)
+  pretrained, merge, start = None, None, None
+  if source is not None and source.kind == "workdir":
+    start = lambda state: _start(config, state)
+  elif source is not None and source.loaded is not None:  # a model's weights, merged into the sharded init
+    pretrained, merge = init_from.initial_weights(nn.unbox(boxed_param_shapes(model, (ids,))), source.loaded,
+                                                  str(source.path)), weights.merge
+    start = functools.partial(_log_start, source.path, source.loaded.kind)
+  state, shardings = create_train_state(model, tx, mesh, rules, config.seed, (ids,), pretrained, merge,
+                                        rng_impl=config.rng_impl)
+  if source is not None:
+    source.loaded = pretrained = None  # the host copy of the weights is no longer needed
   train_step = jit_pretraining_step(model, tx, schedule, accum, nsp, shardings, mesh)
   eval_step = jax.jit(make_eval_step(model, nsp), in_shardings=(shardings.params, sharding.batch_sharding(mesh)),
                       out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
@@ -185,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       workdir, state, train_step, lambda step: (sharding.global_batch(b, mesh) for b in data.iterate(step)), cadence,
       lambda params, final: evaluate(eval_step, params, eval_data, mesh, config.eval_max_batches),
       batch_size=batch, meta={"seed": config.seed},
-      start=lambda state: _start(config, state), throughput=throughput)
+      start=start, throughput=throughput)
   summary = {"recipe": config.recipe, "step": int(outcome.state.step), "num_train_steps": config.num_train_steps,
              "stopped_by": outcome.stopped_by, "final_train_metrics": outcome.train_metrics,
              "final_eval_metrics": {f"eval_{k}": v for k, v in outcome.eval_metrics.items()},
