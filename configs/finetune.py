@@ -1,6 +1,7 @@
 """Settings for `flaxbert finetune|evaluate|predict|sweep --config finetune:TASK --workdir W`.
 
-TASK: a name of flaxbert.finetune.tasks.registry.TASKS — glue_cola | glue_sst2 | glue_mrpc |
+TASK: a name of flaxbert.finetune.tasks.registry.TASKS — classification (your own CSV/TSV/JSONL with
+      any label set; multi_label, regression) | glue_cola | glue_sst2 | glue_mrpc |
       glue_stsb | glue_qqp | glue_mnli | glue_qnli | glue_rte | glue_wnli | ner | squad_v1 |
       squad_v2 | similarity | summarization | translation | summarization_abstractive
       (append `,tiny` — e.g. `glue_sst2,tiny` — for the test-sized variant: short sequences, small
@@ -63,6 +64,13 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   # --- the task family's own fields ------------------------------------------------------------
   FAMILY_FIELDS[kind](c)
 
+  if task == "classification":
+    c.text_a_column, c.text_b_column = "text", ""  # a single text unless text_b_column is named
+    c.multi_label = False  # the label column holds several labels: sigmoid outputs, binary cross-entropy,
+    #   micro/macro-F1 at a threshold chosen on the (first) dev file and recorded for predict/evaluate
+    c.label_delimiter = config_dict.placeholder(str)  # multi_label: split a label cell on this (e.g. "|");
+    #   None: a JSON list (a list value in JSONL, its JSON text in a CSV/TSV cell)
+    c.regression = False  # the label is a number: one output, squared error; Pearson, Spearman, MSE
   if task.startswith("glue_"):
     # CSV/JSONL exports of GLUE (HF datasets, TFDS) name the texts per task.
     c.text_a_column, c.text_b_column = EXPORT_COLUMNS.get(task[len("glue_"):], ("sentence1", "sentence2"))

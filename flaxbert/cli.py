@@ -14,20 +14,17 @@ _OVERWRITE_FILE = "replace --output if it exists (only once the new file is comp
 
 def _convert(args: argparse.Namespace) -> None:
   # pylint: disable=import-outside-toplevel
-  from flaxbert.finetune.workdir import kind_of, read_record
+  from flaxbert.finetune.workdir import TASK_FILE, read_record
   from flaxbert.interop.pretrained import convert
-  kind = kind_of(args.src)
-  if kind == "seq2seq":
+  if os.path.isfile(os.path.join(args.src, TASK_FILE)):  # a fine-tuning workdir
+    record = read_record(args.src)
     if args.to != "hf":
-      raise InputError(f"--to {args.to}: an encoder-decoder workdir exports to transformers' EncoderDecoderModel "
-                       "(--to hf) only")
+      raise InputError(f"--to {args.to}: a fine-tuned {record['task']} workdir exports to transformers (--to hf) "
+                       "only; its encoder alone: `flaxbert embed`, or convert the checkpoint it was fine-tuned from")
     from flaxbert.finetune.job import export_hf
-    export_hf(args.src, args.dst, overwrite=args.overwrite)
-    print(f"converted encoder-decoder workdir {args.src} → hf EncoderDecoderModel: {args.dst}")
+    written = export_hf(args.src, args.dst, overwrite=args.overwrite)
+    print(f"converted {record['task']} workdir {args.src} → transformers {written}: {args.dst}")
     return
-  if kind is not None:
-    raise InputError(f"{args.src}: a workdir fine-tuned for {read_record(args.src)['task']} ({kind}); convert "
-                     "exports pretrained models and translation/summarization_abstractive workdirs")
   loaded = convert(args.src, args.dst, args.to, overwrite=args.overwrite)
   cfg = loaded.config
   source = loaded.kind if loaded.step is None else f"{loaded.kind} step {loaded.step}"
@@ -142,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   p = commands.add_parser("convert", allow_abbrev=False, help="convert weights between flaxbert, HF and TF1 formats",
                           description="Detects SRC's kind (flaxbert dir, HF dir, TF1 checkpoint) and "
-                                      "writes it to DST in the --to format. A translation/"
-                                      "summarization_abstractive workdir exports (--to hf) to "
-                                      "transformers' EncoderDecoderModel.")
+                                      "writes it to DST in the --to format. A fine-tuning workdir "
+                                      "exports (--to hf) to its transformers class: "
+                                      "BertForSequenceClassification (classification, regression), "
+                                      "BertForTokenClassification (ner), BertForQuestionAnswering "
+                                      "(squad), BertModel (similarity), EncoderDecoderModel "
+                                      "(translation, summarization_abstractive).")
   p.add_argument("src", metavar="SRC")
   p.add_argument("dst", metavar="DST")
   p.add_argument("--to", required=True, choices=("flaxbert", "hf", "tf1"))
@@ -183,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "optim.learning_rate, num_epochs, batch_size, max_seq_length, seed, …).")
     p.add_argument("--config", help=f"finetune:TASK with TASK one of {tasks} (a packaged config; or a file "
                                     "PATH.py[:ARG]; default finetune:glue_sst2)")
-    p.add_argument("--workdir", required=True, help="checkpoints, task.json, eval_results.json, predictions")
+    p.add_argument("--workdir", required=True, help="checkpoints, task.json, eval_results.json, predictions" + (
+        "; or a transformers BertForSequenceClassification / TokenClassification / QuestionAnswering folder"
+        if name in ("evaluate", "predict") else ""))
     if name == "predict":
       p.add_argument("--input", required=True, help="a file in the task's training format (labels optional)")
       p.add_argument("--output", required=True, help="predictions file to write")

@@ -131,3 +131,38 @@ def write_summaries(path: Path, n: int, seed: int) -> Path:
     rows.append({"id": f"d{i}", "split": "train", "duplicate_of": None, "article": article, "summary": "".join(summary)})
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
   return path
+
+
+TOPICS = {"sport": STEMS[30:33], "politics": STEMS[40:43], "tech": STEMS[50:53]}  # each class's cue words
+
+
+def topic_rows(n: int, seed: int, multi_label: bool = False) -> list[dict]:
+  """{"id", "text", "topic"} rows: a text carries a cue word of its topic (multi-label: of one or two
+  topics, "topic" a list) among filler words, a comma in some (CSV quoting)."""
+  rng = np.random.RandomState(seed)
+  names = list(TOPICS)
+  rows = []
+  for i in range(n):
+    topics = sorted(set(rng.choice(names, size=1 + (multi_label and rng.rand() < 0.4), replace=False)))
+    words = [STEMS[60 + rng.randint(60)] for _ in range(rng.randint(2, 7))]
+    for t in topics:
+      words.insert(rng.randint(len(words) + 1), TOPICS[t][rng.randint(3)])
+    if rng.rand() < 0.3:
+      words.insert(1, ",")
+    rows.append({"id": f"r{i}", "text": " ".join(words).replace(" ,", ","), "topic": topics if multi_label else topics[0]})
+  return rows
+
+
+def write_rows(path: Path, rows: list[dict], label_delimiter: str | None = None) -> Path:
+  """rows as .csv / .tsv (a header row) or .jsonl; list labels joined by label_delimiter, else JSON text."""
+  import csv  # pylint: disable=import-outside-toplevel
+  if path.suffix == ".jsonl":
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+  cell = lambda v: v if isinstance(v, str) else (label_delimiter.join(v) if label_delimiter else json.dumps(v))  # noqa: E731
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+    writer.writerow(list(rows[0]))
+    for r in rows:
+      writer.writerow([cell(v) for v in r.values()])
+  return path

@@ -11,7 +11,7 @@ from configs import finetune as finetune_config
 from finetune_fixtures import write_conll, write_mrpc, write_pretrained, write_squad, write_sst2, write_stsb
 from flaxbert import cli
 from flaxbert.errors import InputError
-from flaxbert.finetune.job import evaluate, generate_file, train_and_evaluate
+from flaxbert.finetune.job import evaluate, export_hf, generate_file, restore, train_and_evaluate
 from flaxbert.training import loop
 
 
@@ -41,6 +41,29 @@ def losses(workdir: Path) -> list[float]:
   return [r["loss"] for r in rows if "loss" in r]
 
 
+def export_and_compare_logits(c, workdir: Path, out: Path, auto_class: str) -> Path | None:
+  """`flaxbert convert --to hf`; transformers' `auto_class` loads it with no missing or unexpected keys
+  and gives flaxbert's outputs on the eval file's features (None without transformers)."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  assert cli.main(["convert", str(workdir), str(out), "--to", "hf"]) == 0
+  model, info = getattr(transformers, auto_class).from_pretrained(out, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+  task, session, params = restore(workdir, c)
+  features = task.featurize(task.read(c.eval_path, False, "eval_path"), session.tokenizer, training=False)
+  ours = task.outputs(session, params, features)
+  a = {k: torch.from_numpy(np.asarray(features.arrays[k], np.int64)) for k in ("input_ids", "segment_ids", "input_mask")}
+  with torch.no_grad():
+    theirs = model.eval()(input_ids=a["input_ids"], token_type_ids=a["segment_ids"], attention_mask=a["input_mask"])
+  mask = features.arrays["input_mask"] > 0
+  for name in ours:
+    np.testing.assert_allclose(ours[name][mask], getattr(theirs, name).numpy()[mask], atol=1e-4, rtol=0)
+  return out
+
+
 def test_sst2_trains_scores_resumes_evaluates_and_predicts(bert, tmp_path, capsys):
   train, dev = write_sst2(tmp_path / "train.tsv", 96, 0), write_sst2(tmp_path / "dev.tsv", 43, 1)
   c = config("glue_sst2", bert, train, dev)
@@ -50,10 +73,10 @@ def test_sst2_trains_scores_resumes_evaluates_and_predicts(bert, tmp_path, capsy
   assert results["accuracy"] >= 0.9, results
   assert json.loads((tmp_path / "run" / "eval_results.json").read_text()) == results
   preds = [json.loads(l) for l in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
-  assert len(preds) == 43 and {p["prediction"] for p in preds} <= {"0", "1"}
+  assert len(preds) == 43 and {p["label"] for p in preds} <= {"0", "1"}
   # Exact evaluation: 43 examples with batches of 8 (last one padded) score as the host computes.
   gold = [l.split("\t")[1] for l in dev.read_text().splitlines()[1:]]
-  assert results["accuracy"] == pytest.approx(np.mean([p["prediction"] == g for p, g in zip(preds, gold)]))
+  assert results["accuracy"] == pytest.approx(np.mean([p["label"] == g for p, g in zip(preds, gold)]))
   # evaluate and predict from the workdir, via the command line
   own = (tmp_path / "run" / "eval_results.json").read_text()
   c.eval_path = str(write_sst2(tmp_path / "other.tsv", 9, 3))
@@ -69,14 +92,13 @@ def test_sst2_trains_scores_resumes_evaluates_and_predicts(bert, tmp_path, capsy
   assert set(both) == {"accuracy", "dev_mismatched_accuracy"} and both["accuracy"] == pytest.approx(results["accuracy"])
   assert cli.main(["predict", "--config", "finetune:glue_sst2,tiny", "--workdir", str(tmp_path / "run"),
                    "--input", str(dev), "--output", str(tmp_path / "p.jsonl")]) == 0
-  assert [json.loads(l)["prediction"] for l in (tmp_path / "p.jsonl").read_text().splitlines()] == \
-      [p["prediction"] for p in preds]
+  assert [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()] == preds
   # task.json names the family; commands it does not support say so in one line
   assert json.loads((tmp_path / "run" / "task.json").read_text())["kind"] == "classification"
   with pytest.raises(InputError, match="a classification workdir; generate needs a translation or"):
     generate_file(tmp_path / "run", dev, tmp_path / "g.txt")
-  assert cli.main(["convert", str(tmp_path / "run"), str(tmp_path / "hf"), "--to", "hf"]) == 2
-  assert "a workdir fine-tuned for glue_sst2 (classification); convert exports" in capsys.readouterr().err
+  assert cli.main(["convert", str(tmp_path / "run"), str(tmp_path / "tf1"), "--to", "tf1"]) == 2
+  assert "--to tf1: a fine-tuned glue_sst2 workdir exports to transformers (--to hf) only" in capsys.readouterr().err
   # a task.json of flaxbert 0.1.0 (no kind, settings at the top) still evaluates
   record = json.loads((tmp_path / "run" / "task.json").read_text())
   (tmp_path / "run" / "task.json").write_text(json.dumps({
@@ -176,9 +198,14 @@ def test_ner_entity_f1_packed(bert, tmp_path, caplog):
   assert {"precision", "recall", "f1"} <= set(results) and results["f1"] > 0.5, results
   # one sentence a row (8 devices, eval batch 8) scores as the packed rows did
   assert evaluate(c, tmp_path / "ner") == pytest.approx(results)
-  tags = [json.loads(l)["prediction"] for l in (tmp_path / "ner" / "predictions.jsonl").read_text().splitlines()]
-  gold = [b.split("\n") for b in (tmp_path / "d.conll").read_text().strip().split("\n\n")]
-  assert [len(t) for t in tags] == [len(g) for g in gold]
+  preds = [json.loads(l) for l in (tmp_path / "ner" / "predictions.jsonl").read_text().splitlines()]
+  gold = [[r.split("\t") for r in b.split("\n")] for b in (tmp_path / "d.conll").read_text().strip().split("\n\n")]
+  assert [p["tokens"] for p in preds] == [[w for w, _ in g] for g in gold]
+  assert all(len(p["labels"]) == len(p["probabilities"]) == len(p["tokens"]) for p in preds)
+  assert all(0 < q <= 1 for p in preds for q in p["probabilities"])
+  hf = export_and_compare_logits(c, tmp_path / "ner", tmp_path / "hf", "AutoModelForTokenClassification")
+  if hf is not None:  # transformers' folder back in flaxbert: the same scores
+    assert evaluate(c, hf) == pytest.approx(results)
 
 
 @pytest.mark.parametrize("task", ["squad_v1", "squad_v2"])
@@ -192,8 +219,23 @@ def test_squad_packed(bert, tmp_path, task, caplog):
   # one window a row (8 devices, eval batch 8) scores as the packed rows did
   assert evaluate(c, tmp_path / "run") == pytest.approx(results)
   predictions = json.loads((tmp_path / "run" / "predictions.json").read_text())
-  assert set(predictions) == {q["id"] for a in json.loads((tmp_path / "d.json").read_text())["data"]
-                              for p in a["paragraphs"] for q in p["qas"]}
+  questions = {q["id"]: p["context"] for a in json.loads((tmp_path / "d.json").read_text())["data"]
+               for p in a["paragraphs"] for q in p["qas"]}
+  assert set(predictions) == set(questions)
+  # predict: the answer, where it stands in the context, its probability
+  assert cli.main(["predict", "--config", f"finetune:{task},tiny", "--workdir", str(tmp_path / "run"), "--input",
+                   c.eval_path, "--output", str(tmp_path / "p.jsonl")]) == 0
+  answers = [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()]
+  assert [a["id"] for a in answers] == list(questions)
+  for a in answers:
+    assert a["answer"] == predictions[a["id"]] and 0 < a["probability"] <= 1
+    if a["answer"]:
+      assert questions[a["id"]][a["start"]:a["end"]] == a["answer"]
+    else:
+      assert a["start"] is None and v2
+  hf = export_and_compare_logits(c, tmp_path / "run", tmp_path / "hf", "AutoModelForQuestionAnswering")
+  if hf is not None:
+    assert evaluate(c, hf) == pytest.approx(results)
 
 
 def test_similarity_bi_encoder_and_embed(bert, tmp_path, capsys):
@@ -216,6 +258,12 @@ def test_similarity_bi_encoder_and_embed(bert, tmp_path, capsys):
                      str(tmp_path / output), *flags]) == 2
     assert message in capsys.readouterr().err
   assert sentences.read_text().startswith("w0 w30 .")
+  # the fine-tuned bi-encoder leaves as transformers' BertModel: the same vectors from its folder
+  assert cli.main(["convert", str(tmp_path / "sim"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+  assert "→ transformers BertModel" in capsys.readouterr().out
+  for model in (tmp_path / "sim", tmp_path / "hf"):
+    cli.main(["embed", "--model", str(model), "--input", str(sentences), "--output", str(tmp_path / f"{model.name}.npy")])
+  np.testing.assert_allclose(np.load(tmp_path / "sim.npy"), np.load(tmp_path / "hf.npy"), atol=1e-6)
 
 
 def test_bad_inputs_are_named(bert, tmp_path):
@@ -274,6 +322,9 @@ def test_extractive_summarization_trained_and_unsupervised(bert, tmp_path):
   assert np.mean(curve[-3:]) < np.mean(curve[:3]) * 0.8, curve
   summaries = [json.loads(l)["prediction"] for l in (tmp_path / "trained" / "predictions.jsonl").read_text().splitlines()]
   assert len(summaries) == 16 and all(summaries)
+  with pytest.raises(InputError, match="has no transformers class to export to"):  # inter-sentence layers
+    export_hf(tmp_path / "trained", tmp_path / "hf")
+  assert not (tmp_path / "hf").exists()
   c.train_path = None  # no training data: sentences ranked by the pretrained encoder's centroid
   unsupervised = train_and_evaluate(c, tmp_path / "unsupervised")
   assert set(unsupervised) == {"rouge1", "rouge2", "rougeL"}

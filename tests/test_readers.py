@@ -219,7 +219,7 @@ def test_read_table_errors(tmp_path):
   with pytest.raises(InputError, match=r"dev.csv:1: expected a column 'sentence' in the header row"):
     readers.read_table(path, "sentence", None, "label")
   path = write(tmp_path, "dev.csv", ["text,label", "a,"])
-  with pytest.raises(InputError, match=r"dev.csv:2: expected a label in 'label'"):
+  with pytest.raises(InputError, match=r"dev.csv:2: expected a label in column 'label'"):
     readers.read_table(path, "text", None, "label")
   with pytest.raises(InputError, match=r"dev.txt: expected a .tsv, .csv or .jsonl file"):
     readers.read_table(str(tmp_path / "dev.txt"), "text", None, "label")
@@ -234,7 +234,7 @@ def test_read_pairs(tmp_path):
   assert [(e.text_a, e.text_b, e.label) for e in examples] == [("a", "b", 4.2), ("c", "d", 1.0)]
   path = write(tmp_path, "sts.jsonl", [json.dumps({"s1": "a", "s2": "b", "score": 0.5}),
                                        json.dumps({"s1": "c", "s2": "d", "score": "high"})])
-  with pytest.raises(InputError, match=r"sts.jsonl:2: expected a number for the score 'score', got 'high'"):
+  with pytest.raises(InputError, match=r"sts.jsonl:2: expected a number for the score in column 'score', got 'high'"):
     readers.read_pairs(path, "s1", "s2", "score")
   path = write(tmp_path, "unscored.csv", ["s1,s2", "a,b"])
   assert readers.read_pairs(path, "s1", "s2", "score")[0].label is None

@@ -200,7 +200,9 @@ def test_predictions_recover_the_original_context_text(tmp_path, tok):
   assert null_odds == {}
   best = nbest["sb1"]
   assert best[0] == {"text": "Denver Broncos", "probability": pytest.approx(best[0]["probability"]),
-                     "start_logit": 8.0, "end_logit": 8.0}
+                     "start_logit": 8.0, "end_logit": 8.0, "span": best[0]["span"]}
+  start, end = best[0]["span"]  # where the answer stands in the context
+  assert examples[0].context[start:end] == "Denver Broncos"
   assert len(best) == 20 and len({b["text"] for b in best}) == 20  # deduplicated final texts
   assert sum(b["probability"] for b in best) == pytest.approx(1.0)
   assert [b["probability"] for b in best] == sorted((b["probability"] for b in best), reverse=True)

@@ -25,9 +25,11 @@ from flaxbert.errors import InputError
 from flaxbert.finetune import workdir as workdir_lib
 from flaxbert.finetune.tasks.base import Session, Task, prefixed
 from flaxbert.finetune.tasks.registry import family, get_task
-from flaxbert.interop import encoder_decoder
+from flaxbert.interop import task_models
 from flaxbert.interop.pretrained import EXPORT_KIND, is_export
+from flaxbert.interop.tensors import check_params
 from flaxbert.models.config import BertConfig
+from flaxbert.text.tokenization import load_tokenizer
 from flaxbert.training import batching, checkpoint, loop, optim, sharding
 from flaxbert.training.state import boxed_param_shapes, create_train_state
 from flaxbert.training.step import compile_train_step
@@ -58,14 +60,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   sharding.initialize_distributed()  # before anything asks jax for its devices
   mesh, rules = _mesh(config, devices)
   _check_run(config, mesh)
-  workdir.mkdir(parents=True, exist_ok=True)
-  loaded = task.load_init()
   if not task.needs_training():
+    task.load_init()
+    workdir.mkdir(parents=True, exist_ok=True)
     return _score_untrained(task, workdir)
   c = config
-  train = task.read(c.train_path, True, "train_path")
+  train = task.read(c.train_path, True, "train_path")  # the data is read and checked before anything is written
   eval_sets = task.eval_sets()
   task.fit(train, eval_sets)
+  loaded = task.load_init()
+  workdir.mkdir(parents=True, exist_ok=True)
   tokenizer = task.tokenizer(workdir, loaded, train)
   cfg = task.model_config(loaded, tokenizer)
   model = task.build_model(cfg)
@@ -99,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
       yield sharding.global_batch(local, mesh)
 
   def evaluate_all(params, final: bool) -> dict:
-    return task.evaluate(session, params, evals, workdir if final else None) if evals else {}
+    return task.evaluate(session, params, evals, workdir if final else None, training=True) if evals else {}
 
   cadence = loop.Cadence(total_steps=total, log_every_steps=c.log_every_steps,
                          checkpoint_every_steps=c.checkpoint.every_steps, keep_checkpoints=c.checkpoint.keep,
@@ -107,6 +111,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   outcome = loop.train(workdir, state, train_step, batches, cadence, evaluate_all, batch_size=c.batch_size,
                        meta={"seed": c.seed})
   if outcome.stopped_by is None and evals:
+    learned = task.learned_defaults()  # what the final evaluation chose (a threshold) for later commands
+    if learned:
+      workdir_lib.check_record(workdir, {**record, "defaults": {**record["defaults"], **learned}})
     workdir_lib.write_json(workdir / workdir_lib.RESULTS_FILE, outcome.eval_metrics)
   return outcome.eval_metrics
 
@@ -134,17 +141,16 @@ def _score_untrained(task: Task, workdir: Path) -> dict:
 
 def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None, devices=None):
   """(task, session, params) from a fine-tuning workdir's task.json, tokenizer and newest
-  restorable checkpoint. config: the command's (evaluate, predict), which must be for the task the
-  workdir was trained for; None: the workdir's own record (generate, convert)."""
+  restorable checkpoint, or from a transformers task folder (BertForSequenceClassification…,
+  flaxbert.interop.task_models). config: the command's (evaluate, predict), which must be for the
+  task the model was trained for; None: the workdir's own record (generate, convert)."""
   workdir = Path(workdir)
-  record = workdir_lib.read_record(workdir)
   sharding.initialize_distributed()
+  if not (workdir / workdir_lib.TASK_FILE).is_file() and task_models.head_of(workdir) is not None:
+    return _restore_transformers(workdir, config, devices)
+  record = workdir_lib.read_record(workdir)
   if config is None:
-    cls = family(record["kind"])
-    if not hasattr(cls, "from_record"):
-      raise InputError(f"{workdir}: fine-tuned for {record['task']}; this command needs its config "
-                       f"(--config finetune:{record['task']})")
-    task = cls.from_record(record)
+    task = family(record["kind"]).from_record(record)
   else:
     if record["task"] != config.task:
       raise InputError(f"{workdir / workdir_lib.TASK_FILE}: fine-tuned for {record['task']}, but the config is "
@@ -152,7 +158,7 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
     task = get_task(config)
   task.load_state(record["state"])
   task.restore_settings(record)
-  mesh, rules = _mesh(task.config, devices)
+  mesh, rules = _mesh_for(task, config, devices)
   cfg = BertConfig.from_dict(record["model"])
   model = task.build_model(cfg)
   session = Session(mesh, rules, task.tokenizer(workdir, None, ()), model)
@@ -161,17 +167,45 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   return task, session, params
 
 
-def _check_eval_batch(config: ml_collections.ConfigDict, devices) -> None:
-  """Before a checkpoint is read: the evaluation batch must split over the data-parallel devices."""
-  sharding.initialize_distributed()
-  sharding.check_batch_size("eval_batch_size", config.eval_batch_size, _mesh(config, devices)[0])
+def _mesh_for(task: Task, config: ml_collections.ConfigDict | None, devices) -> tuple:
+  """The mesh of an evaluation or prediction; before a checkpoint is read, the evaluation batch
+  (the command's config) must split over its data-parallel devices."""
+  mesh, rules = _mesh(task.config, devices)
+  if config is not None:
+    sharding.check_batch_size("eval_batch_size", config.eval_batch_size, mesh)
+  return mesh, rules
+
+
+def _restore_transformers(path: Path, config: ml_collections.ConfigDict | None, devices):
+  """(task, session, params) of a transformers task folder, for the config's task."""
+  head = task_models.head_of(path)
+  if config is None:
+    raise InputError(f"{path}: a transformers {task_models.CLASSES[head]} folder; this command needs the config of "
+                     "its task (--config finetune:TASK)")
+  task = get_task(config)
+  if getattr(task, "head", None) != head:
+    raise InputError(f"{path}: a transformers {task_models.CLASSES[head]} folder, but the config is for "
+                     f"{config.task} (a {task.kind} task)")
+  task.check_config()
+  mesh, rules = _mesh_for(task, config, devices)
+  read = task_models.read(path)
+  task.load_hf_labels(read.labels, read.problem_type, read.threshold, str(path / "config.json"))
+  task.check_length(read.config)
+  task.use_default_layout()
+  model = task.build_model(read.config)
+  session = Session(mesh, rules, load_tokenizer(path, lower_case=config.lower_case), model)
+  boxed = boxed_param_shapes(model, task.input_shapes(session))
+  session.params_sharding = sharding.param_shardings(boxed, mesh, rules)
+  check_params(read.params, nn.unbox(boxed), str(path))
+  params = jax.tree_util.tree_map(lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda i: x[i]),
+                                  read.params, session.params_sharding)
+  return task, session, params
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
   """Scores the workdir's newest checkpoint on config.eval_path; writes the scores and the first
   file's predictions to WORKDIR/evaluations/STEM/ (STEM: the first eval file's name)."""
   workdir = Path(workdir)
-  _check_eval_batch(config, devices)
   task, session, params = restore(workdir, config, devices)
   sets = task.eval_sets()
   if not sets:
@@ -186,7 +220,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=Non
 def predict(config: ml_collections.ConfigDict, workdir: str | Path, input_path: str, output: str,
             devices=None) -> int:
   """Writes the predictions of the workdir's model for `input_path` to `output`; returns how many."""
-  _check_eval_batch(config, devices)
   task, session, params = restore(workdir, config, devices)
   return task.predict_file(session, params, input_path, output)
 
@@ -203,9 +236,9 @@ def generate_file(workdir: str | Path, input_path: str | Path, output: str | Pat
   return task.generate_file(session, params, input_path, output, beam_size, length_penalty, batch_size)
 
 
-def export_hf(workdir: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
-  """`flaxbert convert` of a seq2seq workdir: transformers' EncoderDecoderModel folder at `dst`."""
+def export_hf(workdir: str | Path, dst: str | Path, overwrite: bool = False) -> str:
+  """`flaxbert convert WORKDIR DST --to hf` of a fine-tuning workdir: the transformers folder of its
+  task (BertForSequenceClassification…, EncoderDecoderModel); returns the class written."""
   check_destination(dst, overwrite, [workdir], is_export, EXPORT_KIND)  # before the restore
   task, session, params = restore(workdir)
-  return encoder_decoder.export_hf(session.model, params, session.tokenizer, task.config.max_target_length, dst,
-                                   overwrite, [workdir])
+  return task.export_hf(session, jax.tree_util.tree_map(np.asarray, params), dst, overwrite, [workdir])

@@ -31,6 +31,8 @@ EVALUATIONS = "evaluations"
 # What flaxbert 0.1.0 recorded at the top level of an encoder family's task.json that the family uses.
 _LEGACY_ENCODER_SETTINGS = {"similarity": ("max_seq_length", "pooling"),
                             "extractive_summarization": ("max_seq_length", "pooling", "inter_sentence_layers")}
+# State a family records that older versions did not (flaxbert 0.3.0: multi-label classification).
+_STATE_ADDED = {"classification": {"multi_label": False}}
 # What flaxbert 0.1.0's configs/finetune.py gave generation for a seq2seq task (task.json did not record it).
 _LEGACY_GENERATION = {
     "translation": {"beam_size": 4, "length_penalty": 0.6, "eval_batch_size": 64, "length_bucket": 16},
@@ -85,6 +87,8 @@ def read_record(workdir: str | Path) -> dict:
   if record["kind"] not in FAMILIES:
     raise InputError(f"{path}: kind {record['kind']!r} is not a task family of this flaxbert "
                      f"({', '.join(FAMILIES)}); the workdir was written by another version")
+  if isinstance(record.get("state"), dict):  # state fields added since, at the value older runs had
+    record["state"] = {**_STATE_ADDED.get(record["kind"], {}), **record["state"]}
   return record
 
 

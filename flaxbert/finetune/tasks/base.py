@@ -25,12 +25,13 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 
 from flaxbert.errors import InputError
 from flaxbert.models.config import BertConfig
 from flaxbert.text.tokenization import Tokenizer
-from flaxbert.training import sharding
+from flaxbert.training import optim, sharding
 
 
 @dataclasses.dataclass
@@ -153,7 +154,6 @@ class Task:
   def optimizer(self, opt_config, loaded):
     """The optax transformation (flaxbert.training.optim.build_optimizer unless the family says
     otherwise)."""
-    from flaxbert.training import optim  # pylint: disable=import-outside-toplevel
     return optim.build_optimizer(opt_config)
 
   def loss_sums(self, model: nn.Module, params, batch: dict, rng) -> dict:
@@ -170,10 +170,16 @@ class Task:
     return ""
 
   # --- evaluation and prediction --------------------------------------------------------------------
-  def evaluate(self, session: Session, params, evals: list, out_dir: Path | None) -> dict:
+  def evaluate(self, session: Session, params, evals: list, out_dir: Path | None, training: bool = False) -> dict:
     """Scores of each prepared eval set (`prepare_evals`), the first unprefixed; with out_dir, the
-    first set's predictions are written there."""
+    first set's predictions are written there. training: evaluation inside a fine-tuning run, where
+    a family may choose settings on the first set (`learned_defaults`)."""
     raise NotImplementedError
+
+  def learned_defaults(self) -> dict:
+    """What evaluation during training chose that later commands default to (a multi-label
+    threshold): task.json's "defaults" (flaxbert.finetune.workdir); restore_settings reads it back."""
+    return {}
 
   def prepare_evals(self, session: Session, eval_sets: list[tuple[str, list]]) -> list:
     """Eval sets made ready for `evaluate` (e.g. featurized once for all evaluations of a run)."""
@@ -182,6 +188,27 @@ class Task:
   def predict_file(self, session: Session, params, input_path: str, output: str) -> int:
     """Writes the predictions for `input_path` to `output`; returns how many examples."""
     raise NotImplementedError
+
+  # --- a workdir without its config, and leaving flaxbert ---------------------------------------------
+  @classmethod
+  def from_record(cls, record: dict) -> "Task":
+    """The task as the workdir recorded it, for commands given no config (generate, convert)."""
+    raise NotImplementedError
+
+  def export_hf(self, session: Session, params, dst, overwrite: bool, inputs: Sequence) -> str:
+    """Writes the fine-tuned model (host params) as a transformers folder at `dst` (atomically);
+    returns the transformers class written."""
+    raise InputError(f"{self.config.task}: no transformers class to export this task's model to")
+
+
+def recorded_config(record: dict, **fields):
+  """A config for a task rebuilt from its task.json (`from_record`): the task, its recorded settings
+  and defaults, `fields`, and a data-parallel mesh over all devices."""
+  settings = {k: v for k, v in record["settings"].items() if k != "inputs"}
+  c = ml_collections.ConfigDict({"task": record["task"], "lower_case": None, **fields, **settings,
+                                 **record.get("defaults", {})})
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1, "sharding_rules": sharding.DATA_PARALLEL})
+  return c
 
 
 def prefixed(n: int, name: str, scores: dict) -> dict:

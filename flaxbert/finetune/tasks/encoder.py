@@ -17,15 +17,17 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flaxbert.atomic import atomic_file
+from flaxbert.atomic import atomic_directory, atomic_file
 from flaxbert.errors import InputError
-from flaxbert.finetune.tasks.base import Session, Task, TrainingData, existing, prefixed
+from flaxbert.finetune.tasks.base import Session, Task, TrainingData, existing, prefixed, recorded_config
 from flaxbert.finetune.tasks.layout import Features, rows, slot_weights
-from flaxbert.interop.pretrained import load
+from flaxbert.interop import task_models
+from flaxbert.interop.pretrained import EXPORT_KIND, is_export, load
 from flaxbert.models import weights
 from flaxbert.models.encoder import check_remat_policy
 from flaxbert.models.task_heads import BertForTask, encoder_weights
@@ -76,12 +78,20 @@ class EncoderTask(Task):
     """Metrics of one labelled file; `predictions` is `predict`'s result for the same outputs."""
     raise NotImplementedError
 
+  def calibrate(self, examples: Sequence, features: Features, outputs: dict[str, np.ndarray]) -> None:
+    """During training, before the first dev file is predicted and scored: what the family chooses on
+    dev data (a multi-label threshold)."""
+
+  def records(self, examples: Sequence, features: Features, outputs: dict[str, np.ndarray], predictions) -> list:
+    """`flaxbert predict`'s JSON objects, one per example in input order: its id and what `predict`
+    gave (a dict's fields, else under "prediction")."""
+    del features, outputs
+    return [{"id": e.guid, **p} if isinstance(p, dict) else {"id": e.guid, "prediction": p}
+            for e, p in zip(examples, predictions)]
+
   def write_predictions(self, path: Path, examples: Sequence, predictions: list) -> None:
-    """One JSON object per example (guid and prediction), written atomically."""
-    with atomic_file(path) as tmp:
-      with open(tmp, "w", encoding="utf-8") as f:
-        for example, prediction in zip(examples, predictions):
-          f.write(json.dumps({"id": example.guid, "prediction": prediction}, ensure_ascii=False) + "\n")
+    """The evaluation's predictions file: one JSON object per example, written atomically."""
+    write_jsonl(path, self.records(examples, None, None, predictions))
 
   # --- the protocol ----------------------------------------------------------------------------------
   def check_config(self) -> None:
@@ -111,10 +121,10 @@ class EncoderTask(Task):
     cfg = loaded.config.replace(hidden_dropout_prob=m.hidden_dropout_prob,
                                 attention_probs_dropout_prob=m.attention_probs_dropout_prob,
                                 dtype=m.dtype, param_dtype="float32")
-    self._check_length(cfg)
+    self.check_length(cfg)
     return cfg
 
-  def _check_length(self, cfg) -> None:
+  def check_length(self, cfg) -> None:
     if self.config.max_seq_length > cfg.max_position_embeddings:
       raise InputError(f"max_seq_length: {self.config.max_seq_length} exceeds the model's "
                        f"max_position_embeddings {cfg.max_position_embeddings}")
@@ -135,6 +145,13 @@ class EncoderTask(Task):
     for k, v in settings.items():
       if k in self.config:
         self.config[k] = v
+
+  def use_default_layout(self) -> None:
+    """The per-example layout the model reads, for a model that comes without a task.json (a
+    transformers folder): the token arrays at max_seq_length (labels are not model inputs)."""
+    length = self.config.max_seq_length
+    self._layout = {k: np.ones((1, length), np.int32) for k in ("input_ids", "segment_ids", "input_mask",
+                                                                *self.token_arrays)}
 
   def input_shapes(self, session: Session) -> tuple:
     # one example in the recorded per-example layout, as the model reads it (packed or not)
@@ -173,6 +190,29 @@ class EncoderTask(Task):
 
   def objective(self, sums: dict, counts: dict):
     return sums["task_loss_sum"] / jnp.maximum(counts["task_count"], 1.0)
+
+  # --- a workdir without its config, and leaving flaxbert ---------------------------------------------
+  @classmethod
+  def from_record(cls, record: dict) -> "EncoderTask":
+    """The task as the workdir recorded it (convert): its settings and state, no training fields."""
+    model = ml_collections.ConfigDict({"remat_policy": "none", "scan_layers": False})
+    return cls(recorded_config(record, eval_batch_size=jax.device_count(), max_examples_per_row=1, seed=0, model=model,
+                               regression=False, multi_label=False, label_column="label"))
+
+  def hf_labels(self) -> tuple[list[str], str | None, float | None]:
+    """(labels by class id, problem_type, multi-label threshold) for transformers' config.json."""
+    return [], None, None
+
+  def load_hf_labels(self, labels: list[str], problem_type: str | None, threshold: float | None, source: str) -> None:
+    """Takes a transformers folder's labels over (hf_labels' inverse); `source` names its config.json."""
+    del labels, problem_type, threshold, source
+
+  def export_hf(self, session: Session, params, dst, overwrite: bool, inputs) -> str:
+    labels, problem_type, threshold = self.hf_labels()
+    with atomic_directory(dst, overwrite, inputs, is_export, EXPORT_KIND) as tmp:
+      task_models.write(tmp, session.model.config, params, self.head, labels, problem_type, threshold,
+                        session.tokenizer)
+    return task_models.CLASSES.get(self.head, "BertModel")
 
   # --- packing, outputs -------------------------------------------------------------------------------
   def rows(self, features: Features, batch_size: int, multiple: int) -> tuple[dict[str, np.ndarray], int]:
@@ -223,10 +263,12 @@ class EncoderTask(Task):
     return [(name, examples, self.featurize(examples, session.tokenizer, training=False))
             for name, examples in eval_sets]
 
-  def evaluate(self, session: Session, params, evals: list, out_dir: Path | None) -> dict:
+  def evaluate(self, session: Session, params, evals: list, out_dir: Path | None, training: bool = False) -> dict:
     results = {}
     for n, (name, examples, features) in enumerate(evals):
       outputs = self.outputs(session, params, features)
+      if n == 0 and training:
+        self.calibrate(examples, features, outputs)
       predictions = self.predict(examples, features, outputs)
       results.update(prefixed(n, name, self.score(examples, features, outputs, predictions)))
       if out_dir is not None and n == 0 and jax.process_index() == 0:
@@ -238,5 +280,13 @@ class EncoderTask(Task):
     features = self.featurize(examples, session.tokenizer, training=False)
     outputs = self.outputs(session, params, features)
     if jax.process_index() == 0:
-      self.write_predictions(Path(output), examples, self.predict(examples, features, outputs))
+      write_jsonl(Path(output), self.records(examples, features, outputs, self.predict(examples, features, outputs)))
     return len(examples)
+
+
+def write_jsonl(path: Path, records: Sequence[dict]) -> None:
+  """One JSON object a line, written atomically."""
+  with atomic_file(path) as tmp:
+    with open(tmp, "w", encoding="utf-8") as f:
+      for record in records:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -58,6 +58,13 @@ class TokenClassification(EncoderTask):
   def load_state(self, state: dict) -> None:
     self.labels = list(state["labels"])
 
+  def hf_labels(self) -> tuple[list[str], str | None, float | None]:
+    return self.labels, None, None
+
+  def load_hf_labels(self, labels: list[str], problem_type: str | None, threshold: float | None, source: str) -> None:
+    del problem_type, threshold, source
+    self.labels = list(labels)
+
   @property
   def num_outputs(self) -> int:
     return len(self.labels)
@@ -103,14 +110,20 @@ class TokenClassification(EncoderTask):
     return {"task_count": jnp.sum((batch["labels"] >= 0).astype(jnp.float32) * rows(batch)[:, None])}
 
   def predict(self, examples, features, outputs) -> list:
-    best = np.argmax(outputs["logits"], -1)
+    """Per sentence: its words, each word's tag (read at its first wordpiece) and that tag's probability."""
+    logits = np.asarray(outputs["logits"], np.float64)
+    best = np.argmax(logits, -1)
+    top = 1.0 / np.sum(np.exp(logits - np.max(logits, -1, keepdims=True)), -1)  # softmax at the argmax
     tags = [[None] * len(e.words) for e in examples]
+    probabilities = [[None] * len(e.words) for e in examples]
     for row, (n, start, firsts) in enumerate(features.meta["windows"]):
       for k, pos in enumerate(firsts):
         tags[n][start + k] = self.labels[best[row, pos]]
-    return tags
+        probabilities[n][start + k] = float(top[row, pos])
+    return [{"tokens": list(e.words), "labels": t, "probabilities": p}
+            for e, t, p in zip(examples, tags, probabilities)]
 
   def score(self, examples, features, outputs, predictions) -> dict:
     if any(e.tags is None for e in examples):
       raise InputError(f"{examples[0].source.rsplit(':', 1)[0]}: evaluation needs tagged sentences")
-    return scores.entity_scores([list(e.tags) for e in examples], predictions)
+    return scores.entity_scores([list(e.tags) for e in examples], [p["labels"] for p in predictions])

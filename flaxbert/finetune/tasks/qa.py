@@ -4,7 +4,9 @@ Reading and doc-stride windows: flaxbert.finetune.tasks.squad (run_squad.py's al
 search, answer text recovery and the official scores: flaxbert.finetune.tasks.squad_post. The head is a
 dense layer giving start and end logits per position; the loss is the mean of the start and end
 cross-entropies (windows without the answer point at [CLS], as the original). Predictions go to
-WORKDIR/predictions.json in the official format (and null odds for v2 to null_odds.json).
+WORKDIR/predictions.json in the official format (and null odds for v2 to null_odds.json);
+`flaxbert predict` writes one JSON object per question: the answer, its character offsets in the
+context and its probability.
 
 Windows shorter than max_seq_length are packed several to a row (flaxbert.training.packing;
 `max_examples_per_row`), each attending only to itself. The start and end softmaxes run over each
@@ -60,11 +62,24 @@ class QuestionAnswering(EncoderTask):
 
   def predict(self, examples, features, outputs) -> dict:
     c = self.config
-    predictions, _, null_odds = squad_post.predict_answers(
+    predictions, nbest, null_odds = squad_post.predict_answers(
         examples, features.meta, outputs["start_logits"], outputs["end_logits"], c.n_best_size,
         c.max_answer_length, self.version, c.null_score_diff_threshold if self.version == "v2" else 0.0,
         self.lower_case)
-    return {"predictions": predictions, "null_odds": null_odds}
+    return {"predictions": predictions, "null_odds": null_odds, "nbest": nbest}
+
+  def records(self, examples, features, outputs, predictions) -> list:
+    """Per question: the answer as it stands in the context, its [start, end) characters there
+    (null for no answer) and its probability among the n-best candidates (run_squad's nbest)."""
+    out = []
+    for e in examples:
+      answer = predictions["predictions"][e.qid]
+      entry = next((n for n in predictions["nbest"][e.qid] if n["text"] == answer),
+                   {"span": None, "probability": 0.0})  # v2's "empty" fallback is no candidate
+      start, end = entry["span"] or (None, None)
+      out.append({"id": e.qid, "answer": answer if start is None else e.context[start:end], "start": start,
+                  "end": end, "probability": entry["probability"]})
+    return out
 
   def score(self, examples, features, outputs, predictions) -> dict:
     """The scores of predictions.json as written; the null odds only feed best_exact/best_f1.

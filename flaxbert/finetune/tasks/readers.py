@@ -23,11 +23,12 @@ log = logging.getLogger("flaxbert")
 
 @dataclasses.dataclass(frozen=True)
 class TextExample:
-  """One sentence or sentence pair; label is a class name (str), a score (float) or None (unlabelled)."""
+  """One sentence or sentence pair; label is a class name (str), class names (tuple: multi-label), a
+  score (float) or None (unlabelled)."""
   guid: str
   text_a: str
   text_b: str | None
-  label: str | float | None
+  label: str | tuple[str, ...] | float | None
   source: str  # "path:line"
 
 
@@ -155,21 +156,25 @@ def jsonl_rows(path) -> Iterator[tuple[int, dict]]:
     yield line, record
 
 
-def read_table(path, text_a: str, text_b: str | None, label: str | None) -> list[TextExample]:
+def read_table(path, text_a: str, text_b: str | None, label: str | None, labelled: bool | None = None,
+               multi_label: bool = False, delimiter: str | None = None) -> list[TextExample]:
   """Examples from a .tsv / .csv (header row) or .jsonl file, texts and label picked by column name.
 
-  The text columns must exist. A label column missing from the header (or a label key missing
-  from the first JSON line) makes an unlabelled file (label None, for prediction); in a labelled
-  file every row needs a label. Labels are kept as text (JSON numbers as written: 1 → "1").
-  An "id" / "idx" / "guid" column, if present, gives the guids.
+  The text columns must exist. labelled=True: the label column must exist and every row needs a
+  label (training and evaluation files); None: a label column missing from the header (or a label
+  key missing from the first JSON line) makes an unlabelled file (label None, for prediction).
+  Labels are kept as text (JSON numbers as written: 1 → "1"). With `multi_label` a label is a
+  tuple of class names: a JSON list (a list value in JSONL, its JSON text in a CSV/TSV cell) or,
+  with `delimiter`, the cell split on it. An "id" / "idx" / "guid" column, if present, gives the guids.
   """
   path_text = str(path)
   if not path_text.endswith((".tsv", ".csv", ".jsonl")):
     raise InputError(f"{path}: expected a .tsv, .csv or .jsonl file")
   jsonl = path_text.endswith(".jsonl")
   texts = [text_a] + ([text_b] if text_b else [])
-  rows = jsonl_rows(path) if jsonl else _table_rows(path, texts, [*([label] if label else []), *_GUID_KEYS])
-  stem, examples, labelled, first_line = Path(path).stem, [], None, 0
+  required = texts + ([label] if labelled and label else [])
+  rows = jsonl_rows(path) if jsonl else _table_rows(path, required, [*([label] if label else []), *_GUID_KEYS])
+  stem, examples, first_line = Path(path).stem, [], 0
   for line, record in rows:
     for name in texts:
       value = record.get(name)
@@ -181,13 +186,14 @@ def read_table(path, text_a: str, text_b: str | None, label: str | None) -> list
     if labelled is None:
       labelled, first_line = value is not None, line
     if (value is not None) != labelled:
+      if not first_line:  # labelled was asked for
+        raise InputError(f"{path}:{line}: missing the label {label!r} (training and evaluation files need one "
+                         "on every line)")
       state = "has one" if labelled else "has none"
       raise InputError(f"{path}:{line}: {'missing' if labelled else 'unexpected'} label {label!r} "
                        f"(line {first_line} {state}; a file is either all labelled or all unlabelled)")
     if value is not None:
-      if isinstance(value, (dict, list)) or not _label_text(value).strip():
-        raise InputError(f"{path}:{line}: expected a label in {label!r}, got {json.dumps(value)[:80]}")
-      value = _label_text(value).strip()
+      value = _label_value(value, multi_label, delimiter, f"{path}:{line}", label)
     guid = next((_label_text(record[k]) for k in _GUID_KEYS if record.get(k) not in (None, "")), f"{stem}-{line}")
     examples.append(TextExample(guid, record[text_a], record[text_b] if text_b else None, value,
                                 f"{path}:{line}"))
@@ -196,22 +202,47 @@ def read_table(path, text_a: str, text_b: str | None, label: str | None) -> list
   return examples
 
 
+def _label_value(value, multi_label: bool, delimiter: str | None, where: str, column: str) -> str | tuple[str, ...]:
+  """A cell's label: its text, or with `multi_label` the tuple of its class names."""
+  if not multi_label:
+    if isinstance(value, (dict, list)) or not _label_text(value).strip():
+      raise InputError(f"{where}: expected a label in column {column!r}, got {json.dumps(value)[:80]}")
+    return _label_text(value).strip()
+  if isinstance(value, str) and delimiter:
+    names = value.split(delimiter) if value.strip() else [""]
+  else:
+    if isinstance(value, str):
+      try:
+        value = json.loads(value)
+      except json.JSONDecodeError:
+        raise InputError(f"{where}: expected a JSON list of labels in column {column!r} (or name "
+                         f"label_delimiter), got {value[:80]!r}") from None
+    if not isinstance(value, list):
+      raise InputError(f"{where}: expected a JSON list of labels in column {column!r}, got {json.dumps(value)[:80]}")
+    names = value
+  if any(not isinstance(n, (str, int)) or isinstance(n, bool) or not str(n).strip() for n in names):
+    raise InputError(f"{where}: empty or non-text label in column {column!r}: {json.dumps(value)[:80]}")
+  return tuple(dict.fromkeys(str(n).strip() for n in names))
+
+
 def read_pairs(path, text_a: str, text_b: str, score: str | None) -> list[TextExample]:
   """Sentence pairs with a similarity score (float; None in an unlabelled file), as read_table reads."""
   if not text_b:
     raise InputError(f"read_pairs {path}: the second text's column must be named")
-  examples = []
-  for e in read_table(path, text_a, text_b, score):
-    if e.label is not None:
-      try:
-        value = float(e.label)
-      except ValueError:
-        value = math.nan
-      if not math.isfinite(value):
-        raise InputError(f"{e.source}: expected a number for the score {score!r}, got {e.label!r}")
-      e = dataclasses.replace(e, label=value)
-    examples.append(e)
-  return examples
+  return [with_score(e, score) for e in read_table(path, text_a, text_b, score)]
+
+
+def with_score(example: TextExample, column: str) -> TextExample:
+  """The example with its label read as a finite number (a score); the error names file:line and column."""
+  if example.label is None or isinstance(example.label, float):
+    return example
+  try:
+    value = float(example.label)
+  except ValueError:
+    value = math.nan
+  if not math.isfinite(value):
+    raise InputError(f"{example.source}: expected a number for the score in column {column!r}, got {example.label!r}")
+  return dataclasses.replace(example, label=value)
 
 
 def check_labels(train_labels: Iterable, eval_labels: Iterable, train_source: str, eval_source: str) -> None:

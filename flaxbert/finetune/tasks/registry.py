@@ -20,6 +20,7 @@ FAMILIES = {
 }
 
 TASKS = {
+    "classification": "classification",  # your own CSV/TSV/JSONL: any labels, multi-label, regression
     **{f"glue_{name}": "classification" for name in GLUE_FORMATS},
     "ner": "ner",
     "squad_v1": "qa",

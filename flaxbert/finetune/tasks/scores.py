@@ -5,6 +5,10 @@ Pearson and Spearman correlation (scipy's pearsonr / spearmanr: Spearman is the 
 of average ranks, ties averaged; both are NaN when an input is constant, as scipy's). `glue_scores`
 gives the flat dict of a task's metrics on a 0–1 scale, as HF evaluate's "glue" metric does.
 
+Classification on a label set of its own (`class_scores`, `multi_label_scores`, `regression_scores`):
+accuracy, macro-F1 and per-class F1; micro/macro-F1 of multi-label decisions at a threshold chosen
+on dev data (`best_threshold`); Pearson, Spearman and mean squared error of scores.
+
 NER: entity-level micro precision/recall/F1 with seqeval's default (non-strict, conlleval-like)
 chunking, quirks included (`entities` is seqeval's get_entities), plus per-type F1 (`f1_<TYPE>`).
 
@@ -128,6 +132,60 @@ def glue_scores(metric_names: Sequence[str], preds, labels) -> dict[str, float]:
   if unknown:
     raise InputError(f"glue_scores: unknown metric(s) {unknown}; expected some of {sorted(METRICS)}")
   return {m: float(METRICS[m](preds, labels)) for m in metric_names}
+
+
+# --- classification on any label set ---------------------------------------------------------
+
+
+def _f1(tp, fp, fn) -> np.ndarray:
+  """2·tp / (2·tp + fp + fn) per entry, 0.0 where undefined (sklearn's zero_division=0)."""
+  tp, fp, fn = (np.asarray(v, np.float64) for v in (tp, fp, fn))
+  denominator = 2 * tp + fp + fn
+  return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1e-300), 0.0)
+
+
+def class_scores(preds, labels, names: Sequence[str]) -> dict[str, float]:
+  """Single-label: accuracy, macro-F1 over all `names` (sklearn's f1_score(average="macro",
+  labels=range(K)), a class absent from both sides counting 0) and f1_<name> per class; preds and
+  labels are class ids."""
+  p, y = _pair(preds, labels)
+  k = np.arange(len(names))[:, None]
+  tp = np.sum((p == k) & (y == k), axis=1)
+  f1 = _f1(tp, np.sum((p == k) & (y != k), axis=1), np.sum((p != k) & (y == k), axis=1))
+  return {"accuracy": accuracy(p, y), "macro_f1": float(f1.mean()),
+          **{f"f1_{name}": float(v) for name, v in zip(names, f1)}}
+
+
+def multi_label_scores(predicted, gold, names: Sequence[str]) -> dict[str, float]:
+  """Multi-label, on [N, K] 0/1 matrices: micro-F1 (over all decisions), macro-F1 (mean of the
+  classes' F1), exact-match (subset) accuracy and f1_<name> per class, as sklearn's f1_score."""
+  p, y = np.asarray(predicted, bool), np.asarray(gold, bool)
+  if p.shape != y.shape or p.ndim != 2 or len(p) == 0:
+    raise InputError(f"multi_label_scores: expected two equal [N, K] matrices, got {p.shape} and {y.shape}")
+  tp, fp, fn = np.sum(p & y, 0), np.sum(p & ~y, 0), np.sum(~p & y, 0)
+  per_class = _f1(tp, fp, fn)
+  return {"micro_f1": float(_f1(tp.sum(), fp.sum(), fn.sum())), "macro_f1": float(per_class.mean()),
+          "subset_accuracy": float(np.mean(np.all(p == y, axis=1))),
+          **{f"f1_{name}": float(v) for name, v in zip(names, per_class)}}
+
+
+THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
+
+
+def best_threshold(probabilities, gold) -> float:
+  """The probability threshold of THRESHOLDS (0.05 … 0.95) with the best micro-F1 on (dev) data;
+  ties go to the one closest to 0.5."""
+  probabilities, y = np.asarray(probabilities), np.asarray(gold, bool)
+  ranked = sorted(THRESHOLDS, key=lambda t: abs(t - 0.5))
+  f1 = [float(_f1(np.sum((probabilities >= t) & y), np.sum((probabilities >= t) & ~y),
+                  np.sum((probabilities < t) & y))) for t in ranked]
+  return float(ranked[int(np.argmax(f1))])
+
+
+def regression_scores(preds, labels) -> dict[str, float]:
+  """Pearson and Spearman correlation and the mean squared error."""
+  p, y = _floats(preds, labels, "regression_scores")
+  return {"pearson": _pearson(p, y), "spearman": spearman(p, y), "mse": float(np.mean(np.square(p - y)))}
 
 
 # --- NER: seqeval's entity-level scores ----------------------------------------------------------

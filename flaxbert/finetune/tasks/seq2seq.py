@@ -25,17 +25,17 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from flaxbert.atomic import atomic_file
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks import parallel
-from flaxbert.finetune.tasks.base import Session, Task, TrainingData, prefixed
+from flaxbert.finetune.tasks.base import Session, Task, TrainingData, prefixed, recorded_config
 from flaxbert.finetune.tasks.readers import ReadReport, text_lines
 from flaxbert.finetune.tasks.scores import rouge_scores, translation_scores
 from flaxbert.finetune.tasks.seq2seq_data import GROUPS, Seq2Seq
+from flaxbert.interop import encoder_decoder
 from flaxbert.interop.pretrained import load
 from flaxbert.models.config import SIZES, BertConfig
 from flaxbert.models.encoder_decoder import BertEncoderDecoder
@@ -63,10 +63,7 @@ class Seq2SeqTask(Task):
   def from_record(cls, record: dict) -> "Seq2SeqTask":
     """The task as the workdir recorded it, for commands given no config (generate, convert): its
     settings and generation defaults, all devices data-parallel."""
-    c = ml_collections.ConfigDict({"task": record["task"], "lower_case": None, **record["settings"],
-                                   **record["defaults"]})
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1, "sharding_rules": sharding.DATA_PARALLEL})
-    return cls(c)
+    return cls(recorded_config(record))
 
   # --- before anything is written ---------------------------------------------------------------------
   def check_config(self) -> None:
@@ -237,7 +234,7 @@ class Seq2SeqTask(Task):
     return sums["token_loss_sum"] / jnp.maximum(counts["token_count"], 1.0)
 
   # --- evaluation and generation -------------------------------------------------------------------------
-  def evaluate(self, session: Session, params, evals: list, out_dir: Path | None) -> dict:
+  def evaluate(self, session: Session, params, evals: list, out_dir: Path | None, training: bool = False) -> dict:
     """Scores of each (name, examples); with out_dir, the hypotheses go to hypotheses.txt (first
     file) and hypotheses_NAME.txt."""
     c, results = self.config, {}
@@ -253,6 +250,11 @@ class Seq2SeqTask(Task):
       if out_dir is not None and jax.process_index() == 0:
         write_lines(out_dir / ("hypotheses.txt" if n == 0 else f"hypotheses_{name}.txt"), hyps)
     return results
+
+  def export_hf(self, session: Session, params, dst, overwrite: bool, inputs) -> str:
+    encoder_decoder.export_hf(session.model, params, session.tokenizer, self.config.max_target_length, dst,
+                              overwrite, inputs)
+    return "EncoderDecoderModel"
 
   def predict_file(self, session: Session, params, input_path: str, output: str) -> int:
     """`flaxbert predict`: generate_file with the config's beam settings and the trained lengths."""

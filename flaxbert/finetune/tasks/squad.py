@@ -77,6 +77,17 @@ def split_doc_tokens(context: str) -> tuple[list[str], list[int]]:
   return doc_tokens, char_to_word
 
 
+def word_starts(context: str) -> list[int]:
+  """The character offset in `context` where each of split_doc_tokens' words begins."""
+  starts, prev_is_whitespace = [], True
+  for i, c in enumerate(context):
+    is_whitespace = _is_whitespace(c)
+    if prev_is_whitespace and not is_whitespace:
+      starts.append(i)
+    prev_is_whitespace = is_whitespace
+  return starts
+
+
 def _get(obj: Any, key: str, kind: type, where: str) -> Any:
   if not isinstance(obj, dict) or key not in obj:
     raise InputError(f"{where}: missing \"{key}\"; expected a {kind.__name__}")

@@ -21,13 +21,14 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from flaxbert.errors import InputError
-from flaxbert.finetune.tasks.squad import QAExample, QAFeatures, squad_version
+from flaxbert.finetune.tasks.squad import QAExample, QAFeatures, squad_version, word_starts
 from flaxbert.text.wordpiece_rules import basic_tokenize
 
 log = logging.getLogger("flaxbert")
 
 Prelim = collections.namedtuple("Prelim", ["feature", "start", "end", "start_logit", "end_logit"])
-Nbest = collections.namedtuple("Nbest", ["text", "start_logit", "end_logit"])
+# span: the answer's [start, end) characters in the example's context (None for "" and "empty")
+Nbest = collections.namedtuple("Nbest", ["text", "start_logit", "end_logit", "span"], defaults=[None])
 _PUNCTUATION = frozenset(string.punctuation)
 
 
@@ -39,6 +40,12 @@ def get_final_text(pred_text: str, orig_text: str, lower_case: bool) -> str:
   map character positions through the space-free forms when they have equal lengths; on any
   failure the whole orig_text is returned.
   """
+  start, end = final_span(pred_text, orig_text, lower_case)
+  return orig_text[start:end]
+
+
+def final_span(pred_text: str, orig_text: str, lower_case: bool) -> tuple[int, int]:
+  """get_final_text's answer as [start, end) characters of orig_text (all of it on any failure)."""
   def strip_spaces(text: str) -> tuple[str, dict[int, int]]:
     ns_chars, ns_to_s = [], {}
     for i, c in enumerate(text):
@@ -52,19 +59,19 @@ def get_final_text(pred_text: str, orig_text: str, lower_case: bool) -> str:
   start_position = tok_text.find(pred_text)
   if start_position == -1:
     log.debug("get_final_text: unable to find %r in %r", pred_text, orig_text)
-    return orig_text
+    return 0, len(orig_text)
   end_position = start_position + len(pred_text) - 1
   orig_ns_text, orig_ns_to_s = strip_spaces(orig_text)
   tok_ns_text, tok_ns_to_s = strip_spaces(tok_text)
   if len(orig_ns_text) != len(tok_ns_text):
     log.debug("get_final_text: length mismatch %r vs %r", orig_ns_text, tok_ns_text)
-    return orig_text
+    return 0, len(orig_text)
   tok_s_to_ns = {s: ns for ns, s in tok_ns_to_s.items()}
   orig_start = orig_ns_to_s.get(tok_s_to_ns.get(start_position, -1))
   orig_end = orig_ns_to_s.get(tok_s_to_ns.get(end_position, -1))
   if orig_start is None or orig_end is None:
-    return orig_text
-  return orig_text[orig_start:orig_end + 1]
+    return 0, len(orig_text)
+  return orig_start, orig_end + 1
 
 
 def _softmax(scores: Sequence[float]) -> list[float]:
@@ -131,17 +138,20 @@ def predict_answers(examples: Sequence[QAExample], features: QAFeatures, start_l
 
     seen: set[str] = set()
     nbest: list[Nbest] = []
+    starts: list[int] = []
     for p in prelim:
       if len(nbest) >= n_best_size:
         break
+      span = None
       if p.start > 0:
-        text = _span_text(ex, features, p, lower_case)
+        starts = starts or word_starts(ex.context)
+        text, span = _span_text(ex, features, p, lower_case, starts)
         if text in seen:
           continue
       else:
         text = ""
       seen.add(text)
-      nbest.append(Nbest(text, p.start_logit, p.end_logit))
+      nbest.append(Nbest(text, p.start_logit, p.end_logit, span))
     if v2 and "" not in seen:
       nbest.append(Nbest("", null_start, null_end))
     if not nbest:
@@ -149,7 +159,7 @@ def predict_answers(examples: Sequence[QAExample], features: QAFeatures, start_l
 
     probs = _softmax([n.start_logit + n.end_logit for n in nbest])
     nbest_out[ex.qid] = [{"text": n.text, "probability": prob, "start_logit": n.start_logit,
-                          "end_logit": n.end_logit} for n, prob in zip(nbest, probs)]
+                          "end_logit": n.end_logit, "span": n.span} for n, prob in zip(nbest, probs)]
     if not v2:
       predictions[ex.qid] = nbest[0].text
     else:
@@ -160,14 +170,29 @@ def predict_answers(examples: Sequence[QAExample], features: QAFeatures, start_l
   return predictions, nbest_out, null_odds
 
 
-def _span_text(ex: QAExample, features: QAFeatures, p: Prelim, lower_case: bool) -> str:
-  """The context text of a window's token span: wordpieces joined, then get_final_text."""
+def _span_text(ex: QAExample, features: QAFeatures, p: Prelim, lower_case: bool,
+               starts: Sequence[int]) -> tuple[str, tuple[int, int]]:
+  """The context text of a window's token span (wordpieces joined, then get_final_text) and its
+  [start, end) characters in the example's context (`starts`: its words' offsets, word_starts)."""
   tok_text = " ".join(features.tokens[p.feature][p.start:p.end + 1])
   tok_text = tok_text.replace(" ##", "").replace("##", "")
   tok_text = " ".join(tok_text.strip().split())
   orig_map = features.token_to_orig_map[p.feature]
-  orig_text = " ".join(ex.doc_tokens[orig_map[p.start]:orig_map[p.end] + 1])
-  return get_final_text(tok_text, orig_text, lower_case)
+  first, last = orig_map[p.start], orig_map[p.end]
+  orig_text = " ".join(ex.doc_tokens[first:last + 1])
+  start, end = final_span(tok_text, orig_text, lower_case)
+  # orig_text joins the words with one space; each word sits at its own offset in the context
+  offsets, at = [], 0
+  for w in range(first, last + 1):
+    offsets.append((at, starts[w]))
+    at += len(ex.doc_tokens[w]) + 1
+
+  def to_context(i: int) -> int:  # i: a non-space character of orig_text
+    base, word_start = next((b, c) for b, c in reversed(offsets) if b <= i)
+    return word_start + i - base
+
+  return orig_text[start:end], (to_context(start), to_context(end - 1) + 1)
+
 
 
 # ----------------------------------------------------------------------------------------------
