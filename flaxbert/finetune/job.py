@@ -146,8 +146,9 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   task the model was trained for; None: the workdir's own record (generate, convert)."""
   workdir = Path(workdir)
   sharding.initialize_distributed()
-  if not (workdir / workdir_lib.TASK_FILE).is_file() and task_models.head_of(workdir) is not None:
-    return _restore_transformers(workdir, config, devices)
+  head = None if (workdir / workdir_lib.TASK_FILE).is_file() else task_models.head_of(workdir)
+  if head is not None:
+    return _restore_transformers(workdir, head, config, devices)
   record = workdir_lib.read_record(workdir)
   if config is None:
     task = family(record["kind"]).from_record(record)
@@ -176,9 +177,8 @@ def _mesh_for(task: Task, config: ml_collections.ConfigDict | None, devices) -> 
   return mesh, rules
 
 
-def _restore_transformers(path: Path, config: ml_collections.ConfigDict | None, devices):
-  """(task, session, params) of a transformers task folder, for the config's task."""
-  head = task_models.head_of(path)
+def _restore_transformers(path: Path, head: str, config: ml_collections.ConfigDict | None, devices):
+  """(task, session, params) of a transformers task folder with a `head` model, for the config's task."""
   if config is None:
     raise InputError(f"{path}: a transformers {task_models.CLASSES[head]} folder; this command needs the config of "
                      "its task (--config finetune:TASK)")

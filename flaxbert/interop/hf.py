@@ -57,6 +57,11 @@ def write(dst: Path, config: BertConfig, tensors: dict[str, np.ndarray], heads: 
   if not heads:
     hf_config["architectures"] = ["BertModel"]
     tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
+  save(dst, hf_config, tensors)
+
+
+def save(dst: Path, hf_config: dict, tensors: dict[str, np.ndarray]) -> None:
+  """config.json (transformers' keys, as given) + model.safetensors (tensors under their HF names)."""
   write_json(dst / "config.json", hf_config)
   save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(dst / "model.safetensors"),
             metadata={"format": "pt"})

@@ -22,11 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import save_file
 
 from flaxbert.errors import InputError
 from flaxbert.interop import hf, names
-from flaxbert.interop.tensors import normalize_hf_keys
+from flaxbert.interop.tensors import export_tensors, normalize_hf_keys
 from flaxbert.models.config import BertConfig, read_json, write_json
 from flaxbert.models.task_heads import BertForTask
 from flaxbert.training.state import boxed_param_shapes
@@ -83,21 +82,16 @@ def write(dst: Path, config: BertConfig, params: dict, head: str, labels: list[s
           threshold: float | None, tokenizer) -> None:
   """A transformers folder at `dst` (an empty folder, e.g. flaxbert.atomic's temporary one)."""
   _check_tokenizer(tokenizer)
-  if head == "embedding":
-    tensors = {e.hf.removeprefix("bert."): names.to_external(np.asarray(names.get_path(params, e.path)), e.kind, "hf")
-               for e in names.entries(config, heads=False, pooler=False)}
-    hf_config = {**config.to_hf_dict(), "architectures": ["BertModel"]}
+  if head == "embedding":  # the bi-encoder's encoder, as transformers' BertModel
+    hf.write(dst, config, export_tensors(params, config, "hf", heads=False, pooler=False), heads=False)
   elif head in CLASSES:
-    tensors = {e.hf: names.to_external(np.asarray(names.get_path(params, e.path)), e.kind, "hf")
-               for e in _entries(config, head)}
-    hf_config = _hf_config(config, head, labels, problem_type, threshold)
+    hf.save(dst, _hf_config(config, head, labels, problem_type, threshold),
+            {e.hf: names.to_external(np.asarray(names.get_path(params, e.path)), e.kind, "hf")
+             for e in _entries(config, head)})
   else:
     raise InputError(f"a '{head}' head (extractive summarization's sentence scorer with its inter-sentence "
                      "layers) has no transformers class to export to; its encoder can be used through "
                      "`flaxbert embed` or exported from the checkpoint it was fine-tuned from")
-  write_json(dst / "config.json", hf_config)
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(dst / "model.safetensors"),
-            metadata={"format": "pt"})
   tokenizer.save(dst)
   write_json(dst / "tokenizer_config.json",  # transformers' own keys (it reads vocab.txt with them)
              {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.lower_case,

@@ -23,8 +23,7 @@ from flaxbert.errors import InputError
 from flaxbert.interop import native, pretrained
 from flaxbert.models import weights
 from flaxbert.models.config import BertConfig
-from flaxbert.text.tokenization import (CONFIG_FILE, HF_TOKENIZER_FILE, load_tokenizer, read_hf_tokenizer_vocab,
-                                       read_wordpiece_vocab)
+from flaxbert.text.tokenization import CONFIG_FILE, HF_TOKENIZER_FILE, load_tokenizer
 from flaxbert.training import checkpoint
 
 log = logging.getLogger("flaxbert")
@@ -100,11 +99,11 @@ def check_vocabulary(loaded: pretrained.Loaded, path: Path, dataset_dir: str) ->
   """The dataset's tokens are the checkpoint's vocab.txt, in the same order; else an InputError."""
   tok = load_tokenizer(dataset_dir)
   folder = path if path.is_dir() else path.parent
-  if loaded.vocab is not None:
-    vocab, vocab_file = read_wordpiece_vocab(loaded.vocab), str(loaded.vocab)
-  elif (folder / HF_TOKENIZER_FILE).is_file():  # transformers 5 saves tokenizer.json, no vocab.txt
-    vocab, vocab_file = read_hf_tokenizer_vocab(folder / HF_TOKENIZER_FILE)[0], str(folder / HF_TOKENIZER_FILE)
-  else:
+  # vocab.txt, or the tokenizer.json that transformers 5 saves instead
+  vocab_file = loaded.vocab
+  if vocab_file is None and (folder / HF_TOKENIZER_FILE).is_file():
+    vocab_file = folder / HF_TOKENIZER_FILE
+  if vocab_file is None:
     raise InputError(f"init_from {path}: no {pretrained.VOCAB} (or tokenizer.json) beside the checkpoint, so the "
                      f"dataset's vocabulary cannot be checked against it; put the checkpoint's {pretrained.VOCAB} "
                      f"in {folder} (and prepare the dataset with it)")
@@ -112,7 +111,7 @@ def check_vocabulary(loaded: pretrained.Loaded, path: Path, dataset_dir: str) ->
     raise InputError(f"dataset_dir {dataset_dir} is tokenized with a {tok.kind} model ({tok.source}), but "
                      f"init_from {path} has a WordPiece vocabulary ({vocab_file}); prepare the dataset "
                      f"with that vocabulary")
-  compare_vocabularies(tok.vocab, tok.source, vocab, vocab_file)
+  compare_vocabularies(tok.vocab, tok.source, load_tokenizer(vocab_file).vocab, str(vocab_file))
   lower = _lower_case(folder / CONFIG_FILE)
   if lower is not None and lower != tok.lower_case:
     log.warning("%s says lower_case=%s but the dataset %s was prepared with lower_case=%s; the model will "

@@ -25,8 +25,8 @@ from flaxbert.errors import InputError
 from flaxbert.finetune.tasks import glue_tsv, readers, scores, tfds_source
 from flaxbert.finetune.tasks.base import existing
 from flaxbert.finetune.tasks.encoder import EncoderTask
-from flaxbert.finetune.tasks.layout import (Features, Specials, cross_entropy, pack_pair, slot_weights, stack,
-                                            truncate_pair)
+from flaxbert.finetune.tasks.layout import (Features, Specials, cross_entropy, pack_pair, slot_weights, softmax,
+                                            stack, truncate_pair)
 
 log = logging.getLogger("flaxbert")
 
@@ -180,11 +180,14 @@ class Classification(EncoderTask):
 
   # --- evaluation and prediction -------------------------------------------------------------------
   def probabilities(self, logits: np.ndarray) -> np.ndarray:
-    logits = np.asarray(logits, np.float64)
     if self.multi_label:
-      return 1.0 / (1.0 + np.exp(-logits))
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+      return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+    return softmax(logits)
+
+  @property
+  def decision_threshold(self) -> float:
+    """Multi-label: the threshold chosen on dev (or recorded), else 0.5."""
+    return 0.5 if self.threshold is None else self.threshold
 
   def calibrate(self, examples, features, outputs) -> None:
     """Multi-label during training: the threshold with the best micro-F1 on the first dev file (a
@@ -198,8 +201,7 @@ class Classification(EncoderTask):
       return [{"score": float(x)} for x in logits[:, 0]]
     p = self.probabilities(logits)
     if self.multi_label:
-      threshold = 0.5 if self.threshold is None else self.threshold
-      return [{"labels": [l for l, q in zip(self.labels, row) if q >= threshold],
+      return [{"labels": [l for l, q in zip(self.labels, row) if q >= self.decision_threshold],
                "probabilities": dict(zip(self.labels, map(float, row)))} for row in p]
     return [{"label": self.labels[int(np.argmax(row))], "probabilities": dict(zip(self.labels, map(float, row)))}
             for row in p]
@@ -216,9 +218,8 @@ class Classification(EncoderTask):
     if self.regression:
       return scores.regression_scores(logits[:, 0], gold)
     if self.multi_label:
-      threshold = 0.5 if self.threshold is None else self.threshold
-      return {**scores.multi_label_scores(self.probabilities(logits) >= threshold, gold > 0.5, self.labels),
-              "threshold": threshold}
+      t = self.decision_threshold
+      return {**scores.multi_label_scores(self.probabilities(logits) >= t, gold > 0.5, self.labels), "threshold": t}
     return scores.class_scores(np.argmax(logits, -1), gold, self.labels)
 
 

@@ -42,6 +42,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return token_cross_entropy(logits, jnp.maximum(labels, 0))[0]
 
 
+def softmax(logits) -> np.ndarray:
+  """Host-side softmax over the last axis, in float64 (prediction files' probabilities)."""
+  logits = np.asarray(logits, np.float64)
+  e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class Specials:
   cls: int

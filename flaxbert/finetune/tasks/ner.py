@@ -16,7 +16,7 @@ import numpy as np
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks import readers, scores, tfds_source
 from flaxbert.finetune.tasks.encoder import EncoderTask
-from flaxbert.finetune.tasks.layout import Features, Specials, cross_entropy, pack_pair, rows, stack
+from flaxbert.finetune.tasks.layout import Features, Specials, cross_entropy, pack_pair, rows, softmax, stack
 
 
 class TokenClassification(EncoderTask):
@@ -111,9 +111,8 @@ class TokenClassification(EncoderTask):
 
   def predict(self, examples, features, outputs) -> list:
     """Per sentence: its words, each word's tag (read at its first wordpiece) and that tag's probability."""
-    logits = np.asarray(outputs["logits"], np.float64)
-    best = np.argmax(logits, -1)
-    top = 1.0 / np.sum(np.exp(logits - np.max(logits, -1, keepdims=True)), -1)  # softmax at the argmax
+    p = softmax(outputs["logits"])
+    best, top = np.argmax(p, -1), np.max(p, -1)
     tags = [[None] * len(e.words) for e in examples]
     probabilities = [[None] * len(e.words) for e in examples]
     for row, (n, start, firsts) in enumerate(features.meta["windows"]):
