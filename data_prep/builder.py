@@ -17,6 +17,7 @@ stage 2 runs here, not under Beam) each split's example lengths (`LENGTHS_FILE`)
 packing plans its rows without reading the examples.
 """
 import dataclasses
+import errno
 import functools
 import json
 import logging
@@ -95,7 +96,8 @@ def _continuation_table(vocab: str) -> np.ndarray:
 
 
 def _write_chunk(job: tuple[_Chunk, list[str]]) -> dict:
-  """Stage 2 in a worker: tokenize a chunk, then encode and write one shard per dupe pass."""
+  """Stage 2 in a worker: tokenize a chunk, then encode and write one shard per dupe pass (none
+  for a pass without examples: counts 0, and `_write_locally` leaves it out)."""
   chunk, paths = job
   encoder = ExampleEncoder(feature_kinds(chunk.masking))
   corpus = chunk.corpus()
@@ -103,16 +105,31 @@ def _write_chunk(job: tuple[_Chunk, list[str]]) -> dict:
   dtype = np.min_scalar_type(chunk.instance_config.max_seq_length)  # uint16 up to 65,535 tokens
   for dupe_pass, path in zip(chunk.passes, paths):
     arrays = chunk.arrays(corpus, dupe_pass)
-    writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
-    for record in encoder.encode_batch(arrays):
-      writer.write(record)
-    writer.close()
     counts.append(len(arrays["input_ids"]))
+    if not counts[-1]:
+      sizes.append(0), lengths.append(np.zeros(0, dtype))
+      continue
+    try:
+      writer = array_record_module.ArrayRecordWriter(path, "group_size:1")
+      for record in encoder.encode_batch(arrays):
+        writer.write(record)
+      writer.close()
+    except RuntimeError as e:  # ArrayRecord reports a failed write(): as the OSError it is
+      raise _os_error(e, path) from None
     sizes.append(os.path.getsize(path))
-    lengths.append(np.count_nonzero(arrays["input_mask"], axis=-1).astype(dtype) if counts[-1]
-                   else np.zeros(0, dtype))
+    lengths.append(np.count_nonzero(arrays["input_mask"], axis=-1).astype(dtype))
   return {"counts": counts, "bytes": sizes, "lengths": lengths, "tokens": 0 if corpus is None else len(corpus.tokens),
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _os_error(error: RuntimeError, path: str) -> Exception:
+  """ArrayRecord's RuntimeError for a failed write ("write() failed: No space left on device; …")
+  as an OSError with its errno, so that it is reported as the output's (flaxbert.atomic); other
+  errors unchanged."""
+  for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EIO):
+    if os.strerror(code) in str(error):
+      return OSError(code, os.strerror(code), path)
+  return error
 
 
 class BertPretraining(tfds.core.ShardBasedBuilder):
@@ -170,7 +187,7 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
     s = self.settings
     if s.tfds_name:
       yield from sources.read_tfds(s.tfds_name, s.tfds_split, s.tfds_text_feature, s.tfds_data_dir, stats)
-    for path in sources.list_files(inputs) if inputs else []:
+    for path in sources.list_files(inputs, stats) if inputs else []:
       yield from sources.read_file(path, s.input_format, stats)
 
   def _plan(self, dl_manager) -> dict[str, list[_Chunk]]:
@@ -187,6 +204,9 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
         self._documents(inputs, stats), work, chunk_chars=s.chunk_chars,
         validation_fraction=s.validation_fraction, source=_describe_source(s.tfds_name, inputs))
     chunks.stats = stats
+    if stats.skipped_datasets or stats.duplicate_paths:
+      logging.warning("inputs: skipped %d prepared dataset folder(s) %s; %d files named more than once, read once",
+                      len(stats.skipped_datasets), stats.skipped_datasets[:3], stats.duplicate_paths)
     for split, count in chunks.documents.items():
       if count == 1 and s.random_next_sentence:
         logging.warning("the %s split holds one document: it has no other document to draw random next "
@@ -225,7 +245,7 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
             for split, chunks in self._plan(dl_manager).items()}
 
   def _download_and_prepare(self, dl_manager, download_config=None):
-    self._work, self._tokens, self._peak_worker_rss_mb, self._lengths = None, None, None, {}
+    self._work, self._tokens, self._peak_worker_rss_mb, self._lengths, self._empty_shards = None, None, None, {}, {}
     try:
       if download_config is not None and (download_config.beam_runner or download_config.beam_options):
         super()._download_and_prepare(dl_manager, download_config)
@@ -237,7 +257,9 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
         shutil.rmtree(self._work, ignore_errors=True)
 
   def _write_locally(self, plan: dict[str, list[_Chunk]]) -> None:
-    """Stage 2 on this machine: chunks in parallel worker processes, shards written directly."""
+    """Stage 2 on this machine: chunks in parallel worker processes, shards written directly; the
+    passes that give no example (too little text in their chunk) are left out, and a split with
+    none at all is an error that says why."""
     jobs, infos = [], []
     for split, chunks in plan.items():
       template = self._get_filename_template(split_name=split)
@@ -253,9 +275,18 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
         results = pool.map(_write_chunk, jobs, chunksize=1)
     for split in plan:
       mine = [r for (chunk, _), r in zip(jobs, results) if chunk.split == split]
+      counts = [n for r in mine for n in r["counts"]]
+      if not sum(counts):
+        raise InputError(_empty_split_error(split, self._chunks.documents.get(split, 0),
+                                            sum(r["tokens"] for r in mine), self.settings))
+      written = [path for (chunk, paths) in jobs if chunk.split == split for path in paths]
+      self._empty_shards[split] = _drop_empty_shards(self._get_filename_template(split_name=split), written, counts)
+      if self._empty_shards[split]:
+        logging.warning("the %s split: %d of its %d work units (chunk × dupe pass) gave no example (no tokens, "
+                        "or too little text to pair) and were left out", split, self._empty_shards[split], len(counts))
       self._lengths[split] = np.concatenate([n for r in mine for n in r["lengths"]] or [np.zeros(0, np.uint16)])
       infos.append(tfds.core.SplitInfo(
-          name=split, shard_lengths=[n for r in mine for n in r["counts"]], num_bytes=sum(sum(r["bytes"]) for r in mine),
+          name=split, shard_lengths=[n for n in counts if n], num_bytes=sum(sum(r["bytes"]) for r in mine),
           filename_template=self._get_filename_template(split_name=split)))
     self.info.set_splits(tfds.core.SplitDict(infos))
     self._tokens = sum(r["tokens"] for r in results)
@@ -276,7 +307,31 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
         "sources_summary": chunks.stats.summary(),
         "documents": chunks.documents,  # per split
         "lengths_files": {split: LENGTHS_FILE.format(split=split) for split in self._lengths},  # {} under Beam
+        "empty_work_units": self._empty_shards,  # per split: passes without examples, left out
     })
+
+
+def _drop_empty_shards(template, paths: list[str], counts: list[int]) -> int:
+  """Renames the shards written (those with examples; `paths` in index order of all passes) to the
+  names of a split of only them; the number left out."""
+  kept = [p for p, n in zip(paths, counts) if n]
+  if len(kept) < len(paths):
+    for i, path in enumerate(kept):
+      os.rename(path, os.fspath(template.sharded_filepath(shard_index=i, num_shards=len(kept))))
+  return len(paths) - len(kept)
+
+
+def _empty_split_error(split: str, documents: int, tokens: int, s: ml_collections.ConfigDict) -> str:
+  """Why a split has no example, and what to do, in one line."""
+  if not tokens:
+    why = "its text has no token (only characters the tokenizer drops: control or replacement characters)"
+  elif s.random_next_sentence and documents == 1:
+    why = ("it holds one document with a single sentence that has tokens, and with next-sentence "
+           "prediction a document alone in its split needs two to make a pair")
+  else:
+    why = "its documents are too short to make an example"
+  return (f"the {split} split ({documents} document(s), {tokens} tokens) gave no example: {why}; add text "
+          f"(blank lines separate documents) or change validation_fraction ({s.validation_fraction})")
 
 
 def prepare(settings: ml_collections.ConfigDict) -> tuple[Path, dict]:
@@ -287,6 +342,10 @@ def prepare(settings: ml_collections.ConfigDict) -> tuple[Path, dict]:
     raise InputError("input: required (text files or folders), or tfds_name")
   output = Path(settings.output_dir)
   inputs = [*(settings.input or ()), settings.vocab]
+  for path in settings.input or ():  # a dataset there would be read as text by the next prepare of `path`
+    if Path(path).is_dir() and Path(path).resolve() in output.resolve().parents:
+      raise InputError(f"{output}: is inside the input folder {path}, whose files are all read as text; "
+                       "choose an output folder outside the inputs")
   with atomic_directory(output, settings.overwrite, inputs, is_prepared, "dataset written by `flaxbert prepare`") as tmp:
     builder = BertPretraining(settings=settings, data_dir=tmp / "_build", file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(

@@ -6,8 +6,11 @@ Local files come in two layouts:
   document_per_file   each file is one document; its lines are paragraphs, split into sentences.
 
 Bad input is handled and counted, never silently: a missing path or an empty corpus stops with
-an error naming it; empty and binary files are skipped; undecodable bytes are replaced; over-long
-lines and sentences are cut at whitespace. `SourceStats` carries the counts into the dataset.
+an error naming it; empty and binary files are skipped (binary: a NUL byte, or many control
+characters, in the first 8 KB); undecodable bytes in text are replaced; over-long lines and
+sentences are cut at whitespace. Every file is read once, however many ways it is named (paths
+are compared by their real path), and a prepared dataset inside an input folder is skipped, not
+read as text. `SourceStats` carries the counts into the dataset.
 """
 import dataclasses
 import os
@@ -33,6 +36,8 @@ class SourceStats:
   files_with_bad_utf8: list[str] = dataclasses.field(default_factory=list)
   bad_utf8_lines: int = 0
   cut_sentences: int = 0
+  duplicate_paths: int = 0  # files named more than once (dir, dir/a.txt, ./dir/a.txt), read once
+  skipped_datasets: list[str] = dataclasses.field(default_factory=list)  # prepared datasets in input folders
 
   def merge(self, other: "SourceStats") -> None:
     for field in dataclasses.fields(self):
@@ -42,23 +47,52 @@ class SourceStats:
     return (f"{self.files} files, {self.documents} documents, {self.sentences} sentences; skipped "
             f"{len(self.empty_files)} empty and {len(self.binary_files)} binary files; "
             f"{self.bad_utf8_lines} lines in {len(self.files_with_bad_utf8)} files had invalid UTF-8 "
-            f"(replaced by U+FFFD); {self.cut_sentences} over-long sentences cut")
+            f"(replaced by U+FFFD); {self.cut_sentences} over-long sentences cut"
+            + (f"; skipped {len(self.skipped_datasets)} prepared dataset folder(s) inside the input"
+               if self.skipped_datasets else "")
+            + (f"; {self.duplicate_paths} files named more than once, read once" if self.duplicate_paths else ""))
 
 
-def list_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-  """Files named, and files below folders named (sorted, hidden ones skipped); missing → error."""
-  files = []
+def list_files(paths: Iterable[str | os.PathLike], stats: SourceStats | None = None) -> list[Path]:
+  """Files named, and files below folders named (sorted; hidden ones and prepared datasets
+  skipped), each once however often it is named; missing → error. `stats` counts what was skipped."""
+  stats = SourceStats() if stats is None else stats
+  paths = list(paths)
+  files, seen = [], set()
   for p in map(Path, paths):
     if p.is_dir():
-      files.extend(sorted(f for f in p.rglob("*") if f.is_file()
-                          and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+      found = _folder_files(p, stats)
     elif p.is_file():
-      files.append(p)
+      found = [p]
     else:
       raise InputError(f"{p}: no such file or directory")
+    for f in found:
+      real = os.path.realpath(f)
+      if real in seen:
+        stats.duplicate_paths += 1
+      else:
+        seen.add(real)
+        files.append(f)
   if not files:
-    raise InputError(f"no input files found in {[str(p) for p in paths]}")
+    skipped = (f" (skipped {len(stats.skipped_datasets)} prepared dataset folder(s): "
+               f"{', '.join(stats.skipped_datasets[:3])})" if stats.skipped_datasets else "")
+    raise InputError(f"no input files found in {[str(p) for p in paths]}{skipped}")
   return files
+
+
+def _folder_files(folder: Path, stats: SourceStats) -> list[Path]:
+  """The files below `folder`, sorted; hidden files and folders and prepared datasets left out."""
+  from data_prep.format import is_prepared  # pylint: disable=import-outside-toplevel
+  files = []
+  for root, dirs, names in os.walk(folder):
+    root = Path(root)
+    if is_prepared(root):
+      stats.skipped_datasets.append(str(root))
+      dirs[:] = []
+      continue
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    files.extend(root / n for n in names if not n.startswith(".") and (root / n).is_file())
+  return sorted(files)
 
 
 def _cut(sentence: str, stats: SourceStats) -> list[str]:
@@ -75,27 +109,41 @@ def _cut(sentence: str, stats: SourceStats) -> list[str]:
   return [p for p in pieces if p]
 
 
+def _is_binary(head: bytes) -> bool:
+  """A NUL byte, or control characters (other than whitespace) beyond 5% of the bytes: random or
+  compressed data has about 10%, text in any 8-bit encoding next to none (so a Latin-1 file is
+  text, its undecodable bytes replaced)."""
+  controls = sum(head.count(bytes([c])) for c in range(1, 32) if chr(c) not in "\t\n\r\f\v")
+  return b"\x00" in head or controls > 0.05 * len(head)
+
+
 def _lines(path: Path, stats: SourceStats) -> Iterator[str] | None:
   """Decoded lines of a text file; None (and counted) for an empty or binary file."""
-  with open(path, "rb") as f:
-    head = f.read(_SNIFF_BYTES)
+  try:
+    with open(path, "rb") as f:
+      head = f.read(_SNIFF_BYTES)
+  except OSError as e:
+    raise InputError(f"{path}: cannot read the file ({e.strerror or e})") from None
   if not head.strip():
     stats.empty_files.append(str(path))
     return None
-  if b"\x00" in head:
+  if _is_binary(head):
     stats.binary_files.append(str(path))
     return None
 
   def gen():
     bad = 0
-    with open(path, "rb") as f:
-      for raw in f:
-        try:
-          line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-          line = raw.decode("utf-8", errors="replace")
-          bad += 1
-        yield line.strip()
+    try:
+      with open(path, "rb") as f:
+        for raw in f:
+          try:
+            line = raw.decode("utf-8")
+          except UnicodeDecodeError:
+            line = raw.decode("utf-8", errors="replace")
+            bad += 1
+          yield line.strip()
+    except OSError as e:
+      raise InputError(f"{path}: cannot read the file ({e.strerror or e})") from None
     if bad:
       stats.bad_utf8_lines += bad
       stats.files_with_bad_utf8.append(str(path))

@@ -1,12 +1,29 @@
-"""Directories that appear only when complete: build in a hidden sibling, then rename."""
+"""Directories that appear only when complete: build in a hidden sibling, then rename.
+
+The hidden siblings of a folder D carry the writing process's id, so that what a killed process
+left behind can be told from what a running one is still writing:
+  .D.partial-PID-XXXX   the new content while it is built (and, at the end, the replaced copy
+                        while it is deleted); one of a dead process is removed by the next run
+  .D.old-PID            the previous D during the two renames of a swap: the only copy of D
+                        while D is missing; a dead process's one is put back (or, when a
+                        complete D is already in place, removed) by `recover`
+`recover(D)` runs before every atomic_directory on D, and its first half (the swap) whenever a
+dataset is opened (data_prep.format.open_dataset), so a kill at any point leaves D readable as
+the old or the new folder, whole, once either looks.
+"""
 import contextlib
+import errno
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from flaxbert.errors import InputError
+
+log = logging.getLogger("flaxbert")
 
 
 def check_destination(directory: str | os.PathLike, overwrite: bool, inputs: Sequence = (),
@@ -17,7 +34,7 @@ def check_destination(directory: str | os.PathLike, overwrite: bool, inputs: Seq
   if directory.exists() and not directory.is_dir():
     raise InputError(f"{directory}: exists and is not a directory")
   for path in inputs:
-    if path and _within(Path(path), directory):
+    if path and within(Path(path), directory):
       raise InputError(f"{directory}: holds the input {path}; writing there would delete what is read; "
                        "choose another output folder")
   if directory.is_dir() and any(directory.iterdir()):
@@ -40,9 +57,86 @@ def check_output_file(path: str | os.PathLike, overwrite: bool, inputs: Sequence
     raise InputError(f"{path}: exists; pass --overwrite to replace it (only once the new one is complete)")
 
 
-def _within(path: Path, directory: Path) -> bool:
+def within(path: Path, directory: Path) -> bool:
+  """Whether `path` is `directory` or inside it (both resolved)."""
   path, directory = path.resolve(), directory.resolve()
   return path == directory or directory in path.parents
+
+
+def process_alive(pid: int) -> bool:
+  """Whether process `pid` runs on this machine (a process of another user counts as running)."""
+  if pid == os.getpid():
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  except (OverflowError, ValueError):
+    return False
+  return True
+
+
+def _leftovers(directory: Path, kind: str) -> list[tuple[Path, int]]:
+  """(path, pid) of the hidden `.NAME.{kind}-PID…` siblings of `directory` whose process is dead,
+  newest first; a name without a pid (an older version's) is never touched."""
+  pattern = re.compile(re.escape(f".{directory.name}.{kind}-") + r"(\d+)(?:-|$)")
+  found = []
+  with contextlib.suppress(OSError):
+    for path in directory.parent.iterdir():
+      match = pattern.match(path.name)
+      if match and (path.is_dir() or path.is_file()) and not path.is_symlink() \
+          and not process_alive(int(match.group(1))):
+        found.append((path, path.stat().st_mtime))
+  return [(p, int(pattern.match(p.name).group(1))) for p, _ in sorted(found, key=lambda x: -x[1])]
+
+
+def recover(directory: str | os.PathLike, partials: bool = True) -> None:
+  """Finishes what a killed `atomic_directory` left beside `directory`: puts back the previous
+  folder a kill between the swap's renames left hidden (or removes it when the new one is in
+  place), and (`partials`) removes the dead processes' temporary folders. Folders of running
+  processes are never touched. (Process ids are this machine's: on a file system shared between
+  machines, only readers' `partials=False` is safe while another machine writes.)"""
+  directory = Path(directory)
+  for old, pid in _leftovers(directory, "old"):
+    try:
+      if not directory.exists() and not directory.is_symlink():
+        old.rename(directory)
+        log.warning("%s: restored from %s, which a process (%d) killed while replacing it left hidden",
+                    directory, old.name, pid)
+      else:
+        shutil.rmtree(old)
+        log.warning("%s: removed %s, the copy it replaced, left by a killed process (%d)", directory, old.name, pid)
+    except OSError as e:  # another process got there first, or the folder is not writable
+      log.warning("%s: could not clean up %s (%s)", directory, old.name, e)
+  for partial, pid in _leftovers(directory, "partial") if partials else ():
+    if partial.is_dir():
+      shutil.rmtree(partial, ignore_errors=True)
+    else:
+      partial.unlink(missing_ok=True)
+    log.warning("%s: removed %s, the unfinished output of a killed process (%d)", directory, partial.name, pid)
+
+
+# OS errors that mean "this place cannot be written" (as opposed to a bad input).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+
+
+def _write_error(e: OSError, directory: Path, tmp: Path | None) -> InputError | None:
+  """The one-line error for an OSError that says `directory` cannot be written (None for others:
+  an unreadable input, say, is reported where it is read)."""
+  if e.errno not in _WRITE_ERRNOS:
+    return None
+  name = Path(e.filename) if isinstance(e.filename, (str, os.PathLike)) else None
+  if name is not None and e.errno in (errno.EACCES, errno.EPERM):  # a write of ours, or a read?
+    ours = (within(directory, name) or name.name.startswith(f".{directory.name}.")
+            or (tmp is not None and within(name, tmp)))
+    if not ours:
+      return None
+  where = f" ({name})" if name is not None and name != directory else ""
+  return InputError(f"{directory}: cannot write the output: {e.strerror or e}{where} "
+                    f"[{errno.errorcode.get(e.errno, e.errno)}]; the partial output was removed and "
+                    f"{directory} left as it was")
 
 
 @contextlib.contextmanager
@@ -50,26 +144,47 @@ def atomic_directory(directory: str | os.PathLike, overwrite: bool, inputs: Sequ
                      replaceable: Callable[[Path], bool] | None = None, kind: str = "") -> Iterator[Path]:
   """Yields a fresh temporary sibling folder that becomes `directory` only if the block succeeds.
 
-  A failure (or an interruption) removes the temporary folder and leaves `directory` as it was.
-  An existing non-empty `directory` is an error unless `overwrite`, in which case it is replaced
-  only after the new content is complete; `check_destination` says what else is refused.
+  A failure (or an interruption) removes the temporary folder and leaves `directory` as it was;
+  a kill at any point is finished by the next call (`recover`), so `directory` is then the old
+  folder or the new one, whole. An existing non-empty `directory` is an error unless
+  `overwrite`, in which case it is replaced only after the new content is complete;
+  `check_destination` says what else is refused. An OSError that says the place cannot be
+  written (read-only, full, no permission) becomes an InputError naming `directory`.
   """
   directory = Path(directory)
+  recover(directory)
   check_destination(directory, overwrite, inputs, replaceable, kind)
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+  tmp = None
   try:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-{os.getpid()}-", dir=directory.parent))
     yield tmp
-    old = None
-    if directory.exists():
-      old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-      directory.rename(old)
-    tmp.rename(directory)
-    if old is not None:
-      shutil.rmtree(old)
+    _swap(tmp, directory)
+  except OSError as e:
+    error = _write_error(e, directory, tmp)
+    if error is None:
+      raise
+    raise error from None
   finally:
-    if tmp.exists():
-      shutil.rmtree(tmp)
+    if tmp is not None and tmp.exists():
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap(tmp: Path, directory: Path) -> None:
+  """`tmp` becomes `directory`; a previous `directory` is kept as `.NAME.old-PID` only between
+  the two renames (a failed second rename puts it back), then becomes `tmp` to be deleted."""
+  old = None
+  if directory.exists():
+    old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+    directory.rename(old)
+  try:
+    tmp.rename(directory)
+  except BaseException:
+    if old is not None:
+      old.rename(directory)
+    raise
+  if old is not None:
+    old.rename(tmp)  # the caller deletes it; a kill while it does leaves a dead process's partial
 
 
 @contextlib.contextmanager
@@ -77,7 +192,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
   """Yields a temporary sibling path that replaces `path` (os.replace) only if the block succeeds."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+  for partial, _ in _leftovers(path, "partial"):  # a killed writer's temporary file
+    partial.unlink(missing_ok=True)
+  fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent)
   os.close(fd)
   tmp = Path(name)
   try:
@@ -86,3 +203,26 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
   finally:
     if tmp.exists():
       tmp.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+  """Writes `data` to `path` atomically: a reader (or a rerun after a kill) sees the old file or
+  the whole new one, never a partial one."""
+  path = Path(path)
+  with atomic_file(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+  return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+  """`text` as UTF-8, written atomically (write_bytes)."""
+  return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, value, **dumps_kwargs) -> Path:
+  """`value` as indented JSON (one trailing newline), written atomically (write_text)."""
+  import json  # pylint: disable=import-outside-toplevel
+  return write_text(path, json.dumps(value, indent=2, **dumps_kwargs) + "\n")

@@ -33,7 +33,7 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from data_prep.format import FEATURES, LENGTHS_FILE, open_dataset
+from data_prep.format import FEATURES, LENGTHS_FILE, check_shards, corrupt_shard, open_dataset
 from data_prep.masking import mask_tokens, num_to_predict
 from flaxbert.errors import InputError
 from flaxbert.text.tokenization import load_tokenizer
@@ -57,6 +57,8 @@ class PretrainingData:
     self.builder = open_dataset(directory)
     if split not in self.builder.info.splits:
       raise InputError(f"{directory}: has no split {split!r}; it has {sorted(self.builder.info.splits)}")
+    check_shards(self.builder, split)
+    self.split = split
     self.source = self.builder.as_data_source(split=split)
     self.num_examples = len(self.source)
     self.process_index = jax.process_index() if process_index is None else process_index
@@ -105,13 +107,13 @@ class PretrainingData:
   def _sequence_lengths(self, directory: Path, split: str) -> np.ndarray:
     """[num_examples] int64: each example's token count, from the split's lengths file, else (a
     dataset written under Beam) by reading every example once."""
-    path = directory / LENGTHS_FILE.format(split=split)
+    path = self._lengths_path = directory / LENGTHS_FILE.format(split=split)
     if not path.is_file():
       logging.info("%s: no %s (written under Beam?); reading the %d examples' lengths", directory, path.name,
                    self.num_examples)
       n = self.num_examples
       return np.fromiter((np.asarray(e["input_mask"]).sum() for i in range(0, n, 4096)
-                          for e in self.source.__getitems__(list(range(i, min(i + 4096, n))))), np.int64, n)
+                          for e in self._get(list(range(i, min(i + 4096, n))))), np.int64, n)
     try:
       lengths = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -175,8 +177,21 @@ class PretrainingData:
       return self._read_packed(rows, epoch)
     return self._read_examples(rows, epoch)
 
+  def _get(self, indices: list[int]) -> list[dict]:
+    """The examples at `indices`; a shard that cannot be read (a block garbled after the up-front
+    check_shards) is an InputError naming it."""
+    try:
+      return self.source.__getitems__(indices)
+    except Exception:  # pylint: disable=broad-except  # ArrayRecord raises RuntimeError, TFDS others
+      for i in indices:  # which one: read them one by one
+        try:
+          self.source[i]
+        except Exception as e:  # pylint: disable=broad-except
+          raise corrupt_shard(self.builder, self.split, i, e) from None
+      raise
+
   def _read_examples(self, rows: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
-    examples = self.source.__getitems__([int(r) for r in rows])
+    examples = self._get([int(r) for r in rows])
     batch = {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
     batch = {k: v.astype(np.float32 if k == "masked_lm_weights" else np.int32) for k, v in batch.items()}
     if self.dynamic:
@@ -188,6 +203,7 @@ class PretrainingData:
     by flaxbert.training.packing.pack; each sequence's masked positions move by its start in the row."""
     members = [self._plan[int(r)] for r in rows]
     seqs = self._read_examples(np.concatenate(members), epoch)
+    self._check_lengths(np.concatenate(members), seqs["input_mask"])
     bounds = np.cumsum([0] + [len(m) for m in members])
     local = [np.arange(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
     packed = packing.pack({k: seqs[k] for k in packing.TOKEN_ARRAYS}, local, self._per_row)
@@ -203,6 +219,17 @@ class PretrainingData:
       out["masked_lm_ids"][row, filled:filled + count] = seqs["masked_lm_ids"][i][real]
       out["masked_lm_weights"][row, filled:filled + count] = 1.0
     return out
+
+  def _check_lengths(self, indices: np.ndarray, input_mask: np.ndarray) -> None:
+    """The lengths the plan was made from are the examples' own (a lengths file that does not
+    belong to the split would otherwise overflow rows)."""
+    actual = np.count_nonzero(input_mask, axis=-1)
+    wrong = np.flatnonzero(actual != self._lengths[indices])
+    if wrong.size:
+      i = int(indices[wrong[0]])
+      raise InputError(f"{self._lengths_path}: says example {i} of the {self.split!r} split has {self._lengths[i]} "
+                       f"tokens, it has {actual[wrong[0]]}; the lengths do not belong to these examples; "
+                       "run `flaxbert prepare` again")
 
   def _mask(self, batch: dict[str, np.ndarray], rows: np.ndarray, epoch: int) -> dict[str, np.ndarray]:
     """Masks drawn per example from (seed, epoch, example index): the same on any batch layout."""

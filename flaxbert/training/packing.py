@@ -86,6 +86,9 @@ def pack(arrays: dict[str, np.ndarray], rows: Sequence[np.ndarray], max_per_row:
   for row, members in enumerate(rows):
     if len(members) > max_per_row:
       raise ValueError(f"pack: row {row} has {len(members)} examples, more than max_per_row {max_per_row}")
+    total = int(lengths[np.asarray(members, np.int64)].sum())
+    if total > length:  # before any is laid out: lengths the plan was made from that are not the examples'
+      raise ValueError(f"pack: row {row} holds {total} tokens, more than {length}")
     start = 0
     for slot, i in enumerate(members):
       size = int(lengths[i])
@@ -102,8 +105,6 @@ def pack(arrays: dict[str, np.ndarray], rows: Sequence[np.ndarray], max_per_row:
       for k in extra:
         out[k][row, slot] = arrays[k][i]
       start += size
-    if start > length:
-      raise ValueError(f"pack: row {row} holds {start} tokens, more than {length}")
   if sorted(np.concatenate(rows).tolist() if rows else []) != list(range(n)):
     raise ValueError("pack: the rows must hold every example exactly once")
   return out

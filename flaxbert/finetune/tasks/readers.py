@@ -177,9 +177,11 @@ def read_table(path, text_a: str, text_b: str | None, label: str | None, labelle
   stem, examples, first_line = Path(path).stem, [], 0
   for line, record in rows:
     for name in texts:
-      value = record.get(name)
-      if value is None:
+      if name not in record:
         raise InputError(f"{path}:{line}: missing the text key {name!r} (the object has {sorted(record)})")
+      value = record[name]
+      if value is None:
+        raise InputError(f"{path}:{line}: {name!r} is null; expected a string (the text)")
       if not isinstance(value, str):
         raise InputError(f"{path}:{line}: expected a string for {name!r}, got {json.dumps(value)[:80]}")
     value = record.get(label) if label else None
