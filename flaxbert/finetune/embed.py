@@ -22,6 +22,7 @@ from flaxbert.finetune.tasks.registry import family
 from flaxbert.finetune.tasks.similarity import encode_sentences
 from flaxbert.finetune.workdir import kind_of, read_record
 from flaxbert.interop.pretrained import load
+from flaxbert.interop.tensors import check_weights
 from flaxbert.models.config import BertConfig
 from flaxbert.models.task_heads import BertForTask
 from flaxbert.text.tokenization import load_tokenizer
@@ -33,8 +34,9 @@ WIDTHS = (16, 32, 64, 128, 256, 512)  # a batch is cut to the first of these tha
 def _finetuned_encoder(workdir: Path) -> tuple[BertConfig, dict]:
   """A fine-tuning workdir's encoder: the BERT inside whatever model its task family trained."""
   record = read_record(workdir)
-  _, params = checkpoint.restore_params(workdir, None)
-  return BertConfig.from_dict(record["model"]), family(record["kind"]).encoder_params(params)
+  step, params = checkpoint.restore_params(workdir, None)
+  bert = check_weights(family(record["kind"]).encoder_params(params), f"{workdir} (checkpoint step {step})")
+  return BertConfig.from_dict(record["model"]), bert
 
 
 class Embedder:

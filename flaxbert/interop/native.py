@@ -14,6 +14,7 @@ from flaxbert.models.config import BertConfig, read_json, write_json
 from flaxbert.models.pretraining import build_model, param_shapes
 
 CONFIG = "flaxbert_config.json"
+PARAMS = "params"
 FORMAT_VERSION = 1
 
 
@@ -35,11 +36,14 @@ def read_header(path: Path) -> tuple[BertConfig, bool, bool]:
 
 def restore_params(directory: Path, source: str) -> dict:
   """Restores an Orbax params tree to host numpy arrays."""
+  directory = Path(directory).absolute()  # Orbax reads a relative path as no checkpoint (metadata None)
   if not directory.is_dir():
     raise InputError(f"{directory}: missing; expected the Orbax checkpoint of the parameters")
   try:
     checkpointer = ocp.StandardCheckpointer()
-    metadata = checkpointer.metadata(directory).item_metadata.tree
+    metadata = getattr(checkpointer.metadata(directory).item_metadata, "tree", None)
+    if metadata is None:
+      raise ValueError("no Orbax checkpoint metadata")
     target = jax.tree_util.tree_map(lambda m: np.zeros(m.shape, m.dtype), metadata)
     return checkpointer.restore(directory, target)
   except (OSError, ValueError, KeyError, TypeError) as e:
@@ -49,7 +53,7 @@ def restore_params(directory: Path, source: str) -> dict:
 
 def read(path: Path) -> tuple[BertConfig, dict, bool, bool]:
   config, heads, pooler = read_header(path)
-  params = restore_params(path / "params", str(path))
+  params = restore_params(path / PARAMS, str(path))
   check_params(params, param_shapes(build_model(config, heads, pooler)), str(path))
   return config, params, heads, pooler
 
@@ -63,5 +67,5 @@ def write_header(dst: Path, config: BertConfig, heads: bool, pooler: bool) -> No
 def write(dst: Path, config: BertConfig, params: dict, heads: bool, pooler: bool) -> None:
   write_header(dst, config, heads, pooler)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save((dst / "params").absolute(), params)
+  checkpointer.save((dst / PARAMS).absolute(), params)
   checkpointer.wait_until_finished()

@@ -18,7 +18,8 @@ import numpy as np
 from flaxbert.atomic import atomic_directory, check_destination
 from flaxbert.errors import InputError
 from flaxbert.interop import hf, native, tf1
-from flaxbert.interop.tensors import check_params, export_tensors, import_tensors
+from flaxbert.interop.tensors import (PARAM_DTYPES, check_params, check_weights, export_tensors, import_tensors,
+                                      stored_names)
 from flaxbert.models.config import BertConfig
 from flaxbert.models.pretraining import build_model, describe, param_shapes
 from flaxbert.training import checkpoint
@@ -66,16 +67,21 @@ def detect(path: str | os.PathLike) -> str:
 def load(path: str | os.PathLike) -> Loaded:
   path = Path(path)
   kind = detect(path)
-  step = None
+  step, stored = None, {}
   if kind == "flaxbert":
     config, params, heads, pooler = native.read(path)
+    source = path / native.PARAMS
   elif kind == "workdir":
     config, heads, pooler = native.read_header(path)
     step, params = checkpoint.restore_params(path, param_shapes(build_model(config, heads, pooler)))
+    source = f"{path} (checkpoint step {step})"
   else:
     config, tensors = (hf if kind == "hf" else tf1).read(path)
     fmt = "hf" if kind == "hf" else "tf"
     params, heads, pooler = import_tensors(tensors, config, fmt, str(path))
+    source = hf.weights_file(path) if kind == "hf" else tf1.checkpoint_prefix(path)
+    stored = stored_names(config, heads, pooler, fmt)
+  params = check_weights(params, str(source), stored)  # every kind: floating, finite, one dtype
   config = config.replace(param_dtype=_param_dtype(params, config))
   folder = path if path.is_dir() else path.parent
   vocab = folder / VOCAB if (folder / VOCAB).is_file() else None
@@ -95,7 +101,7 @@ def _check_vocab_fits(vocab: Path, config: BertConfig) -> None:
 
 def _param_dtype(params: dict, config: BertConfig) -> str:
   name = np.asarray(params["bert"]["embeddings"]["word_embeddings"]["embedding"]).dtype.name
-  return name if name in ("float32", "bfloat16", "float16") else config.param_dtype
+  return name if name in PARAM_DTYPES else config.param_dtype
 
 
 def from_pretrained(path: str | os.PathLike) -> tuple[nn.Module, dict]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from flaxbert.errors import InputError
 from flaxbert.interop import hf, names
-from flaxbert.interop.tensors import export_tensors, normalize_hf_keys
+from flaxbert.interop.tensors import check_weights, export_tensors, normalize_hf_keys
 from flaxbert.models.config import BertConfig, read_json, write_json
 from flaxbert.models.task_heads import BertForTask
 from flaxbert.training.state import boxed_param_shapes
@@ -128,6 +128,7 @@ def read(path: str | os.PathLike) -> TaskModel:
   if extra:
     raise InputError(f"{path}: unexpected tensor(s) {extra[:5]} for a {CLASSES[head]} with "
                      f"{config.num_hidden_layers} layers; does config.json match the weights?")
+  params = check_weights(params, str(hf.weights_file(path)), {"/".join(e.path): e.hf for e in _entries(config, head)})
   threshold = raw.get(THRESHOLD_KEY)
   return TaskModel(config, head, params, labels, problem_type, None if threshold is None else float(threshold))
 

@@ -11,6 +11,8 @@ stops the import with the name.
 import logging
 import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from flaxbert.errors import InputError
@@ -124,6 +126,51 @@ def _check_extra(tensors, expected, params, config, fmt, source):
                        "BERT ties them and untied decoders are not supported")
   if dropped:
     log.warning("%s: dropped %d tensor(s) of other heads: %s", source, len(dropped), ", ".join(dropped))
+
+
+# The dtypes a checkpoint may keep when all its tensors share one (the model's param_dtype).
+PARAM_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_weights(params: dict, source: str, stored: dict[str, str] | None = None) -> dict:
+  """The check every loaded parameter tree passes (pretrained.load for all source kinds, the
+  transformers task folders, fine-tuning workdirs): real floating tensors, all finite, one dtype.
+
+  An integer, bool, complex (or other non-float) tensor is refused naming it and its dtype. A
+  checkpoint whose tensors all share one of PARAM_DTYPES keeps it; any other mix (a float16
+  kernel among float32 ones, float64, float8) is cast to float32, with one note naming the cast
+  tensors. A tensor holding NaN or Inf is refused naming it and `source`. `stored` maps a
+  "/"-joined params key to the name the file stores it under (HF/TF1 names), for messages.
+  """
+  stored = stored or {}
+  flat = {k: np.asarray(x) for k, x in weights.flat(params).items()}
+  for k, x in flat.items():
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise InputError(f"{source}: tensor {stored.get(k, k)!r} has dtype {x.dtype}; expected floating-point "
+                       f"weights ({', '.join(PARAM_DTYPES)}); integer, bool and complex tensors are not weights")
+  dtypes = {x.dtype.name for x in flat.values()}
+  target = dtypes.pop() if len(dtypes) == 1 and next(iter(dtypes)) in PARAM_DTYPES else "float32"
+  cast = sorted(stored.get(k, k) + f" ({x.dtype})" for k, x in flat.items() if x.dtype.name != target)
+  if cast:
+    log.warning("%s: cast %d tensor(s) to %s (the model holds one floating dtype): %s%s", source, len(cast), target,
+                ", ".join(cast[:8]), f" and {len(cast) - 8} more" if len(cast) > 8 else "")
+
+  def checked(path, x):
+    k = weights.key(path)
+    x = np.asarray(x)
+    y = x if x.dtype.name == target else x.astype(target)
+    bad = y.size - int(np.count_nonzero(np.isfinite(y)))
+    if bad:
+      was = "" if y is x else f" after the cast from {x.dtype}"
+      raise InputError(f"{source}: tensor {stored.get(k, k)!r} holds {bad} NaN/Inf value(s) of {y.size}{was}; "
+                       "finite weights expected (a diverged or corrupted checkpoint?)")
+    return y
+  return jax.tree_util.tree_map_with_path(checked, params)
+
+
+def stored_names(config: BertConfig, heads: bool, pooler: bool, fmt: str) -> dict[str, str]:
+  """{"/"-joined params key: its HF ("hf") or TF1 ("tf") tensor name}, for check_weights' messages."""
+  return {"/".join(e.path): e.hf if fmt == "hf" else e.tf for e in names.entries(config, heads, pooler)}
 
 
 def check_params(params: dict, shapes: dict, source: str) -> None:

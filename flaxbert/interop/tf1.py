@@ -45,7 +45,13 @@ def read(path: Path) -> tuple[BertConfig, dict[str, np.ndarray]]:
   except (tf.errors.OpError, ValueError) as e:
     raise InputError(f"{prefix}: not a readable TF checkpoint ({e.__class__.__name__}: "
                      f"{str(e).splitlines()[0]})") from None
-  return config, {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+  try:
+    return config, {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+  except (tf.errors.OpError, IndexError, ValueError) as e:  # a short .data file: IndexError; garbled: DataLoss
+    data = sorted(prefix.parent.glob(f"{prefix.name}.data-*"))
+    where = data[0] if len(data) == 1 else f"{prefix}.data-*"
+    raise InputError(f"{where}: truncated or corrupt TF checkpoint data; re-download or re-save it "
+                     f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def write(dst: Path, config: BertConfig, tensors: dict[str, np.ndarray]) -> None:

@@ -13,6 +13,7 @@ pickled nn.Module's class) stops the load with an InputError before anything is 
 """
 import _compat_pickle
 import collections
+import math
 import os
 import pickle
 import sys
@@ -53,6 +54,17 @@ class _Storage(NamedTuple):
   """A storage record of the archive, as data.pkl's persistent ids name it."""
   key: str
   dtype: np.dtype
+
+
+class _Tensor(NamedTuple):
+  """A tensor as data.pkl rebuilds it, not yet read: the arguments of torch's `set_`, checked
+  (and the array allocated) once the state dict names it (`_Unpickler.array`)."""
+  storage: Any
+  dtype: Any
+  offset: Any
+  size: Any
+  stride: Any
+  metadata: Any
 
 
 def _rebuild_parameter(data, _requires_grad=None, _backward_hooks=None, _state=None):
@@ -104,33 +116,45 @@ class _Unpickler(pickle.Unpickler):
     if size != numel * storage_type.dtype.itemsize:
       raise InputError(f"{self._path}: storage record {record!r} holds {size} bytes, data.pkl says "
                        f"{numel} × {storage_type.dtype}")
+    if size > os.path.getsize(self._path):  # a compressed record that would inflate past the file
+      raise InputError(f"{self._path}: storage record {record!r} declares {size} bytes, more than the "
+                       f"whole file; torch.save stores storages uncompressed")
     return _Storage(key, storage_type.dtype)
 
   def _rebuild_tensor_v2(self, storage, offset, size, stride, _requires_grad, _backward_hooks,
                          metadata=None):
-    return self._tensor(storage, None, offset, size, stride, metadata)
+    return _Tensor(storage, None, offset, size, stride, metadata)
 
   def _rebuild_tensor_v3(self, storage, offset, size, stride, _requires_grad, _backward_hooks, dtype,
                          metadata=None):
-    return self._tensor(storage, dtype, offset, size, stride, metadata)
+    return _Tensor(storage, dtype, offset, size, stride, metadata)
 
-  def _tensor(self, storage, dtype, offset, size, stride, metadata) -> np.ndarray:
-    """torch's `empty(0).set_(storage, offset, size, stride)`, bounds-checked, C-contiguous."""
+  def array(self, name: str, tensor: _Tensor) -> np.ndarray:
+    """torch's `empty(0).set_(storage, offset, size, stride)`, C-contiguous, checked before anything
+    is allocated: the view must lie inside the storage and hold no more elements than it (a stride-0
+    view of a huge size would otherwise allocate far more than the file holds)."""
+    storage, dtype, offset, size, stride, metadata = tensor
+    where = f"{self._path}: tensor {name!r:.200}"
     if not isinstance(storage, _Storage) or not isinstance(dtype, (_Dtype, type(None))):
-      raise InputError(f"{self._path}: malformed tensor in data.pkl: storage {storage!r:.50}, "
-                       f"dtype {dtype!r:.50}")
+      raise InputError(f"{where}: malformed tensor in data.pkl: storage {storage!r:.50}, dtype {dtype!r:.50}")
     dtype = storage.dtype if dtype is None else dtype.dtype  # _v2: the storage's; _v3: its own
+    if not (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))):
+      raise InputError(f"{where}: malformed tensor in data.pkl: size {size!r:.100}, stride {stride!r:.100}")
     size, stride = tuple(size), tuple(stride)
     if (len(size) != len(stride) or type(offset) is not int or offset < 0
         or any(type(n) is not int or n < 0 for n in size + stride)):
-      raise InputError(f"{self._path}: malformed tensor in data.pkl: offset {offset!r:.50}, "
+      raise InputError(f"{where}: malformed tensor in data.pkl: offset {offset!r:.50}, "
                        f"size {size!r:.100}, stride {stride!r:.100}")
     data = self._array(storage.key, dtype)
-    if 0 in size:
+    numel = math.prod(size)
+    if numel == 0:
       return np.zeros(size, dtype)
+    if numel > data.size:
+      raise InputError(f"{where}: size {size!r:.100} (stride {stride!r:.100}) is {numel} elements, but its "
+                       f"storage '{storage.key}' holds only {data.size} × {dtype}; refusing to expand it")
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= data.size:
-      raise InputError(f"{self._path}: tensor of size {size} (offset {offset}, stride {stride}) runs "
+      raise InputError(f"{where}: size {size!r:.100} (offset {offset}, stride {stride!r:.100}) runs "
                        f"past the end of storage '{storage.key}' ({data.size} × {dtype})")
     # Strided through unsigned ints: as_strided cannot rebuild ml_dtypes' float8 from its typestr.
     bits = data[offset:].view(f"u{dtype.itemsize}")
@@ -155,20 +179,19 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-  return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, np.ndarray)
-                                       for k, v in obj.items())
+  return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, _Tensor) for k, v in obj.items())
 
 
-def _state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
+def _state_dict(obj: Any, path: str) -> dict[str, _Tensor]:
   """The dict of tensors itself, or the one under a lone 'state_dict' / 'model' key."""
   if _is_tensor_dict(obj):
     return dict(obj)
   if not isinstance(obj, dict):
-    raise InputError(f"{path}: expected a state dict (tensor name → tensor), found a {type(obj).__name__}")
+    raise InputError(f"{path}: expected a state dict (tensor name → tensor), found a {'tensor' if isinstance(obj, _Tensor) else type(obj).__name__}")
   inner = [obj[k] for k in ("state_dict", "model") if _is_tensor_dict(obj.get(k))]
   if len(inner) == 1:
     return dict(inner[0])
-  others = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, np.ndarray))]
+  others = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, _Tensor))]
   raise InputError(f"{path}: expected a state dict (tensor name → tensor), found a dict whose entries "
                    f"{others[:5]!r:.300} are not tensors, nor is one 'state_dict'/'model' entry a state dict")
 
@@ -197,11 +220,12 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       if order not in ("little", "big"):
         raise InputError(f"{path}: byteorder record says {order!r:.20}, expected 'little' or 'big'")
       with archive.open(pkls[0]) as f:
-        obj = _Unpickler(f, archive, prefix, path, swap=order != sys.byteorder).load()
+        unpickler = _Unpickler(f, archive, prefix, path, swap=order != sys.byteorder)
+        obj = unpickler.load()
+      return {name: unpickler.array(name, t) for name, t in _state_dict(obj, path).items()}
   except InputError:
     raise
   except zipfile.BadZipFile as e:
     raise InputError(f"{path}: corrupt zip archive ({e})") from e
   except (pickle.UnpicklingError, EOFError, AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
     raise InputError(f"{path}: corrupt or non-tensor data.pkl ({type(e).__name__}: {e})") from e
-  return _state_dict(obj, path)
