@@ -51,7 +51,7 @@ EXTRAS_REQUIRE = {
 
 setuptools.setup(
     name="flaxbert",
-    version="0.3.0",
+    version="0.4.0",
     description="BERT in JAX/Flax: pretrain, reproduce, fine-tune and ship.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -83,5 +83,9 @@ def checkpoint(*, every_steps: int, keep: int) -> ml_collections.ConfigDict:
   """Orbax checkpoints under WORKDIR/checkpoints (flaxbert.training.checkpoint)."""
   c = ml_collections.ConfigDict()
   c.every_steps = every_steps  # also saved at the end and on SIGTERM/SIGINT
-  c.keep = keep  # newest kept; older ones deleted by Orbax after a newer one is complete
+  c.keep = keep  # newest kept (≥ 1); older ones deleted by Orbax after a newer one is complete
+  # Resuming with settings that differ from the ones the workdir's checkpoints were trained with
+  # (seed, batch, data, schedule…) is refused; list the fields to accept anyway, comma-separated,
+  # e.g. "num_train_steps,optim.learning_rate" (flaxbert.training.run_record).
+  c.resume_changes = ""
   return c

@@ -30,7 +30,7 @@ _EXPORTS = {
     "Tokenizer": "flaxbert.text.tokenization", "load_tokenizer": "flaxbert.text.tokenization",
 }
 __all__ = sorted(_EXPORTS)
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def __getattr__(name: str):

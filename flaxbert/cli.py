@@ -73,30 +73,42 @@ def _prepare(args: argparse.Namespace) -> None:
   print(f"sources: {metadata['sources_summary']}")
 
 
-def _pretrain(args: argparse.Namespace) -> None:
+def _pretrain(args: argparse.Namespace) -> int | None:
   from flaxbert.pretrain.job import train_and_evaluate  # pylint: disable=import-outside-toplevel
   summary = train_and_evaluate(_config(args, "pretrain:tiny", {}), args.workdir)
   if summary["stopped_by"]:
-    print(f"stopped by {summary['stopped_by']} at step {summary['step']} (saved; rerun the same command to resume); "
-          f"summary in {os.path.join(args.workdir, 'summary.json')}")
-    return
+    print(f"stopped early by {summary['stopped_by']} at step {summary['step']} of {summary['num_train_steps']} "
+          f"(saved; rerun the same command to resume); summary in {os.path.join(args.workdir, 'summary.json')}")
+    return _stopped_code(summary["stopped_by"])
   final = summary["final_eval_metrics"]
   print(f"pretrained to step {summary['step']}: eval mlm_accuracy {final.get('eval_mlm_accuracy', float('nan')):.4f}; "
         f"summary in {os.path.join(args.workdir, 'summary.json')}")
+
+
+def _stopped_code(signal_name: str) -> int:
+  """128 + the signal's number (143 for SIGTERM), as a shell reports a process the signal ended:
+  schedulers requeue a preempted job on it."""
+  import signal  # pylint: disable=import-outside-toplevel
+  return 128 + int(signal.Signals[signal_name])
 
 
 def _task_config(args: argparse.Namespace):
   return _config(args, "finetune:glue_sst2", {})
 
 
-def _finetune(args: argparse.Namespace) -> None:
+def _finetune(args: argparse.Namespace) -> int | None:
   from flaxbert.finetune.job import train_and_evaluate  # pylint: disable=import-outside-toplevel
   results = train_and_evaluate(_task_config(args), args.workdir)
   if results:
     print(f"fine-tuned; dev scores {json.dumps(results)} in {os.path.join(args.workdir, 'eval_results.json')}")
-  else:  # a SIGTERM/SIGINT stopped it (the checkpoint is saved), or there was nothing to score
-    print(f"no dev scores: stopped before the end (rerun the same command to resume) or no eval_path; "
+    return None
+  stopped = getattr(results, "stopped_by", None)
+  if stopped:  # the checkpoint is saved
+    print(f"stopped early by {stopped} (saved; rerun the same command to resume); "
           f"checkpoints in {os.path.join(args.workdir, 'checkpoints')}")
+    return _stopped_code(stopped)
+  print(f"fine-tuned without dev scores (no eval_path); checkpoints in {os.path.join(args.workdir, 'checkpoints')}")
+  return None
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -229,11 +241,15 @@ def main(argv: list[str] | None = None) -> int:
   if rest:
     parser.error(f"unrecognized arguments: {' '.join(rest)}")
   try:
-    args.run(args)
+    return args.run(args) or 0
   except InputError as e:
     print(f"flaxbert {args.command}: error: {e}", file=sys.stderr)
     return 2
-  return 0
+  except OSError as e:  # the machine's storage (disk full, read-only, permissions), not a bug
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"flaxbert {args.command}: error: {where}{e.strerror or e} (nothing already saved was changed)",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -38,3 +38,31 @@ def override(config, fields: dict):
       node = node[p]
     node[name] = value
   return config
+
+
+def prepare_tiny(tmp: Path) -> Path:
+  """A prepared tiny pretraining dataset (configs/prepare.py:tiny on a generated corpus) under `tmp`."""
+  from configs import prepare as prepare_config  # pylint: disable=import-outside-toplevel
+  from data_prep.builder import prepare  # pylint: disable=import-outside-toplevel
+  c = prepare_config.get_config("tiny")
+  c.input = (str(write_corpus(tmp / "corpus", num_files=4)),)
+  c.vocab = str(write_vocab(tmp / "vocab.txt"))
+  c.output_dir = str(tmp / "data")
+  c.validation_fraction = 0.2
+  return prepare(c)[0]
+
+
+def tiny_pretrain_config(dataset, **overrides):
+  """configs/pretrain.py:tiny on `dataset`: 6 steps of 16 sequences, checkpoints at 3 and 6."""
+  from configs import pretrain as pretrain_config  # pylint: disable=import-outside-toplevel
+  c = pretrain_config.get_config("tiny")
+  c.dataset_dir = str(dataset)
+  c.global_batch_size = 16
+  c.num_train_steps = 6
+  c.log_every_steps = 2
+  c.checkpoint.every_steps = 3
+  c.eval_every_steps = 0
+  c.eval_max_batches = 2
+  c.optim.warmup_steps = 2
+  c.optim.learning_rate = 1e-3
+  return override(c, overrides)

@@ -166,3 +166,21 @@ def write_rows(path: Path, rows: list[dict], label_delimiter: str | None = None)
     for r in rows:
       writer.writerow([cell(v) for v in r.values()])
   return path
+
+
+def tiny_finetune_config(task: str, bert: Path, train: Path, dev: Path, **overrides):
+  """configs/finetune.py's TASK,tiny from `bert` on train/dev files: 8 epochs at lr 3e-3, no dropout."""
+  from configs import finetune as finetune_config  # pylint: disable=import-outside-toplevel
+  c = finetune_config.get_config(f"{task},tiny")
+  c.init, c.train_path, c.eval_path = str(bert), str(train), str(dev)
+  c.optim.learning_rate, c.num_epochs, c.optim.warmup_proportion = 3e-3, 8.0, 0.0
+  c.eval_every_epoch = False
+  dropout(c, 0.0)
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+def dropout(c, rate: float):
+  c.model.hidden_dropout_prob = c.model.attention_probs_dropout_prob = rate
+  return c

@@ -105,7 +105,8 @@ def test_continues_from_an_hf_export_at_the_original_eval_loss(original, tmp_pat
   convert(run, tmp_path / "out", "hf")
   # A rerun resumes from the workdir's own checkpoints and never reads init_from again.
   shutil.rmtree(source)
-  again = train_and_evaluate(continued(original.dataset, source, steps=4), run)
+  longer = {"checkpoint.resume_changes": "optim.num_train_steps"}  # a longer schedule: accepted explicitly
+  again = train_and_evaluate(continued(original.dataset, source, steps=4, **longer), run)
   assert again["step"] == 4
 
 

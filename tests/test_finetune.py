@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import finetune as finetune_config
-from finetune_fixtures import write_conll, write_mrpc, write_pretrained, write_squad, write_sst2, write_stsb
+from finetune_fixtures import (dropout, tiny_finetune_config, write_conll, write_mrpc, write_pretrained, write_squad,
+                               write_sst2, write_stsb)
 from flaxbert import cli
 from flaxbert.errors import InputError
 from flaxbert.finetune.job import evaluate, export_hf, generate_file, restore, train_and_evaluate
@@ -20,20 +20,7 @@ def bert(tmp_path_factory) -> Path:
   return write_pretrained(tmp_path_factory.mktemp("pretrained") / "bert", "hf")
 
 
-def config(task: str, bert: Path, train: Path, dev: Path, **overrides):
-  c = finetune_config.get_config(f"{task},tiny")
-  c.init, c.train_path, c.eval_path = str(bert), str(train), str(dev)
-  c.optim.learning_rate, c.num_epochs, c.optim.warmup_proportion = 3e-3, 8.0, 0.0
-  c.eval_every_epoch = False
-  dropout(c, 0.0)
-  for key, value in overrides.items():
-    c[key] = value
-  return c
-
-
-def dropout(c, rate: float):
-  c.model.hidden_dropout_prob = c.model.attention_probs_dropout_prob = rate
-  return c
+config = tiny_finetune_config
 
 
 def losses(workdir: Path) -> list[float]:

@@ -46,7 +46,10 @@ def imports(source: str, module: str) -> set[str]:
       base = node.module or ""
       if node.level:  # relative: resolve against the importing module's package
         base = ".".join(module.split(".")[:-node.level] + ([base] if base else []))
-      found.add(base)
+      folder = ROOT.joinpath(*base.split("."))
+      submodules = {a.name for a in node.names if (folder / f"{a.name}.py").is_file() or (folder / a.name).is_dir()}
+      if len(submodules) < len(node.names):  # names defined in `base` itself
+        found.add(base)
       found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
   return found
 

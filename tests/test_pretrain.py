@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import prepare as prepare_config, pretrain as pretrain_config
-from corpus_fixtures import override, write_corpus, write_vocab
+from configs import prepare as prepare_config
+from corpus_fixtures import prepare_tiny, tiny_pretrain_config, write_corpus, write_vocab
 from data_prep.builder import prepare
 from flaxbert.errors import InputError
 from flaxbert.pretrain.job import train_and_evaluate
@@ -25,27 +25,10 @@ from flaxbert.training.state import threefry_kernels
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("pretrain_data")
-  c = prepare_config.get_config("tiny")
-  c.input = (str(write_corpus(tmp / "corpus", num_files=4)),)
-  c.vocab = str(write_vocab(tmp / "vocab.txt"))
-  c.output_dir = str(tmp / "data")
-  c.validation_fraction = 0.2
-  return prepare(c)[0]
+  return prepare_tiny(tmp_path_factory.mktemp("pretrain_data"))
 
 
-def tiny_config(dataset, **overrides):
-  c = pretrain_config.get_config("tiny")
-  c.dataset_dir = str(dataset)
-  c.global_batch_size = 16
-  c.num_train_steps = 6
-  c.log_every_steps = 2
-  c.checkpoint.every_steps = 3
-  c.eval_every_steps = 0
-  c.eval_max_batches = 2
-  c.optim.warmup_steps = 2
-  c.optim.learning_rate = 1e-3
-  return override(c, overrides)
+tiny_config = tiny_pretrain_config
 
 
 def stopped_at(config, step):
@@ -142,16 +125,20 @@ def test_checkpoints_move_between_eight_devices_and_one(dataset, tmp_path):
 def test_corrupt_latest_checkpoint_falls_back_without_deleting(dataset, tmp_path, caplog):
   run = tmp_path / "run"
   train_and_evaluate(tiny_config(dataset), run)
+  params = final_params(run)
   for f in (run / "checkpoints" / "6" / "params").rglob("*"):
     if f.is_file() and f.stat().st_size > 100:
       f.write_bytes(b"\0" * f.stat().st_size)
   from flaxbert.interop.pretrained import load  # pylint: disable=import-outside-toplevel
   assert load(run).step == 3  # what an export of the workdir reads, and `convert` prints
+  assert (run / "checkpoints" / "6").is_dir()  # readers only skip it
   with caplog.at_level("WARNING", logger="flaxbert"):
-    summary = train_and_evaluate(tiny_config(dataset, num_train_steps=9), run)
-  assert "checkpoint step 6" in caplog.text and "cannot be restored" in caplog.text
-  assert summary["step"] == 9
-  assert (run / "checkpoints" / "6").is_dir()  # reported, never deleted
+    summary = train_and_evaluate(tiny_config(dataset), run)  # the same command again: step 6 is written anew
+  assert "checkpoint step 6" in caplog.text and "failed its integrity check" in caplog.text
+  assert summary["step"] == 6
+  aside = list((run / "checkpoints-corrupt").iterdir())  # reported and moved aside, never deleted
+  assert [p.name.split("-")[0] for p in aside] == ["6"] and (aside[0] / "params").is_dir()
+  assert_params_equal(final_params(run), params)
 
 
 def test_phase2_from_phase1_params_or_full_state(dataset, tmp_path):
@@ -172,17 +159,24 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, 
   run = tmp_path / "run"
   unclipped = {"optim.max_grad_norm": 0.0, "optim.warmup_steps": 0}
   train_and_evaluate(tiny_config(dataset, num_train_steps=3, **unclipped), run)
+  accept = "optim.learning_rate,optim.num_train_steps"
   with pytest.raises(FloatingPointError, match="diverged"):
     train_and_evaluate(tiny_config(dataset, **{"num_train_steps": 30, "optim.learning_rate": 1e12,
-                                               "log_every_steps": 1}, **unclipped), run)
+                                               "log_every_steps": 1, "checkpoint.resume_changes": accept},
+                                   **unclipped), run)
   assert sorted(checkpoint.manager(run, asynchronous=False).all_steps()) == [3]
-  # A rerun whose state no longer fits the checkpoints (clipping adds optimizer state; another
-  # dropout PRNG has other key data) is refused rather than started afresh over the old run.
-  # Each is refused from the checkpoint's metadata, naming the first leaf that differs, before any read.
+  # A rerun with other settings is refused, naming them; accepted, a state that no longer fits the
+  # checkpoints (clipping adds optimizer state; another dropout PRNG has other key data) is still
+  # refused rather than started afresh over the old run, from the checkpoint's metadata, naming
+  # the first leaf that differs, before any read.
   for changed, leaf in (({"optim.max_grad_norm": 1.0}, "opt_state/"), ({"rng_impl": "rbg"}, "rng saved with shape (2,)")):
+    name, value = next(iter(changed.items()))
+    with pytest.raises(InputError, match=f"settings differ .* {name} \\S+ → {value!r}.*resume_changes=.*{name}"):
+      train_and_evaluate(tiny_config(dataset, **dict(unclipped, num_train_steps=3, **changed)), run)
     caplog.clear()
     with pytest.raises(InputError, match="none restores with this configuration"):
-      train_and_evaluate(tiny_config(dataset, **dict(unclipped, num_train_steps=6, **changed)), run)
+      train_and_evaluate(tiny_config(dataset, **dict(unclipped, num_train_steps=3, **changed,
+                                                     **{"checkpoint.resume_changes": f"{accept},{name}"})), run)
     assert f"train does not match this run's layout: {leaf}" in caplog.text
   assert sorted(checkpoint.manager(run, asynchronous=False).all_steps()) == [3]
 
@@ -242,7 +236,7 @@ def test_sigterm_saves_before_exiting(dataset, tmp_path):
   while (not jsonl.exists() or len(jsonl.read_text().splitlines()) < 3) and time.time() < deadline:
     time.sleep(0.1)
   proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=300) == 0
+  assert proc.wait(timeout=300) == 128 + signal.SIGTERM  # stopped early: a scheduler requeues it
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert summary["stopped_by"] == "SIGTERM" and 3 <= summary["step"] < 100000
   assert checkpoint.manager(tmp_path / "run", asynchronous=False).all_steps() == [summary["step"]]

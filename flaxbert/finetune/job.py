@@ -30,7 +30,7 @@ from flaxbert.interop.pretrained import EXPORT_KIND, is_export
 from flaxbert.interop.tensors import check_params
 from flaxbert.models.config import BertConfig
 from flaxbert.text.tokenization import load_tokenizer
-from flaxbert.training import batching, checkpoint, loop, optim, sharding
+from flaxbert.training import batching, checkpoint, loop, optim, run_record, sharding, workdir_lock
 from flaxbert.training.state import boxed_param_shapes, create_train_state
 from flaxbert.training.step import compile_train_step
 
@@ -49,12 +49,24 @@ def _check_run(config: ml_collections.ConfigDict, mesh) -> None:
     raise InputError(f"num_epochs: expected a number > 0, got {config.num_epochs!r}")
   sharding.check_batch_size("batch_size", config.batch_size, mesh, config.optim.grad_accum_steps)
   sharding.check_batch_size("eval_batch_size", config.eval_batch_size, mesh)
+  loop.check_cadence(log_every_steps=config.log_every_steps, **{"checkpoint.every_steps": config.checkpoint.every_steps,
+                                                              "checkpoint.keep": config.checkpoint.keep})
+  loop.check_cadence(log_every_steps=config.log_every_steps, **{"checkpoint.every_steps": config.checkpoint.every_steps,
+                                                              "checkpoint.keep": config.checkpoint.keep})
+
+
+class Scores(dict):
+  """A run's final dev scores ({} when stopped early or without eval data); `stopped_by` names
+  the signal (SIGTERM…) that stopped the run early, else None."""
+  stopped_by: str | None = None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
-  """Fine-tunes as `config` says in `workdir` (resuming what is there); returns the final dev scores."""
+  """Fine-tunes as `config` says in `workdir` (resuming what is there); returns the final dev
+  scores (a Scores dict, which also says whether a signal stopped the run early)."""
   workdir = Path(workdir)
   workdir_lib.check_new_or_finetune(workdir)
+  workdir_lib.check_task(workdir, config.task)
   task = get_task(config)
   task.check_config()
   sharding.initialize_distributed()  # before anything asks jax for its devices
@@ -64,12 +76,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
     task.load_init()
     workdir.mkdir(parents=True, exist_ok=True)
     return _score_untrained(task, workdir)
-  c = config
-  train = task.read(c.train_path, True, "train_path")  # the data is read and checked before anything is written
+  train = task.read(config.train_path, True, "train_path")  # the data is read and checked before anything is written
   eval_sets = task.eval_sets()
   task.fit(train, eval_sets)
   loaded = task.load_init()
-  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.hold(workdir):  # one writer per workdir, with the settings its checkpoints had
+    settings = run_record.check(workdir, config, checkpoint.has_steps(workdir))
+    return _train(task, workdir, mesh, rules, train, eval_sets, loaded, settings)
+
+
+def _train(task: Task, workdir: Path, mesh, rules, train, eval_sets, loaded, settings) -> dict:
+  c = task.config
   tokenizer = task.tokenizer(workdir, loaded, train)
   cfg = task.model_config(loaded, tokenizer)
   model = task.build_model(cfg)
@@ -109,13 +126,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
                          checkpoint_every_steps=c.checkpoint.every_steps, keep_checkpoints=c.checkpoint.keep,
                          eval_every_steps=per_epoch if c.eval_every_epoch else 0, epoch_steps=per_epoch)
   outcome = loop.train(workdir, state, train_step, batches, cadence, evaluate_all, batch_size=c.batch_size,
-                       meta={"seed": c.seed})
+                       meta={"seed": c.seed}, started=settings)
   if outcome.stopped_by is None and evals:
     learned = task.learned_defaults()  # what the final evaluation chose (a threshold) for later commands
     if learned:
       workdir_lib.check_record(workdir, {**record, "defaults": {**record["defaults"], **learned}})
     workdir_lib.write_json(workdir / workdir_lib.RESULTS_FILE, outcome.eval_metrics)
-  return outcome.eval_metrics
+  scores = Scores(outcome.eval_metrics)
+  scores.stopped_by = outcome.stopped_by
+  return scores
 
 
 def _score_untrained(task: Task, workdir: Path) -> dict:
@@ -211,7 +230,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=Non
   if not sets:
     raise InputError("eval_path: required")
   task.check(sets)
-  out = workdir_lib.evaluation_dir(workdir, sets[0][0])
+  out = workdir_lib.evaluation_dir(workdir, sets[0][0], config.eval_path)
   results = task.evaluate(session, params, task.prepare_evals(session, sets), out)
   workdir_lib.write_json(out / workdir_lib.RESULTS_FILE, results)
   return results

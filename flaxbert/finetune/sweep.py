@@ -7,14 +7,13 @@ for SQuAD, bleu for translation). The paper picks the best learning rate on dev 
 does this. Every task family sweeps the same way (flaxbert.finetune.job).
 """
 import itertools
-import json
 import logging
 import math
 from pathlib import Path
 
 import ml_collections
 
-from flaxbert.atomic import atomic_file
+from flaxbert import atomic
 from flaxbert.finetune import job
 
 log = logging.getLogger("flaxbert")
@@ -46,6 +45,5 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, devices=No
   metric = main_metric(points[0]["results"])
   best = max(points, key=lambda p: _rank(p["results"].get(metric)))
   summary = {"task": config.task, "metric": metric, "best": best, "points": points}
-  with atomic_file(workdir / "sweep_results.json") as tmp:
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+  atomic.write_json(workdir / "sweep_results.json", summary)
   return summary

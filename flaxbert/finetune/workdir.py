@@ -12,14 +12,17 @@ task.json holds what every later command needs to rebuild the model and dispatch
 A task.json written before `kind` existed is upgraded when read (`read_record`).
 
 The workdir also holds the tokenizer (vocab.txt or spm.model), checkpoints/, metrics.jsonl and
-events, eval_results.json with the task's predictions, and evaluations/STEM/ for `flaxbert evaluate`.
+events, eval_results.json with the task's predictions, and evaluations/STEM/ for `flaxbert evaluate`
+(with source.json naming the evaluated files).
 """
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import jax
 
-from flaxbert.atomic import atomic_file
+from flaxbert import atomic
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks.registry import FAMILIES, family_of
 from flaxbert.training.checkpoint import CHECKPOINTS
@@ -27,6 +30,7 @@ from flaxbert.training.checkpoint import CHECKPOINTS
 TASK_FILE = "task.json"
 RESULTS_FILE = "eval_results.json"
 EVALUATIONS = "evaluations"
+SOURCE_FILE = "source.json"  # in evaluations/NAME/: the absolute paths of the evaluated files
 
 # What flaxbert 0.1.0 recorded at the top level of an encoder family's task.json that the family uses.
 _LEGACY_ENCODER_SETTINGS = {"similarity": ("max_seq_length", "pooling"),
@@ -43,14 +47,21 @@ _LEGACY_GENERATION = {
 def write_json(path: Path, value: dict) -> None:
   """A JSON file written atomically, by process 0 only."""
   if jax.process_index() == 0:
-    with atomic_file(path) as tmp:
-      tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(path, value, sort_keys=True)
 
 
-def evaluation_dir(workdir: Path, name: str) -> Path:
-  """WORKDIR/evaluations/NAME/: where `evaluate` on eval file NAME writes its scores and
-  predictions, beside (never over) the fine-tuning run's own dev results."""
-  return workdir / EVALUATIONS / name
+def evaluation_dir(workdir: Path, name: str, source: str) -> Path:
+  """WORKDIR/evaluations/NAME/: where `evaluate` on eval file(s) `source` (first file's name NAME)
+  writes its scores and predictions, beside (never over) the fine-tuning run's own dev results.
+  The folder records its source (SOURCE_FILE); another file of the same name gets NAME-HASH/
+  (a hash of its absolute path), so two evaluations never share a folder."""
+  paths = [os.path.abspath(p) for p in source.split(",") if p]
+  directory = workdir / EVALUATIONS / name
+  recorded = directory / SOURCE_FILE
+  if recorded.is_file() and json.loads(recorded.read_text(encoding="utf-8")).get("eval_path") != paths:
+    directory = directory.with_name(f"{name}-{hashlib.sha1(','.join(paths).encode()).hexdigest()[:8]}")
+  write_json(directory / SOURCE_FILE, {"eval_path": paths})
+  return directory
 
 
 def check_new_or_finetune(workdir: Path) -> None:
@@ -58,6 +69,14 @@ def check_new_or_finetune(workdir: Path) -> None:
   if (workdir / CHECKPOINTS).is_dir() and not (workdir / TASK_FILE).is_file():
     raise InputError(f"{workdir}: holds checkpoints but no {TASK_FILE}: not a fine-tuning workdir (a pretraining "
                      "one?); fine-tune into a new workdir, with this one as --config.init")
+
+
+def check_task(workdir: Path, task: str) -> None:
+  """Refuses a workdir fine-tuned for another task (before its settings are compared: no
+  resume_changes can make one task's checkpoints another's)."""
+  if (workdir / TASK_FILE).is_file() and (old := read_record(workdir)["task"]) != task:
+    raise InputError(f"{workdir / TASK_FILE}: this workdir was fine-tuned for another task ({old}, not {task}); "
+                     "use a new workdir")
 
 
 def kind_of(path: str | Path) -> str | None:

@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Any
 
+from flaxbert import atomic
 from flaxbert.errors import InputError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "tanh")
@@ -197,6 +198,5 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(data, f, indent=2, sort_keys=True)
-    f.write("\n")
+  """Written atomically (flaxbert.atomic): a kill mid-write leaves the old file or none, never a part."""
+  atomic.write_json(path, data, sort_keys=True)

@@ -15,7 +15,6 @@ written at the end; the workdir also records its model (flaxbert_config.json) an
 `flaxbert.from_pretrained(WORKDIR)` and `flaxbert convert` read it.
 """
 import functools
-import json
 import logging
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from flaxbert import atomic
 from flaxbert.errors import InputError
 from flaxbert.interop import native
 from flaxbert.models import weights
@@ -35,7 +35,7 @@ from flaxbert.models.pretraining import BertForPreTraining
 from flaxbert.pretrain import init_from
 from flaxbert.pretrain.input_pipeline import DynamicMasking, PretrainingData
 from flaxbert.text.tokenization import load_tokenizer
-from flaxbert.training import checkpoint, flops, loop, metrics, optim, sharding
+from flaxbert.training import checkpoint, flops, loop, metrics, optim, run_record, sharding, workdir_lock
 from flaxbert.training.state import boxed_param_shapes, create_train_state
 from flaxbert.training.step import compile_train_step, make_train_step
 
@@ -146,18 +146,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        devices: list | None = None) -> dict:
   """Pretrains as `config` says, in `workdir` (resuming what is there); returns the summary.
 
-  devices: the devices of the mesh (default: all of them).
+  devices: the devices of the mesh (default: all of them). The run holds the workdir's lock
+  (flaxbert.training.workdir_lock) while it writes there, and a resume must have the settings the
+  workdir's checkpoints were trained with (flaxbert.training.run_record).
   """
   workdir = Path(workdir)
   sharding.initialize_distributed()  # before anything asks jax (or Orbax) for its processes
-  source = init_from.locate(config.init_from, config.init_mode, workdir)  # before anything is written
-  workdir.mkdir(parents=True, exist_ok=True)
   if not config.dataset_dir:
     raise InputError("dataset_dir: required (a folder written by `flaxbert prepare`)")
   if not (isinstance(config.num_train_steps, int) and config.num_train_steps >= 1):
     raise InputError(f"num_train_steps: expected a positive integer, got {config.num_train_steps!r}")
-  remat = check_remat_policy(config.model.remat_policy, "model.remat_policy")
+  loop.check_cadence(log_every_steps=config.log_every_steps, eval_every_steps=config.eval_every_steps,
+                     **{"checkpoint.every_steps": config.checkpoint.every_steps, "checkpoint.keep": config.checkpoint.keep})
   mesh = sharding.make_mesh(config.mesh, devices)
+  sharding.check_batch_size("global_batch_size", config.global_batch_size, mesh, config.optim.grad_accum_steps)
+  source = init_from.locate(config.init_from, config.init_mode, workdir)  # before anything is written
+  schedule = optim.resolve(config.optim, config.num_train_steps).to_dict()
+  with workdir_lock.hold(workdir):
+    record = run_record.check(workdir, config, checkpoint.has_steps(workdir), resolved={"optim": schedule})
+    return _train(config, workdir, mesh, source, record)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, mesh, source, record) -> dict:
+  remat = check_remat_policy(config.model.remat_policy, "model.remat_policy")
   rules = sharding.rules_from_config(config.mesh.sharding_rules)
   masking = DynamicMasking(config.masked_lm_prob, config.max_predictions_per_seq, config.whole_word_mask)
   data, eval_data = (PretrainingData(config.dataset_dir, split, global_batch_size=config.global_batch_size,
@@ -166,7 +177,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                      for split in ("train", "validation"))
   nsp = bool(data.builder.info.metadata["settings"]["random_next_sentence"])
   accum = config.optim.grad_accum_steps
-  sharding.check_batch_size("global_batch_size", config.global_batch_size, mesh, accum)
   opt_config = optim.resolve(config.optim, config.num_train_steps)
   tx, schedule = optim.build_optimizer(opt_config), optim.learning_rate_schedule(opt_config)
   if source is not None and source.kind == "model":  # the checkpoint's architecture, this run's dropout and dtype
@@ -210,13 +220,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
       workdir, state, train_step, lambda step: (sharding.global_batch(b, mesh) for b in data.iterate(step)), cadence,
       lambda params, final: evaluate(eval_step, params, eval_data, mesh, config.eval_max_batches),
       batch_size=batch, meta={"seed": config.seed},
-      start=start, throughput=throughput)
+      start=start, throughput=throughput, started=record)
   summary = {"recipe": config.recipe, "step": int(outcome.state.step), "num_train_steps": config.num_train_steps,
              "stopped_by": outcome.stopped_by, "final_train_metrics": outcome.train_metrics,
              "final_eval_metrics": {f"eval_{k}": v for k, v in outcome.eval_metrics.items()},
              "model": cfg.to_dict(), "devices": mesh.size, "device_kind": jax.devices()[0].device_kind,
              "peak_flops_per_device": peak, "flops_per_sequence": flops_per_sequence}
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+  if jax.process_index() == 0:
+    atomic.write_json(workdir / "summary.json", summary, default=float)
   return summary
 
 

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 
 import sentencepiece
 
+from flaxbert import atomic
 from flaxbert.errors import InputError
 from flaxbert.text.wordpiece_rules import UNK, reference_tokenize, wordpiece_word, words_are_independent
 
@@ -118,7 +119,7 @@ class Tokenizer:
     directory.mkdir(parents=True, exist_ok=True)
     self._save_model(directory)
     config = {"kind": self.kind, "lower_case": self._lower_case}
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    atomic.write_json(directory / CONFIG_FILE, config)
     return directory
 
   def __repr__(self) -> str:
@@ -202,7 +203,7 @@ class WordPieceTokenizer(Tokenizer):
     return text
 
   def _save_model(self, directory: Path) -> None:
-    (directory / VOCAB_FILE).write_text("".join(t + "\n" for t in self._vocab), encoding="utf-8")
+    atomic.write_text(directory / VOCAB_FILE, "".join(t + "\n" for t in self._vocab))
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -240,7 +241,7 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.decode(ids)
 
   def _save_model(self, directory: Path) -> None:
-    (directory / SPM_FILE).write_bytes(self._proto)
+    atomic.write_bytes(directory / SPM_FILE, self._proto)
 
 
 # ----------------------------------------------------------------------------------------------

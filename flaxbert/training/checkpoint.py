@@ -5,11 +5,14 @@ Each step holds three items:
   train    the rest of the train state: step, optimizer state, RNG key;
   meta     JSON: step and seed (the input pipeline's position is the step).
 Saves are asynchronous; Orbax writes each step into a temporary folder and renames it when
-complete, so a step folder that exists is whole. Restoring picks the newest step that restores;
-a corrupt or unreadable one is reported and skipped, never deleted. Any device layout can
-restore any checkpoint: arrays are read straight into the shardings of the current mesh.
+complete, so a step folder that exists is whole; once it is, its files' digests are recorded
+(flaxbert.training.integrity), at the next save or at `finish`. Restoring picks the newest step
+that passes its integrity check and restores; a corrupt or unreadable one is reported and skipped,
+never deleted (a resuming run moves it, and any newer step it skipped, aside). Any device layout
+can restore any checkpoint: arrays are read straight into the shardings of the current mesh.
 """
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from flaxbert.errors import InputError
 from flaxbert.models import weights
+from flaxbert.training import integrity
 
 log = logging.getLogger("flaxbert")
 CHECKPOINTS = "checkpoints"
@@ -34,10 +38,47 @@ def manager(workdir: str | Path, *, every_steps: int = 1, keep: int | None = Non
   return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options, item_handlers=handlers)
 
 
+_UNSEALED: "weakref.WeakKeyDictionary[ocp.CheckpointManager, set]" = weakref.WeakKeyDictionary()
+
+
+def has_steps(workdir: str | Path) -> bool:
+  """Whether WORKDIR/checkpoints holds any committed step (a folder named by its step number)."""
+  directory = Path(workdir) / CHECKPOINTS
+  return directory.is_dir() and any(p.name.isdigit() and p.is_dir() for p in directory.iterdir())
+
+
+def _step_dir(mngr: ocp.CheckpointManager, step: int) -> Path:
+  return Path(mngr.directory) / str(step)
+
+
+def _seal_finished(mngr: ocp.CheckpointManager) -> None:
+  """Records the digests of the steps this manager saved, once Orbax has committed them."""
+  mngr.wait_until_finished()
+  pending = _UNSEALED.setdefault(mngr, set())
+  if jax.process_index() == 0:
+    for step in sorted(pending):
+      integrity.seal(_step_dir(mngr, step))
+  pending.clear()
+
+
 def save(mngr: ocp.CheckpointManager, step: int, params, train: dict, meta: dict, force: bool = False) -> bool:
-  return mngr.save(step, args=ocp.args.Composite(
+  """Saves a step (asynchronously); the previous save is finished and sealed first (Orbax waits
+  for it anyway before starting another)."""
+  _seal_finished(mngr)
+  saved = mngr.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train), meta=ocp.args.JsonSave(meta)),
       force=force)
+  if saved:
+    _UNSEALED.setdefault(mngr, set()).add(step)
+  return saved
+
+
+def finish(mngr: ocp.CheckpointManager) -> None:
+  """Waits for the last save, seals it and closes the manager."""
+  try:
+    _seal_finished(mngr)
+  finally:
+    mngr.close()
 
 
 def _abstract(tree):
@@ -56,15 +97,28 @@ def _layout_mismatch(saved, target) -> str | None:
   return None
 
 
-def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
+class _LayoutMismatch(ValueError):
+  """A whole checkpoint that does not fit this run (another model or optimizer), not a corrupt one."""
+
+
+def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None, corrupt: list | None = None
                    ) -> tuple[int, Any, Any, dict] | None:
   """(step, params, train, meta) of the newest checkpoint that restores; None when there is none.
 
   Targets are trees of arrays or jax.ShapeDtypeStruct (with shardings) giving the layout wanted;
   train_target None restores params (and meta) only; params_target None restores the params as
-  saved (numpy, no sharding). Unreadable steps are logged and skipped.
+  saved (numpy, no sharding). Steps that fail their integrity check or cannot be read are logged
+  and skipped (and appended to `corrupt`); steps of another layout are logged and skipped.
   """
   for step in sorted(mngr.all_steps(), reverse=True):
+    items = ("params", "meta") if train_target is None else ("params", "train", "meta")
+    damage = integrity.verify(_step_dir(mngr, step), items)
+    if damage:
+      log.warning("checkpoint step %d in %s failed its integrity check (%s); trying the previous one",
+                  step, mngr.directory, damage)
+      if corrupt is not None:
+        corrupt.append(step)
+      continue
     try:
       targets = {"params": params_target, "train": train_target}
       # Checked against the step's metadata first: a restore that fails on one array leaves the
@@ -73,7 +127,7 @@ def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
       for name, target in targets.items():
         problem = None if target is None else _layout_mismatch(saved[name], target)
         if problem:
-          raise ValueError(f"{name} does not match this run's layout: {problem}")
+          raise _LayoutMismatch(f"{name} does not match this run's layout: {problem}")
       items = dict(params=ocp.args.StandardRestore(None if params_target is None else _abstract(params_target)),
                    meta=ocp.args.JsonRestore())
       if train_target is not None:
@@ -82,6 +136,8 @@ def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
     except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many types
       log.warning("checkpoint step %d in %s cannot be restored (%s: %s); trying the previous one",
                   step, mngr.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+      if corrupt is not None and not isinstance(e, _LayoutMismatch):
+        corrupt.append(step)
       continue
     return step, restored["params"], restored.get("train") if train_target is not None else None, restored["meta"]
   return None
@@ -90,12 +146,27 @@ def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
 def resume(mngr: ocp.CheckpointManager, params_target, train_target) -> tuple[int, Any, Any, dict] | None:
   """restore_latest for continuing a run in its own workdir: None when it holds no checkpoint yet,
   InputError when it holds some but none restores into this run's layout (a changed optimizer,
-  model or rng_impl): starting afresh there would later save over, and so lose, the old run."""
-  found = restore_latest(mngr, params_target, train_target)
-  if found is None and mngr.all_steps():
+  model or rng_impl): starting afresh there would later save over, and so lose, the old run.
+  Corrupt steps, and any step newer than the one restored, are moved aside (integrity.move_aside)
+  so that training can write those steps again."""
+  corrupt: list[int] = []
+  found = restore_latest(mngr, params_target, train_target, corrupt)
+  if found is None and set(mngr.all_steps()) - set(corrupt):
     raise InputError(f"{mngr.directory}: holds checkpoints (steps {sorted(mngr.all_steps())}) but none restores "
                      "with this configuration (see the warnings above); rerun with the run's own settings, "
                      "or use a new workdir")
+  newer = [s for s in mngr.all_steps() if found is None or s > found[0]]
+  if newer and jax.process_index() == 0:
+    for step in sorted(newer):
+      integrity.move_aside(_step_dir(mngr, step))
+  if newer:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices("flaxbert: corrupt checkpoints moved aside")
+    mngr.reload()
+    if found is None:
+      log.warning("%s: every checkpoint was corrupt (moved aside); training starts again from step 0",
+                  mngr.directory)
   return found
 
 

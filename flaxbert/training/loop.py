@@ -8,12 +8,15 @@ evaluation, the cadence, and optional throughput metrics. On the way:
   log    every log_every_steps and at the end: the metric sums on device (no host sync between log
          steps) pulled to the host once, checked for NaN/Inf (a diverged run stops before it can be
          saved), written to TensorBoard + metrics.jsonl, one console line;
+  save   every checkpoint_every_steps, at each epoch's end (`epoch_steps`) and at the end, before
+         that step's evaluation (a failing evaluation never loses the training); a state whose
+         loss is not finite is never saved, so the last good checkpoint stays the newest;
   eval   every eval_every_steps (0: only at the end): `evaluate(params, final)`, written as eval_*;
-  save   every checkpoint_every_steps, at each epoch's end (`epoch_steps`) and at the end; a state
-         whose loss is not finite is never saved, so the last good checkpoint stays the newest;
   stop   SIGTERM/SIGINT (a preemption): the step in flight finishes, a checkpoint is saved, and the
-         loop returns without evaluating; rerunning the same command resumes exactly, since a
-         batch is a function of (seed, step) and the dropout masks of (seed, step).
+         loop returns without evaluating (the command then exits 128 + the signal's number, so
+         that a scheduler requeues it); rerunning the same command resumes exactly, since a
+         batch is a function of (seed, step) and the dropout masks of (seed, step). metrics.jsonl
+         records past the resumed step (logged after the last checkpoint) are dropped.
 
 A finished run, rerun, trains nothing and evaluates the state it restored.
 """
@@ -26,6 +29,7 @@ from typing import Callable, Iterator
 
 import jax
 
+from flaxbert.errors import InputError
 from flaxbert.training import checkpoint, metrics
 from flaxbert.training.state import TrainState
 
@@ -57,6 +61,22 @@ class Cadence:
   eval_every_steps: int = 0  # 0: evaluate only at the end
   epoch_steps: int = 0  # > 0: also save (forced) at the end of every epoch of this many steps
 
+  def __post_init__(self):
+    check_cadence(log_every_steps=self.log_every_steps, **{"checkpoint.every_steps": self.checkpoint_every_steps,
+                                                          "checkpoint.keep": self.keep_checkpoints},
+                  eval_every_steps=self.eval_every_steps)
+
+
+def check_cadence(**fields) -> None:
+  """InputError naming the config field, for a cadence that is not a whole number (≥ 1; ≥ 0 for
+  eval_every_steps, where 0 means only at the end). checkpoint.keep ≥ 1: keeping no checkpoint
+  would delete the final one too."""
+  for name, value in fields.items():
+    low = 0 if name == "eval_every_steps" else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise InputError(f"{name}: expected a whole number ≥ {low}, got {value!r}"
+                       + ("; keeping no checkpoint would delete the final one" if name == "checkpoint.keep" else ""))
+
 
 @dataclasses.dataclass
 class Outcome:
@@ -69,7 +89,7 @@ class Outcome:
 def train(workdir: str | Path, state: TrainState, train_step, batches: Callable[[int], Iterator[dict]],
           cadence: Cadence, evaluate: Callable[[object, bool], dict], *, batch_size: int, meta: dict | None = None,
           start: Callable[[TrainState], TrainState] | None = None,
-          throughput: Callable[[float], dict] | None = None) -> Outcome:
+          throughput: Callable[[float], dict] | None = None, started: Callable[[], None] | None = None) -> Outcome:
   """Runs `train_step(state, batch)` from the resumed step to cadence.total_steps.
 
   batches(step): the global batches from `step` on (a batch is a pure function of its step, so
@@ -77,7 +97,8 @@ def train(workdir: str | Path, state: TrainState, train_step, batches: Callable[
   True at the last step (the job writes its predictions then). start(state): the state of a run
   that has no checkpoint yet. throughput(steps_per_second): extra metrics for each log step
   (examples/s, MFU), from the steady state after the compiling step. meta: JSON saved with each
-  checkpoint (the step is added).
+  checkpoint (the step is added). started(): called once the state is restored or started (the
+  job records the run's settings then: flaxbert.training.run_record).
   """
   workdir = Path(workdir)
   mngr = checkpoint.manager(workdir, every_steps=cadence.checkpoint_every_steps, keep=cadence.keep_checkpoints)
@@ -88,15 +109,16 @@ def train(workdir: str | Path, state: TrainState, train_step, batches: Callable[
       state = state.replace(params=found[1], **found[2])
     elif start is not None:
       state = start(state)
+    if started is not None:
+      started()
     return _run(workdir, mngr, state, train_step, batches, cadence, evaluate, batch_size, meta or {}, throughput)
   finally:
-    mngr.wait_until_finished()
-    mngr.close()
+    checkpoint.finish(mngr)
 
 
 def _run(workdir, mngr, state, train_step, batches, cadence, evaluate, batch_size, meta, throughput) -> Outcome:
   first = int(state.step)
-  writer = metrics.MetricWriter(workdir)
+  writer = metrics.MetricWriter(workdir, resumed_step=first)
   progress = metrics.ProgressBar(cadence.total_steps, first, batch_size)
   acc, stop = metrics.MetricsAccumulator(), StopRequest()
   last, evals, stopped_by, t0, timed_from = {}, {}, None, None, first
@@ -121,6 +143,10 @@ def _run(workdir, mngr, state, train_step, batches, cadence, evaluate, batch_siz
         writer.write_scalars(done, last)
         progress.update(done, last)
         acc = metrics.MetricsAccumulator()
+      epoch_end = cadence.epoch_steps > 0 and done % cadence.epoch_steps == 0
+      if done % cadence.checkpoint_every_steps == 0 or epoch_end or final:
+        metrics.check_finite({"loss": float(step_metrics["loss"])}, done)  # never save a diverged state
+        checkpoint.save(mngr, done, state.params, state.train_items(), dict(meta, step=done), force=epoch_end or final)
       if stopped_by is None and (done == cadence.total_steps
                                  or (cadence.eval_every_steps and done % cadence.eval_every_steps == 0)):
         evals = evaluate(state.params, done == cadence.total_steps)
@@ -128,10 +154,6 @@ def _run(workdir, mngr, state, train_step, batches, cadence, evaluate, batch_siz
           scalars = {f"eval_{k}": v for k, v in evals.items()}
           writer.write_scalars(done, scalars)
           progress.note(done, scalars)
-      epoch_end = cadence.epoch_steps > 0 and done % cadence.epoch_steps == 0
-      if done % cadence.checkpoint_every_steps == 0 or epoch_end or final:
-        metrics.check_finite({"loss": float(step_metrics["loss"])}, done)  # never save a diverged state
-        checkpoint.save(mngr, done, state.params, state.train_items(), dict(meta, step=done), force=epoch_end or final)
       if stopped_by is not None:
         log.warning("%s received: saved step %d; rerun the same command to resume", stopped_by, done)
         break

@@ -32,6 +32,8 @@ from typing import Any, Callable, Mapping, TextIO
 import jax
 import numpy as np
 
+from flaxbert import atomic
+
 # --- sums and denominators -----------------------------------------------------------------------
 
 _COUNT, _SUM, _CORRECT = "_count", "_sum", "_correct"
@@ -145,8 +147,10 @@ class MetricWriter:
 
   Only process 0 writes; elsewhere every method is a no-op. Both files are written synchronously
   (a few scalars per log step) and flushed at every write, so what a step logged is on disk when
-  `write_scalars` returns. The JSONL file is appended to: a resumed run continues it (steps replayed
-  after a crash appear twice; the later row wins); each writer starts a new event file, which
+  `write_scalars` returns. The JSONL file is appended to: a resumed run (`resumed_step`) first drops
+  the records past the step it resumed from (logged after its last checkpoint, and about to be
+  logged again), so each step appears once; a half-written last line (a kill mid-write) is
+  dropped too. Each writer starts a new event file, which
   TensorBoard reads together. Events are encoded with tensorboardX's synchronous `EventsWriter`:
   TF 2.21's `tf.summary` needs the tensorboard package, which TF no longer installs, and
   tensorboardX's `SummaryWriter` queues events to a thread that its `flush()` does not wait for.
@@ -154,7 +158,7 @@ class MetricWriter:
 
   _files = itertools.count()  # distinct event file names within a process
 
-  def __init__(self, directory: str | Path):
+  def __init__(self, directory: str | Path, resumed_step: int | None = None):
     self.directory = Path(directory)
     self.active = jax.process_index() == 0
     self._events = self._jsonl = None
@@ -162,6 +166,8 @@ class MetricWriter:
       from tensorboardX.event_file_writer import EventsWriter  # pylint: disable=import-outside-toplevel
       self.directory.mkdir(parents=True, exist_ok=True)
       self._events = EventsWriter(str(self.directory / "events"), f".{os.getpid()}.{next(self._files)}")
+      if resumed_step is not None:
+        _drop_records_after(self.directory / "metrics.jsonl", resumed_step)
       # Kept open for the writer's life (closed by close()).
       self._jsonl = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")  # pylint: disable=R1732
 
@@ -193,6 +199,23 @@ class MetricWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+  """Rewrites metrics.jsonl (atomically) without the records past `step` and any partial line."""
+  if not path.is_file():
+    return
+  lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line) if line.endswith("\n") else None
+    except ValueError:
+      record = None
+    if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+      kept.append(line)
+  if len(kept) != len(lines):
+    atomic.write_text(path, "".join(kept))
 
 
 # --- console -----------------------------------------------------------------------------------

@@ -86,9 +86,16 @@ class Task:
     raise NotImplementedError
 
   def eval_sets(self) -> list[tuple[str, list]]:
-    """(name, examples) of each comma-separated eval_path; the first file's scores are unprefixed."""
-    return [(self.eval_name(p), self.read(p, False, "eval_path"))
-            for p in (self.config.eval_path or "").split(",") if p]
+    """(name, examples) of each comma-separated eval_path; the first file's scores are unprefixed.
+    A file that holds no example is an error here, before any training: its scores would not exist."""
+    sets = []
+    for path in (self.config.eval_path or "").split(","):
+      if path:
+        examples = self.read(path, False, "eval_path")
+        if not len(examples):
+          raise InputError(f"eval_path {path}: holds no examples; expected at least one to evaluate on")
+        sets.append((self.eval_name(path), examples))
+    return sets
 
   def eval_name(self, path: str) -> str:
     return Path(path).stem
