@@ -13,6 +13,7 @@ the old or the new folder, whole, once either looks.
 """
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -158,6 +159,7 @@ def atomic_directory(directory: str | os.PathLike, overwrite: bool, inputs: Sequ
   try:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-{os.getpid()}-", dir=directory.parent))
+    tmp.chmod(0o777 & ~umask())  # mkdtemp's 0700 → a new folder's usual mode
     yield tmp
     _swap(tmp, directory)
   except OSError as e:
@@ -195,7 +197,10 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
   for partial, _ in _leftovers(path, "partial"):  # a killed writer's temporary file
     partial.unlink(missing_ok=True)
   fd, name = tempfile.mkstemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent)
-  os.close(fd)
+  try:  # mkstemp's 0600 → the mode the file has, or a new file's (0666 less the umask)
+    os.fchmod(fd, path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~umask())
+  finally:
+    os.close(fd)
   tmp = Path(name)
   try:
     yield tmp
@@ -203,6 +208,14 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
   finally:
     if tmp.exists():
       tmp.unlink()
+
+
+@functools.cache
+def umask() -> int:
+  """The process's umask (read once: reading it means setting it)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -20,7 +20,7 @@ import pytest
 
 from corpus_fixtures import prepare_tiny, tiny_pretrain_config
 from finetune_fixtures import tiny_finetune_config, write_pretrained, write_squad, write_sst2
-from flaxbert import cli
+from flaxbert import atomic, cli
 from flaxbert.errors import InputError
 from flaxbert.finetune import job as finetune_job
 from flaxbert.interop.pretrained import load
@@ -186,6 +186,9 @@ def killed_while_writing_the_model_config(c: Case, caplog, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     model_config.write_json(path, {"half": "written"})
   assert path.read_bytes() == before and not [p for p in c.run.iterdir() if ".partial-" in p.name]
+  # Written through temporary files, yet with a new file's usual mode (not mkstemp's 0600).
+  for name in ("flaxbert_config.json", "run_config.json", "vocab.txt", "summary.json"):
+    assert (c.run / name).stat().st_mode & 0o777 == 0o666 & ~atomic.umask(), name
 
 
 def squad_with_an_empty_eval_file(c: Case, caplog):

@@ -161,7 +161,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_size("global_batch_size", config.global_batch_size, mesh, config.optim.grad_accum_steps)
   source = init_from.locate(config.init_from, config.init_mode, workdir)  # before anything is written
-  schedule = optim.resolve(config.optim, config.num_train_steps).to_dict()
+  schedule = optim.resolve(config.optim, config.num_train_steps)
+  optim.check_config(schedule)  # before the workdir exists: a refused run writes nothing
+  schedule = schedule.to_dict()
   with workdir_lock.hold(workdir):
     record = run_record.check(workdir, config, checkpoint.has_steps(workdir), resolved={"optim": schedule})
     return _train(config, workdir, mesh, source, record)

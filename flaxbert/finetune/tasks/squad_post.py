@@ -14,12 +14,12 @@ import math
 import os
 import re
 import string
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from flaxbert import atomic
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks.squad import QAExample, QAFeatures, squad_version, word_starts
 from flaxbert.text.wordpiece_rules import basic_tokenize
@@ -317,18 +317,5 @@ def _find_best_thresh(preds: Mapping[str, str], scores: Mapping[str, float], na_
 
 def write_predictions_json(path: str | os.PathLike, predictions: Mapping[str, Any]) -> Path:
   """Writes {qid: answer_text} (the official predictions.json; also fits n-best or null odds) so
-  that `path` is either its old self or the complete new file: a temporary sibling, then rename."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(json.dumps(dict(predictions), indent=4) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
+  that `path` is either its old self or the complete new file (flaxbert.atomic.write_text)."""
+  return atomic.write_text(path, json.dumps(dict(predictions), indent=4) + "\n")
