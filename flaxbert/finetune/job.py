@@ -233,6 +233,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=Non
   out = workdir_lib.evaluation_dir(workdir, sets[0][0], config.eval_path)
   results = task.evaluate(session, params, task.prepare_evals(session, sets), out)
   workdir_lib.write_json(out / workdir_lib.RESULTS_FILE, results)
+  log.info("scores and predictions of %s in %s", config.eval_path, out)
   return results
 
 
