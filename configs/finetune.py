@@ -50,6 +50,9 @@ def get_config(arg: str = "glue_sst2") -> ml_collections.ConfigDict:
   c.eval_batch_size = 64  # evaluation/prediction batch; the last one is padded and masked
   c.num_epochs = 3.0  # passes over the training set (paper: 2–4); fractions allowed
   c.seed = 0  # head init, data order and dropout derive from it
+  # Multi-process launches (JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID, Slurm, Cloud
+  # TPU) join with jax.distributed.initialize; false: stay one process whatever the environment says.
+  c.distributed = True
   c.rng_impl = "threefry2x32"  # dropout's PRNG: threefry2x32 (mesh-invariant) | rbg | unsafe_rbg (cheaper)
   c.optim = common.optim(learning_rate=2e-5, warmup_proportion=0.1)  # schedule length: the run's steps
   c.mesh = common.mesh()

@@ -36,6 +36,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.max_examples_per_row = 1  # dynamic masking without NSP: pack up to this many sequences into each
   #   max_seq_length row, each attending only to itself (flaxbert.training.packing; fewer padded tokens); 1: no packing
   c.seed = 0  # parameter init, data order, dropout and dynamic masks all derive from it
+  # Multi-process launches (JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID, Slurm, Cloud
+  # TPU) join with jax.distributed.initialize; false: stay one process whatever the environment says.
+  c.distributed = True
   # Dropout's PRNG (flaxbert.training.state.RNG_IMPLS): threefry2x32 gives the same masks on any device
   # count (1-vs-8-device equality, resume on another mesh); rbg | unsafe_rbg draw masks with XLA's
   # RngBitGenerator, cheaper (bench/compare_train_step.py --rng_impl) but mesh-dependent.

@@ -225,3 +225,21 @@ def test_packed_pretraining_loss_equals_the_unpacked_one(unpaired_dir):
   assert totals[0]["mlm_count"] == totals[1]["mlm_count"] > 0
   assert totals[0]["mlm_correct"] == totals[1]["mlm_correct"]
   np.testing.assert_allclose(totals[1]["mlm_loss_sum"], totals[0]["mlm_loss_sum"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
+def test_the_keyed_order_is_a_permutation_of_every_size(n):
+  from flaxbert.pretrain.order import epoch_rows  # pylint: disable=import-outside-toplevel
+  rows = epoch_rows(np.arange(n), n, seed=3, epoch=1)
+  assert np.array_equal(np.sort(rows), np.arange(n))
+  assert np.array_equal(epoch_rows(np.arange(n)[::-1], n, 3, 1), rows[::-1])  # any positions, one by one
+
+
+def test_the_keyed_order_shuffles_and_changes_every_epoch():
+  from flaxbert.pretrain.order import epoch_rows  # pylint: disable=import-outside-toplevel
+  n = 10_000
+  a, b = epoch_rows(np.arange(n), n, 0, 0), epoch_rows(np.arange(n), n, 0, 1)
+  assert abs(np.corrcoef(np.arange(n), a)[0, 1]) < 0.05 and (a == b).mean() < 0.01
+  assert not np.array_equal(a, epoch_rows(np.arange(n), n, 1, 0))  # the seed matters
+  far = epoch_rows(np.arange(256_000_000, 256_000_256), 10 ** 9, 0, 0)  # step 10^6 of 10^9 rows, no epoch drawn
+  assert len(set(far.tolist())) == 256 and far.min() >= 0 and far.max() < 10 ** 9

@@ -19,6 +19,7 @@ from data_prep.builder import prepare
 from flaxbert.errors import InputError
 from flaxbert.pretrain.job import train_and_evaluate
 from flaxbert.training import checkpoint
+from flaxbert.training.sharding import FSDP
 from flaxbert.training.loop import StopRequest
 from flaxbert.training.state import threefry_kernels
 
@@ -120,6 +121,46 @@ def test_checkpoints_move_between_eight_devices_and_one(dataset, tmp_path):
   for other in (run, back):
     for x, y in zip(jax.tree_util.tree_leaves(final_params(other)), jax.tree_util.tree_leaves(final_params(reference))):
       np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+ONE_DEVICE_SIDE = """
+import json, sys
+import numpy as np
+from corpus_fixtures import tiny_pretrain_config
+from flaxbert.interop.pretrained import convert, load
+from flaxbert.models import weights
+from flaxbert.pretrain.job import train_and_evaluate
+import jax
+assert jax.device_count() == 1
+eight, out, dataset, one = sys.argv[1:]
+loaded = load(eight)  # saved FSDP-sharded over 8 devices, read on 1
+np.savez(out + ".npz", **weights.flat(loaded.params))
+convert(eight, out, "hf")
+train_and_evaluate(tiny_pretrain_config(dataset, num_train_steps=3), one)  # saved on 1 device
+"""
+
+
+def test_any_checkpoint_exports_on_any_device_count(dataset, tmp_path):
+  """8 → 1 and 1 → 8 in separate processes: load, convert and init read a workdir saved on another topology."""
+  from flaxbert.interop.pretrained import convert, load  # pylint: disable=import-outside-toplevel
+  from flaxbert.models import weights  # pylint: disable=import-outside-toplevel
+  eight, one = tmp_path / "eight", tmp_path / "one"
+  train_and_evaluate(tiny_config(dataset, num_train_steps=3, **{"mesh.fsdp": 8, "mesh.data": 1,
+                                                                  "mesh.sharding_rules": FSDP}), eight)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent),
+                                                              str(Path(__file__).parent.parent)]))
+  subprocess.run([sys.executable, "-c", ONE_DEVICE_SIDE, str(eight), str(tmp_path / "hf"), str(dataset), str(one)],
+                 env=env, check=True, timeout=600, capture_output=True)
+  here = weights.flat(load(eight).params)
+  there = np.load(tmp_path / "hf.npz")
+  assert set(here) == set(there.files) and all(np.array_equal(np.asarray(here[k]), there[k]) for k in here)
+  assert (tmp_path / "hf" / "model.safetensors").is_file()
+  assert load(one).step == 3 and jax.device_count() == 8  # 1 → 8
+  convert(one, tmp_path / "from_one", "hf")
+  summary = train_and_evaluate(tiny_config(dataset, num_train_steps=1, init_from=str(one),
+                                                  **{"optim.warmup_steps": 0}), tmp_path / "init")
+  assert summary["step"] == 1
 
 
 def test_corrupt_latest_checkpoint_falls_back_without_deleting(dataset, tmp_path, caplog):

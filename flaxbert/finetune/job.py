@@ -69,7 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, d
   workdir_lib.check_task(workdir, config.task)
   task = get_task(config)
   task.check_config()
-  sharding.initialize_distributed()  # before anything asks jax for its devices
+  sharding.initialize_distributed(config.distributed)  # before anything asks jax for its devices
   mesh, rules = _mesh(config, devices)
   _check_run(config, mesh)
   if not task.needs_training():
@@ -164,7 +164,7 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   flaxbert.interop.task_models). config: the command's (evaluate, predict), which must be for the
   task the model was trained for; None: the workdir's own record (generate, convert)."""
   workdir = Path(workdir)
-  sharding.initialize_distributed()
+  sharding.initialize_distributed(True if config is None else config.distributed)
   head = None if (workdir / workdir_lib.TASK_FILE).is_file() else task_models.head_of(workdir)
   if head is not None:
     return _restore_transformers(workdir, head, config, devices)

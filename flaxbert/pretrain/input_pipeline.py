@@ -3,7 +3,8 @@
 The dataset is read by random access (`tfds` array_record data source), so the batch at a
 step is a pure function of (seed, step):
 
-  epoch e = step // steps_per_epoch; the epoch's order is a permutation drawn from (seed, e);
+  epoch e = step // steps_per_epoch; the epoch's order is a permutation keyed by (seed, e),
+  evaluated only at the batch's positions (flaxbert.pretrain.order: O(batch) per step);
   global batch `step` is the next `global_batch_size` indices of that order (the remainder of
   an epoch is dropped); process p of P takes rows [p·B/P, (p+1)·B/P) of it.
 
@@ -36,6 +37,7 @@ import numpy as np
 from data_prep.format import FEATURES, LENGTHS_FILE, check_shards, corrupt_shard, open_dataset
 from data_prep.masking import mask_tokens, num_to_predict
 from flaxbert.errors import InputError
+from flaxbert.pretrain import order
 from flaxbert.text.tokenization import load_tokenizer
 from flaxbert.training import packing
 
@@ -134,9 +136,9 @@ class PretrainingData:
       raise InputError(f"split has {self.num_rows} examples{packed}, fewer than one global batch "
                        f"({self.global_batch_size})")
     epoch, position = divmod(step, self.steps_per_epoch)
-    order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
     start = position * self.global_batch_size + self.process_index * self.local_batch_size
-    return epoch, order[start:start + self.local_batch_size]
+    positions = np.arange(start, start + self.local_batch_size)
+    return epoch, order.epoch_rows(positions, self.num_rows, self.seed, epoch)  # O(batch), not O(epoch)
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's rows of global batch `step`."""

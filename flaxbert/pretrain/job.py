@@ -151,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   workdir's checkpoints were trained with (flaxbert.training.run_record).
   """
   workdir = Path(workdir)
-  sharding.initialize_distributed()  # before anything asks jax (or Orbax) for its processes
+  sharding.initialize_distributed(config.distributed)  # before anything asks jax (or Orbax) for its processes
   if not config.dataset_dir:
     raise InputError("dataset_dir: required (a folder written by `flaxbert prepare`)")
   if not (isinstance(config.num_train_steps, int) and config.num_train_steps >= 1):

@@ -82,9 +82,13 @@ def finish(mngr: ocp.CheckpointManager) -> None:
 
 
 def _abstract(tree):
-  """Targets for restoring into the given arrays' shapes, dtypes and shardings."""
+  """Targets for restoring into the given arrays' shapes, dtypes and shardings; a leaf without a
+  sharding (numpy, a plain ShapeDtypeStruct, a saved array's metadata) is read whole onto this
+  process's first device, whatever mesh and number of processes saved it (Orbax otherwise
+  restores the saved layout, which exists only on the saving topology)."""
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or local), tree)
 
 
 def _layout_mismatch(saved, target) -> str | None:
@@ -106,8 +110,9 @@ def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
   """(step, params, train, meta) of the newest checkpoint that restores; None when there is none.
 
   Targets are trees of arrays or jax.ShapeDtypeStruct (with shardings) giving the layout wanted;
-  train_target None restores params (and meta) only; params_target None restores the params as
-  saved (numpy, no sharding). Steps that fail their integrity check or cannot be read are logged
+  train_target None restores params (and meta) only; params_target None restores the params in
+  their saved shapes and dtypes. Targets without shardings are read onto this process's first
+  device, so any checkpoint restores on any topology. Steps that fail their integrity check or cannot be read are logged
   and skipped (and appended to `corrupt`); steps of another layout are logged and skipped.
   """
   for step in sorted(mngr.all_steps(), reverse=True):
@@ -128,7 +133,8 @@ def restore_latest(mngr: ocp.CheckpointManager, params_target, train_target=None
         problem = None if target is None else _layout_mismatch(saved[name], target)
         if problem:
           raise _LayoutMismatch(f"{name} does not match this run's layout: {problem}")
-      items = dict(params=ocp.args.StandardRestore(None if params_target is None else _abstract(params_target)),
+      items = dict(params=ocp.args.StandardRestore(_abstract(saved["params"] if params_target is None
+                                                             else params_target)),
                    meta=ocp.args.JsonRestore())
       if train_target is not None:
         items["train"] = ocp.args.StandardRestore(_abstract(train_target))

@@ -31,7 +31,7 @@ RUN_CONFIG = "run_config.json"
 # Flattened keys (and key prefixes, ending in ".") that do not change what a step computes.
 FREE_FIELDS = ("num_train_steps", "log_every_steps", "eval_every_steps", "eval_every_epoch", "eval_max_batches",
                       "eval_batch_size", "eval_path", "checkpoint.", "mesh.", "model.remat_policy",
-                      "profile", "recipe")
+                      "profile", "recipe", "distributed")
 # Flattened keys holding local paths: compared as absolute paths (the same folder named two ways).
 _PATH_SUFFIXES = ("_dir", "_path", "init", "init_from")
 

@@ -7,8 +7,9 @@ to mesh axes. Changing the rules, not the model, switches between
                              state are split across the fsdp axis, gathered per layer by XLA;
   tensor parallel            rules map "heads", "mlp", "vocab" to "model".
 Multi-host: `initialize_distributed()` calls `jax.distributed.initialize()` when launched with
-more than one process (TPU pod slices configure themselves; GPU clusters read the coordinator
-from the environment), and every process then feeds its slice of the global batch.
+more than one process (explicit JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or
+what jax detects itself: Slurm, Open MPI, Cloud TPU), and every process then feeds its slice of
+the global batch.
 """
 import os
 from typing import Sequence
@@ -33,13 +34,48 @@ TENSOR_PARALLEL = (("batch", BATCH_AXES), ("heads", "model"), ("mlp", "model"), 
 PRESETS = {"data_parallel": DATA_PARALLEL, "fsdp": FSDP, "tensor_parallel": TENSOR_PARALLEL}
 
 
-def initialize_distributed() -> None:
-  """jax.distributed.initialize() for multi-process launches (no-op for a single process)."""
-  launched = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS",
-                                           "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
-                                           "MEGASCALE_COORDINATOR_ADDRESS"))
-  if launched and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+# Launches jax's own cluster detection handles (jax.distributed.initialize() with no arguments).
+_DETECTED = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+_EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def distributed_arguments(environ=os.environ) -> dict | None:
+  """The jax.distributed.initialize keyword arguments a launch's environment asks for: {} for
+  jax's own detection (Slurm, Open MPI, Cloud TPU), the explicit three for JAX_COORDINATOR_ADDRESS
+  + JAX_NUM_PROCESSES + JAX_PROCESS_ID (jax itself reads only the address), None for a single
+  process. A partial or inconsistent set is an InputError naming the variables."""
+  given = {k: environ[k] for k in _EXPLICIT if environ.get(k, "") != ""}
+  if given:
+    missing = [k for k in _EXPLICIT if k not in given]
+    if missing:
+      raise InputError(f"{', '.join(missing)}: required with {', '.join(given)} (a multi-process launch "
+                       f"names the coordinator host:port, the number of processes and this process's id)")
+    try:
+      count, index = int(given["JAX_NUM_PROCESSES"]), int(given["JAX_PROCESS_ID"])
+    except ValueError:
+      raise InputError(f"JAX_NUM_PROCESSES={given['JAX_NUM_PROCESSES']!r}, JAX_PROCESS_ID={given['JAX_PROCESS_ID']!r}: "
+                       "expected integers") from None
+    if count < 1 or not 0 <= index < count:
+      raise InputError(f"JAX_PROCESS_ID={index}: expected 0 ≤ id < JAX_NUM_PROCESSES={count}")
+    if ":" not in given["JAX_COORDINATOR_ADDRESS"]:
+      raise InputError(f"JAX_COORDINATOR_ADDRESS={given['JAX_COORDINATOR_ADDRESS']!r}: expected host:port")
+    return {"coordinator_address": given["JAX_COORDINATOR_ADDRESS"], "num_processes": count, "process_id": index}
+  if environ.get("SLURM_NTASKS") == "1" and not any(environ.get(k) for k in _DETECTED[1:]):
+    return None  # a one-task Slurm job is one process
+  if any(environ.get(k) for k in _DETECTED):
+    return {}
+  return None
+
+
+def initialize_distributed(enabled: bool = True) -> None:
+  """jax.distributed.initialize(...) for multi-process launches (distributed_arguments); a no-op
+  for a single process, when already initialised, or when `enabled` is False
+  (`--config.distributed=false`: stay one process whatever the environment says)."""
+  if not isinstance(enabled, bool):
+    raise InputError(f"distributed: expected true or false, got {enabled!r}")
+  arguments = distributed_arguments() if enabled else None
+  if arguments is not None and not jax.distributed.is_initialized():
+    jax.distributed.initialize(**arguments)
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
