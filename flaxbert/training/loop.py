@@ -16,7 +16,9 @@ evaluation, the cadence, and optional throughput metrics. On the way:
          loop returns without evaluating (the command then exits 128 + the signal's number, so
          that a scheduler requeues it); rerunning the same command resumes exactly, since a
          batch is a function of (seed, step) and the dropout masks of (seed, step). metrics.jsonl
-         records past the resumed step (logged after the last checkpoint) are dropped.
+         records past the resumed step (logged after the last checkpoint) are dropped. With
+         several processes, a signal that reaches any of them stops all of them at the same
+         step, one step later (StopAgreement).
 
 A finished run, rerun, trains nothing and evaluates the state it restored.
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import jax
+import numpy as np
 
 from flaxbert.errors import InputError
 from flaxbert.training import checkpoint, metrics
@@ -49,6 +52,38 @@ class StopRequest:
   def restore(self):
     for s, handler in self._previous.items():
       signal.signal(s, handler)
+
+
+class StopAgreement:
+  """Makes every process stop at the same step when a signal reaches only some of them (as on
+  real clusters, where a preemption notice reaches hosts at different moments).
+
+  Each step, every process contributes its own flag to an on-device max over all devices
+  (dispatched after the step, never waited for then); the result of the previous step's
+  agreement is read at the next step, by which time it is computed: all processes read the same
+  value at the same step, so they save the same step and exit together, one step after the
+  first signal. One process: its own flag, nothing to agree.
+  """
+
+  def __init__(self):
+    self.processes = jax.process_count()
+    if self.processes > 1:
+      mesh = jax.sharding.Mesh(np.array(jax.devices()), ("all",))
+      self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("all"))
+      self._max = jax.jit(jax.numpy.max, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+      self._pending = None
+
+  def __call__(self, local: str | None) -> str | None:
+    """The signal to stop on at this step: `local` for one process; else the agreed one (the
+    name of this process's signal, or SIGTERM for one seen only elsewhere), one step late."""
+    if self.processes == 1:
+      return local
+    flag = np.full((jax.local_device_count(),), 0 if local is None else 1, np.int32)
+    agreed, self._pending = self._pending, self._max(jax.make_array_from_process_local_data(
+        self._sharding, flag, (jax.device_count(),)))
+    if agreed is None or not int(agreed):
+      return None
+    return local or "SIGTERM"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +155,7 @@ def _run(workdir, mngr, state, train_step, batches, cadence, evaluate, batch_siz
   first = int(state.step)
   writer = metrics.MetricWriter(workdir, resumed_step=first)
   progress = metrics.ProgressBar(cadence.total_steps, first, batch_size)
-  acc, stop = metrics.MetricsAccumulator(), StopRequest()
+  acc, stop, agree = metrics.MetricsAccumulator(), StopRequest(), StopAgreement()
   last, evals, stopped_by, t0, timed_from = {}, {}, None, None, first
   try:
     stream = batches(first)
@@ -133,7 +168,7 @@ def _run(workdir, mngr, state, train_step, batches, cadence, evaluate, batch_siz
         jax.block_until_ready(step_metrics)
         t0, timed_from = time.perf_counter(), done
         progress.mark_compiled(done)
-      stopped_by = stop.signal  # read once: a signal arriving later is handled at the next step
+      stopped_by = agree(stop.signal)  # read once: a signal arriving later is handled at the next step
       final = done == cadence.total_steps or stopped_by is not None
       if done % cadence.log_every_steps == 0 or final:
         last = acc.summary()
