@@ -87,8 +87,12 @@ def _abstract(tree):
   process's first device, whatever mesh and number of processes saved it (Orbax otherwise
   restores the saved layout, which exists only on the saving topology)."""
   local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or local), tree)
+
+  def target(x):
+    sharding = getattr(x, "sharding", None)  # a saved array's metadata has a description, not a Sharding
+    return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                sharding=sharding if isinstance(sharding, jax.sharding.Sharding) else local)
+  return jax.tree_util.tree_map(target, tree)
 
 
 def _layout_mismatch(saved, target) -> str | None:
