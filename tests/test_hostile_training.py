@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 from typing import Callable
 
+import jax
 import numpy as np
 import pytest
 
@@ -79,7 +80,7 @@ def bit_flips_in_newest_params(c: Case, caplog):
   c.flip_bytes("params")
   loaded = load(c.run)  # what from_pretrained / convert / init read
   assert loaded.step == 3 and "failed its integrity check" in caplog.text
-  assert all(np.isfinite(np.asarray(v)).all() for v in jax_leaves(loaded.params))
+  assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree_util.tree_leaves(loaded.params))
 
 
 def bit_flips_in_newest_optimizer_state(c: Case, caplog):
@@ -210,11 +211,6 @@ def evaluate_two_files_with_one_name(c: Case, caplog):
     finetune_job.evaluate(tiny_finetune_config("glue_sst2", bert, train, dev), work)
   sources = sorted(json.loads(p.read_text())["eval_path"] for p in (work / "evaluations").glob("*/source.json"))
   assert sources == [[str(first)], [str(second)]]  # two folders, each naming its file
-
-
-def jax_leaves(tree):
-  import jax  # pylint: disable=import-outside-toplevel
-  return jax.tree_util.tree_leaves(tree)
 
 
 def flags(c: Case) -> list[str]:

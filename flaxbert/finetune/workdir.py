@@ -57,11 +57,19 @@ def evaluation_dir(workdir: Path, name: str, source: str) -> Path:
   (a hash of its absolute path), so two evaluations never share a folder."""
   paths = [os.path.abspath(p) for p in source.split(",") if p]
   directory = workdir / EVALUATIONS / name
-  recorded = directory / SOURCE_FILE
-  if recorded.is_file() and json.loads(recorded.read_text(encoding="utf-8")).get("eval_path") != paths:
+  if directory.is_dir() and _recorded_source(directory) != paths:
     directory = directory.with_name(f"{name}-{hashlib.sha1(','.join(paths).encode()).hexdigest()[:8]}")
   write_json(directory / SOURCE_FILE, {"eval_path": paths})
   return directory
+
+
+def _recorded_source(directory: Path) -> list | None:
+  """The eval_path an evaluation folder records; None when it records none readable."""
+  try:
+    value = json.loads((directory / SOURCE_FILE).read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    return None
+  return value.get("eval_path") if isinstance(value, dict) else None
 
 
 def check_new_or_finetune(workdir: Path) -> None:

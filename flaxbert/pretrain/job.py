@@ -161,15 +161,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_size("global_batch_size", config.global_batch_size, mesh, config.optim.grad_accum_steps)
   source = init_from.locate(config.init_from, config.init_mode, workdir)  # before anything is written
-  schedule = optim.resolve(config.optim, config.num_train_steps)
-  optim.check_config(schedule)  # before the workdir exists: a refused run writes nothing
-  schedule = schedule.to_dict()
+  opt_config = optim.resolve(config.optim, config.num_train_steps)
+  optim.check_config(opt_config)  # before the workdir exists: a refused run writes nothing
   with workdir_lock.hold(workdir):
-    record = run_record.check(workdir, config, checkpoint.has_steps(workdir), resolved={"optim": schedule})
-    return _train(config, workdir, mesh, source, record)
+    record = run_record.check(workdir, config, checkpoint.has_steps(workdir), resolved={"optim": opt_config.to_dict()})
+    return _train(config, opt_config, workdir, mesh, source, record)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path, mesh, source, record) -> dict:
+def _train(config: ml_collections.ConfigDict, opt_config: ml_collections.ConfigDict, workdir: Path, mesh, source,
+           record) -> dict:
   remat = check_remat_policy(config.model.remat_policy, "model.remat_policy")
   rules = sharding.rules_from_config(config.mesh.sharding_rules)
   masking = DynamicMasking(config.masked_lm_prob, config.max_predictions_per_seq, config.whole_word_mask)
@@ -179,7 +179,6 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, mesh, source, recor
                      for split in ("train", "validation"))
   nsp = bool(data.builder.info.metadata["settings"]["random_next_sentence"])
   accum = config.optim.grad_accum_steps
-  opt_config = optim.resolve(config.optim, config.num_train_steps)
   tx, schedule = optim.build_optimizer(opt_config), optim.learning_rate_schedule(opt_config)
   if source is not None and source.kind == "model":  # the checkpoint's architecture, this run's dropout and dtype
     m = config.model
