@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,demo,beam,tfds_cli]"
+	$(PY) -m pip install -q -e ".[test,demo,beam,gcs,tfds_cli]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

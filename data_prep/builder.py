@@ -8,13 +8,14 @@ A build has two stages. (1) `corpus.split_documents` streams the text into chunk
 `chunk_chars` characters. (2) Each chunk is tokenized, and every dupe pass over it becomes one
 shard: `instances.create_instances` (static masking) or `create_pairs` (dynamic masking), seeded
 by (seed, chunk, pass). Stage 2 runs in worker processes that encode tf.train.Examples with
-`example_codec` and write array_record shards directly; under a Beam runner (`DownloadConfig(beam_runner=…)`, the
-`beam` extra) the same shard generators run through TFDS's Beam writer instead, on as many
-machines as the runner has. TFDS writes into an `incomplete.*` folder and renames it when done,
-and `prepare` adds a second such step for the output folder, so an interrupted build never
-leaves a dataset that loads as complete. The vocabulary is saved inside the dataset, and (when
-stage 2 runs here, not under Beam) each split's example lengths (`LENGTHS_FILE`), from which
-packing plans its rows without reading the examples.
+`example_codec` and write array_record shards directly; given a Beam runner or options (the `beam`
+extra: `beam_runner`, `beam_options`, or `tfds build --beam_pipeline_options`) the same work units
+run as an Apache Beam pipeline instead (data_prep/beam.py), on as many machines as the runner has,
+with the same shards and metadata. TFDS writes into an `incomplete.*` folder and renames it when
+done, and `prepare` adds a second such step for the output folder, so an interrupted build never
+leaves a dataset that loads as complete. The vocabulary is saved inside the dataset, and each
+split's example lengths (`LENGTHS_FILE`), from which packing plans its rows without reading the
+examples.
 """
 import dataclasses
 import errno
@@ -24,7 +25,6 @@ import logging
 import multiprocessing
 import os
 import resource
-import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,12 +35,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 
-from data_prep import corpus as corpus_lib, sources, vocab
+from data_prep import beam as beam_lib, corpus as corpus_lib, sources, vocab
 from data_prep.example_codec import ExampleEncoder
 from data_prep.format import LENGTHS_FILE, feature_kinds, is_prepared
 from data_prep.instances import Corpus, InstanceConfig, create_instances, create_pairs
 from data_prep.settings import prepare_settings
-from flaxbert.atomic import atomic_directory
+from flaxbert import storage
+from flaxbert.atomic import atomic_directory, within
 from flaxbert.errors import InputError
 from flaxbert.text.tokenization import load_tokenizer
 
@@ -76,12 +77,6 @@ class _Chunk:
       out = create_instances(corpus, config, mask_id=tok.mask_id, continuation=table, **ids)
     return {k: getattr(out, k) for k in kinds}
 
-  def examples(self, dupe_pass: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """For TFDS's Beam path: one shard's examples (the chunk is tokenized again per pass)."""
-    arrays = self.arrays(self.corpus(), dupe_pass)
-    for i in range(len(arrays["input_ids"])):
-      yield f"{self.index}-{dupe_pass}-{i}", {k: v[i] for k, v in arrays.items()}
-
 
 @functools.lru_cache(maxsize=2)
 def _tokenizer(vocab: str):
@@ -97,7 +92,7 @@ def _continuation_table(vocab: str) -> np.ndarray:
 
 def _write_chunk(job: tuple[_Chunk, list[str]]) -> dict:
   """Stage 2 in a worker: tokenize a chunk, then encode and write one shard per dupe pass (none
-  for a pass without examples: counts 0, and `_write_locally` leaves it out)."""
+  for a pass without examples: counts 0, and `_finish` leaves it out)."""
   chunk, paths = job
   encoder = ExampleEncoder(feature_kinds(chunk.masking))
   corpus = chunk.corpus()
@@ -240,39 +235,52 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
   # --- stage 2 ------------------------------------------------------------------------------
 
   def _shard_iterators_per_split(self, dl_manager):
-    """For TFDS's Beam path: one example generator per (chunk, dupe pass)."""
-    return {split: [functools.partial(chunk.examples, p) for chunk in chunks for p in chunk.passes]
-            for split, chunks in self._plan(dl_manager).items()}
+    """Required by ShardBasedBuilder, never called: `_download_and_prepare` writes the shards itself,
+    here or as a Beam pipeline of its own (data_prep/beam.py says why not TFDS's Beam writer)."""
+    raise NotImplementedError("BertPretraining writes its shards in _download_and_prepare")
 
   def _download_and_prepare(self, dl_manager, download_config=None):
+    """Stage 1, then stage 2 on this machine or, given a Beam runner or options, as a Beam pipeline:
+    the same work units writing the same shards, finished and recorded alike."""
+    beam = beam_lib.resolve(download_config.beam_runner, download_config.beam_options) if download_config else None
     self._work, self._tokens, self._peak_worker_rss_mb, self._lengths, self._empty_shards = None, None, None, {}, {}
+    self._beam = None
     try:
-      if download_config is not None and (download_config.beam_runner or download_config.beam_options):
-        super()._download_and_prepare(dl_manager, download_config)
+      plan = self._plan(dl_manager)
+      jobs = self._jobs(plan)
+      if beam is None:
+        results = self._write_locally(jobs)
       else:
-        self._write_locally(self._plan(dl_manager))
+        results, self._beam = beam_lib.run(beam, _write_chunk, jobs, self._work / "beam_results")
+      self._finish(plan, jobs, results)
       self._record_metadata()
     finally:
       if self._work is not None:
         shutil.rmtree(self._work, ignore_errors=True)
 
-  def _write_locally(self, plan: dict[str, list[_Chunk]]) -> None:
-    """Stage 2 on this machine: chunks in parallel worker processes, shards written directly; the
-    passes that give no example (too little text in their chunk) are left out, and a split with
-    none at all is an error that says why."""
-    jobs, infos = [], []
+  def _jobs(self, plan: dict[str, list[_Chunk]]) -> list[tuple[_Chunk, list[str]]]:
+    """The work units: each chunk with the shard paths of its passes, numbered through its split."""
+    jobs = []
     for split, chunks in plan.items():
       template = self._get_filename_template(split_name=split)
       total = sum(len(c.passes) for c in chunks)
       paths = iter(os.fspath(template.sharded_filepath(shard_index=i, num_shards=total)) for i in range(total))
       jobs.extend((chunk, [next(paths) for _ in chunk.passes]) for chunk in chunks)
+    return jobs
+
+  def _write_locally(self, jobs: list[tuple[_Chunk, list[str]]]) -> list[dict]:
+    """Stage 2 on this machine: chunks in parallel worker processes, shards written directly."""
     workers = min(self.settings.num_workers or os.cpu_count() or 1, len(jobs))
     if workers == 1:
-      results = [_write_chunk(j) for j in jobs]
-    else:
-      # forkserver: workers start clean (no inherited threads) and import only what they need.
-      with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-        results = pool.map(_write_chunk, jobs, chunksize=1)
+      return [_write_chunk(j) for j in jobs]
+    # forkserver: workers start clean (no inherited threads) and import only what they need.
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+      return pool.map(_write_chunk, jobs, chunksize=1)
+
+  def _finish(self, plan: dict[str, list[_Chunk]], jobs: list[tuple[_Chunk, list[str]]], results: list[dict]) -> None:
+    """The splits from the units' results: the passes that give no example (too little text in their
+    chunk) are left out, and a split with none at all is an error that says why."""
+    infos = []
     for split in plan:
       mine = [r for (chunk, _), r in zip(jobs, results) if chunk.split == split]
       counts = [n for r in mine for n in r["counts"]]
@@ -301,13 +309,14 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.to_dict().items()},
         "tokenizer": {"kind": tok.kind, "lower_case": tok.lower_case, "vocab_size": tok.vocab_size,
                       "pad_id": tok.pad_id, "cls_id": tok.cls_id, "sep_id": tok.sep_id, "mask_id": tok.mask_id},
-        "tokens": self._tokens,  # None under Beam, where shards are written by the runner
+        "tokens": self._tokens,
         "peak_worker_rss_mb": self._peak_worker_rss_mb,
         "sources": dataclasses.asdict(chunks.stats),
         "sources_summary": chunks.stats.summary(),
         "documents": chunks.documents,  # per split
-        "lengths_files": {split: LENGTHS_FILE.format(split=split) for split in self._lengths},  # {} under Beam
+        "lengths_files": {split: LENGTHS_FILE.format(split=split) for split in self._lengths},
         "empty_work_units": self._empty_shards,  # per split: passes without examples, left out
+        "beam": self._beam,  # None, or stage 2's Beam run: runner, work units and examples counted, workers
     })
 
 
@@ -340,31 +349,23 @@ def prepare(settings: ml_collections.ConfigDict) -> tuple[Path, dict]:
     raise InputError("output_dir: required (where the dataset is written)")
   if not settings.input and not settings.tfds_name:
     raise InputError("input: required (text files or folders), or tfds_name")
-  output = Path(settings.output_dir)
+  beam = beam_lib.resolve(settings.beam_runner, settings.beam_options, settings.output_dir)  # errors before any work
+  output = storage.path(settings.output_dir)
   inputs = [*(settings.input or ()), settings.vocab]
   for path in settings.input or ():  # a dataset there would be read as text by the next prepare of `path`
-    if Path(path).is_dir() and Path(path).resolve() in output.resolve().parents:
+    if storage.path(path).is_dir() and within(output, path) and storage.absolute(output) != storage.absolute(path):
       raise InputError(f"{output}: is inside the input folder {path}, whose files are all read as text; "
                        "choose an output folder outside the inputs")
-  with atomic_directory(output, settings.overwrite, inputs, is_prepared, "dataset written by `flaxbert prepare`") as tmp:
+  with atomic_directory(output, settings.overwrite, inputs, is_prepared, "dataset written by `flaxbert prepare`",
+                        complete=("dataset_info.json", "metadata.json")) as tmp:
     builder = BertPretraining(settings=settings, data_dir=tmp / "_build", file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=str(tmp), beam_options=_beam_options(settings.beam_options)))
+        manual_dir=str(tmp), beam_runner=beam and beam.name, beam_options=beam and beam.options))
     for item in Path(builder.data_dir).iterdir():
       item.rename(tmp / item.name)
     shutil.rmtree(tmp / "_build")
   metadata = json.loads((output / "metadata.json").read_text())
   return output, metadata
-
-
-def _beam_options(flags: str):
-  if not flags:
-    return None
-  try:
-    from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise InputError("beam_options is set but Apache Beam is not installed: pip install 'flaxbert[beam]'") from None
-  return PipelineOptions(shlex.split(flags))
 
 
 def _describe_source(tfds_name: str | None, inputs: list[str]) -> str:

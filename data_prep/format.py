@@ -13,6 +13,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from flaxbert import storage
 from flaxbert.atomic import recover
 from flaxbert.errors import InputError
 
@@ -47,7 +48,7 @@ def is_prepared(directory: Path) -> bool:
 def open_dataset(directory: str | os.PathLike) -> tfds.core.DatasetBuilder:
   """The prepared dataset, with a clear error when the folder is not (or not yet) one; a swap
   that a killed `prepare --overwrite` left half done is finished first (flaxbert.atomic.recover)."""
-  directory = Path(directory)
+  directory = storage.path(directory)
   recover(directory, partials=False)  # a writer's temporary folders are the next writer's to remove
   if not (directory / "dataset_info.json").is_file():
     raise InputError(f"{directory}: not a prepared dataset (no dataset_info.json); run `flaxbert prepare`")
@@ -78,7 +79,7 @@ def check_shards(builder: tfds.core.DatasetBuilder, split: str) -> None:
   info = builder.info.splits[split]
   for path, expected in zip(info.filepaths, info.shard_lengths):
     where = f"{path}: shard of the {split!r} split ({expected} examples in dataset_info.json)"
-    if not os.path.isfile(path):
+    if not storage.path(path).is_file():
       raise InputError(f"{where} is missing; the dataset is incomplete, {_RERUN}")
     try:
       reader = array_record_module.ArrayRecordReader(os.fspath(path), "readahead_buffer_size:0")

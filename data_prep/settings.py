@@ -43,10 +43,12 @@ def prepare_settings(variant: str = "original") -> ml_collections.ConfigDict:
   c.chunk_chars = 4_000_000  # characters of text per work unit (one train shard per unit and dupe pass); bounds memory
   c.num_workers = 0  # worker processes for instance creation; 0: one per CPU core
   c.overwrite = False  # replace an existing output_dir (only once the new one is complete)
-  # Apache Beam pipeline options (the `beam` extra); empty: worker processes on this machine.
-  # e.g. "--runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing".
-  # Beam workers read the chunk files that stage 1 writes beside output_dir: a distributed runner
-  # needs output_dir on a filesystem its workers share.
+  # Apache Beam (the `beam` extra) for stage 2; both empty: worker processes on this machine (num_workers).
+  # Beam workers read the chunk files that stage 1 writes beside output_dir and write the shards there:
+  # a distributed runner needs output_dir on a filesystem its workers share (docs/data.md).
+  c.beam_runner = ""  # e.g. "DirectRunner", "FlinkRunner", "DataflowRunner"; overrides a --runner in beam_options
+  # pipeline flags, e.g. "--direct_num_workers=2 --direct_running_mode=multi_processing"; a --runner
+  # here is used when beam_runner is empty, and without either the runner is DirectRunner
   c.beam_options = ""
 
   if variant == "dynamic":

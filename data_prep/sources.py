@@ -10,13 +10,15 @@ an error naming it; empty and binary files are skipped (binary: a NUL byte, or m
 characters, in the first 8 KB); undecodable bytes in text are replaced; over-long lines and
 sentences are cut at whitespace. Every file is read once, however many ways it is named (paths
 are compared by their real path), and a prepared dataset inside an input folder is skipped, not
-read as text. `SourceStats` carries the counts into the dataset.
+read as text. `SourceStats` carries the counts into the dataset. Inputs may be in an object store
+(gs://…, flaxbert.storage); there paths are compared as written.
 """
 import dataclasses
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.text.sentences import split_sentences
 
@@ -59,7 +61,7 @@ def list_files(paths: Iterable[str | os.PathLike], stats: SourceStats | None = N
   stats = SourceStats() if stats is None else stats
   paths = list(paths)
   files, seen = [], set()
-  for p in map(Path, paths):
+  for p in map(storage.path, paths):
     if p.is_dir():
       found = _folder_files(p, stats)
     elif p.is_file():
@@ -67,7 +69,7 @@ def list_files(paths: Iterable[str | os.PathLike], stats: SourceStats | None = N
     else:
       raise InputError(f"{p}: no such file or directory")
     for f in found:
-      real = os.path.realpath(f)
+      real = str(f) if storage.is_remote(f) else os.path.realpath(f)
       if real in seen:
         stats.duplicate_paths += 1
       else:
@@ -83,6 +85,8 @@ def list_files(paths: Iterable[str | os.PathLike], stats: SourceStats | None = N
 def _folder_files(folder: Path, stats: SourceStats) -> list[Path]:
   """The files below `folder`, sorted; hidden files and folders and prepared datasets left out."""
   from data_prep.format import is_prepared  # pylint: disable=import-outside-toplevel
+  if storage.is_remote(folder):
+    return _remote_folder_files(folder, stats)
   files = []
   for root, dirs, names in os.walk(folder):
     root = Path(root)
@@ -93,6 +97,20 @@ def _folder_files(folder: Path, stats: SourceStats) -> list[Path]:
     dirs[:] = [d for d in dirs if not d.startswith(".")]
     files.extend(root / n for n in names if not n.startswith(".") and (root / n).is_file())
   return sorted(files)
+
+
+def _remote_folder_files(folder, stats: SourceStats) -> list:
+  """`_folder_files` of an object store's folder (no os.walk there)."""
+  from data_prep.format import is_prepared  # pylint: disable=import-outside-toplevel
+  if is_prepared(folder):
+    stats.skipped_datasets.append(str(folder))
+    return []
+  files = []
+  for child in folder.iterdir():
+    if child.name.startswith("."):
+      continue
+    files.extend(_remote_folder_files(child, stats) if child.is_dir() else [child])
+  return sorted(files, key=str)
 
 
 def _cut(sentence: str, stats: SourceStats) -> list[str]:
@@ -120,7 +138,7 @@ def _is_binary(head: bytes) -> bool:
 def _lines(path: Path, stats: SourceStats) -> Iterator[str] | None:
   """Decoded lines of a text file; None (and counted) for an empty or binary file."""
   try:
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
       head = f.read(_SNIFF_BYTES)
   except OSError as e:
     raise InputError(f"{path}: cannot read the file ({e.strerror or e})") from None
@@ -134,7 +152,7 @@ def _lines(path: Path, stats: SourceStats) -> Iterator[str] | None:
   def gen():
     bad = 0
     try:
-      with open(path, "rb") as f:
+      with path.open("rb") as f:
         for raw in f:
           try:
             line = raw.decode("utf-8")

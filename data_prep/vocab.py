@@ -22,6 +22,7 @@ import sentencepiece
 import tokenizers
 from tokenizers import models, normalizers, pre_tokenizers, trainers
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.text.tokenization import (CLS, MASK, PAD, SEP, SPECIAL_TOKENS, SentencePieceTokenizer, Tokenizer,
                                         WordPieceTokenizer, load_tokenizer)
@@ -42,9 +43,9 @@ def corpus_files(files: Corpus) -> list[Path]:
   if not paths:
     raise InputError("the corpus is an empty list of files; expected at least one text file")
   out = []
-  for path in map(Path, paths):
+  for path in map(storage.path, paths):
     if path.is_dir():
-      found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+      found = [p for rel, p in storage.files(path) if not p.name.startswith(".")]
       if not found:
         raise InputError(f"{path}: the corpus folder holds no files")
       out.extend(found)
@@ -58,7 +59,7 @@ def corpus_files(files: Corpus) -> list[Path]:
 def _file_lines(paths: list[Path]) -> Iterator[str]:
   for path in paths:
     try:
-      with open(path, encoding="utf-8", errors="replace") as f:
+      with path.open("r", encoding="utf-8", errors="replace") as f:
         for line in f:
           line = line.strip()
           if line:

@@ -10,6 +10,11 @@ left behind can be told from what a running one is still writing:
 `recover(D)` runs before every atomic_directory on D, and its first half (the swap) whenever a
 dataset is opened (data_prep.format.open_dataset), so a kill at any point leaves D readable as
 the old or the new folder, whole, once either looks.
+
+An object store (gs://, …; flaxbert.storage) has no folder rename: there the content is built in
+a local temporary folder and uploaded with the files that mark it complete last (`complete`), and
+a non-empty remote folder is never replaced; a single file is uploaded whole (an object appears
+only once complete).
 """
 import contextlib
 import errno
@@ -22,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 
 log = logging.getLogger("flaxbert")
@@ -30,17 +36,21 @@ log = logging.getLogger("flaxbert")
 def check_destination(directory: str | os.PathLike, overwrite: bool, inputs: Sequence = (),
                       replaceable: Callable[[Path], bool] | None = None, kind: str = "") -> None:
   """Refuses an output folder that would lose something: one that holds (or is) an input, a
-  non-empty one without `overwrite`, and with it one that `replaceable` says is not a `kind`."""
-  directory = Path(directory)
+  non-empty one without `overwrite`, and with it one that `replaceable` says is not a `kind`
+  (an object store's folder: any non-empty one, since it cannot be replaced atomically)."""
+  directory = storage.path(directory)
   if directory.exists() and not directory.is_dir():
     raise InputError(f"{directory}: exists and is not a directory")
   for path in inputs:
-    if path and within(Path(path), directory):
+    if path and within(path, directory):
       raise InputError(f"{directory}: holds the input {path}; writing there would delete what is read; "
                        "choose another output folder")
   if directory.is_dir() and any(directory.iterdir()):
     if not overwrite:
       raise InputError(f"{directory}: exists and is not empty; choose a new path or pass overwrite")
+    if storage.is_remote(directory):
+      raise InputError(f"{directory}: exists and is not empty, and an object store cannot replace a folder "
+                       "atomically; remove it yourself (e.g. gcloud storage rm -r) or choose a new path")
     if replaceable is not None and not replaceable(directory):
       raise InputError(f"{directory}: exists and is not a {kind}; overwrite replaces only that, so "
                        "remove it yourself or choose a new path")
@@ -48,9 +58,9 @@ def check_destination(directory: str | os.PathLike, overwrite: bool, inputs: Seq
 
 def check_output_file(path: str | os.PathLike, overwrite: bool, inputs: Sequence = ()) -> None:
   """Refuses an output file that is one of the inputs, a folder, or (without overwrite) exists."""
-  path = Path(path)
+  path = storage.path(path)
   for source in inputs:
-    if source and path.resolve() == Path(source).resolve():
+    if source and storage.absolute(path) == storage.absolute(source):
       raise InputError(f"{path}: is also the input; choose another output file")
   if path.is_dir():
     raise InputError(f"{path}: is a folder; expected the path of a file to write")
@@ -58,9 +68,12 @@ def check_output_file(path: str | os.PathLike, overwrite: bool, inputs: Sequence
     raise InputError(f"{path}: exists; pass --overwrite to replace it (only once the new one is complete)")
 
 
-def within(path: Path, directory: Path) -> bool:
-  """Whether `path` is `directory` or inside it (both resolved)."""
-  path, directory = path.resolve(), directory.resolve()
+def within(path, directory) -> bool:
+  """Whether `path` is `directory` or inside it (both resolved; URIs compared as written)."""
+  if storage.is_remote(path) or storage.is_remote(directory):
+    inner, outer = os.fspath(path).rstrip("/"), os.fspath(directory).rstrip("/")
+    return inner == outer or inner.startswith(outer + "/")
+  path, directory = Path(path).resolve(), Path(directory).resolve()
   return path == directory or directory in path.parents
 
 
@@ -98,7 +111,10 @@ def recover(directory: str | os.PathLike, partials: bool = True) -> None:
   folder a kill between the swap's renames left hidden (or removes it when the new one is in
   place), and (`partials`) removes the dead processes' temporary folders. Folders of running
   processes are never touched. (Process ids are this machine's: on a file system shared between
-  machines, only readers' `partials=False` is safe while another machine writes.)"""
+  machines, only readers' `partials=False` is safe while another machine writes.) Object stores
+  have no hidden siblings: nothing to do there."""
+  if storage.is_remote(directory):
+    return
   directory = Path(directory)
   for old, pid in _leftovers(directory, "old"):
     try:
@@ -142,7 +158,8 @@ def _write_error(e: OSError, directory: Path, tmp: Path | None) -> InputError | 
 
 @contextlib.contextmanager
 def atomic_directory(directory: str | os.PathLike, overwrite: bool, inputs: Sequence = (),
-                     replaceable: Callable[[Path], bool] | None = None, kind: str = "") -> Iterator[Path]:
+                     replaceable: Callable[[Path], bool] | None = None, kind: str = "",
+                     complete: Sequence[str] = ()) -> Iterator[Path]:
   """Yields a fresh temporary sibling folder that becomes `directory` only if the block succeeds.
 
   A failure (or an interruption) removes the temporary folder and leaves `directory` as it was;
@@ -151,7 +168,14 @@ def atomic_directory(directory: str | os.PathLike, overwrite: bool, inputs: Sequ
   `overwrite`, in which case it is replaced only after the new content is complete;
   `check_destination` says what else is refused. An OSError that says the place cannot be
   written (read-only, full, no permission) becomes an InputError naming `directory`.
+  An object store's `directory` is uploaded from the local temporary folder, the top-level files
+  named in `complete` (what readers take as the sign of a complete folder) last; a failed upload
+  removes what it wrote.
   """
+  if storage.is_remote(directory):
+    with _remote_directory(storage.path(directory), overwrite, inputs, replaceable, kind, complete) as tmp:
+      yield tmp
+    return
   directory = Path(directory)
   recover(directory)
   check_destination(directory, overwrite, inputs, replaceable, kind)
@@ -170,6 +194,21 @@ def atomic_directory(directory: str | os.PathLike, overwrite: bool, inputs: Sequ
   finally:
     if tmp is not None and tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _remote_directory(directory, overwrite, inputs, replaceable, kind, complete) -> Iterator[Path]:
+  check_destination(directory, overwrite, inputs, replaceable, kind)
+  tmp = Path(tempfile.mkdtemp(prefix=f"flaxbert-{directory.name}-"))
+  try:
+    yield tmp
+    try:
+      storage.upload_tree(tmp, directory, last=complete)
+    except BaseException:
+      storage.remove_tree(directory)
+      raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _swap(tmp: Path, directory: Path) -> None:
@@ -191,7 +230,14 @@ def _swap(tmp: Path, directory: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-  """Yields a temporary sibling path that replaces `path` (os.replace) only if the block succeeds."""
+  """Yields a temporary sibling path that replaces `path` (os.replace) only if the block succeeds
+  (an object store's `path`: a local temporary file, uploaded whole)."""
+  if storage.is_remote(path):
+    with tempfile.TemporaryDirectory(prefix="flaxbert-") as folder:
+      tmp = Path(folder) / storage.path(path).name
+      yield tmp
+      storage.upload_tree(Path(folder), storage.path(path).parent)
+    return
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   for partial, _ in _leftovers(path, "partial"):  # a killed writer's temporary file
@@ -221,7 +267,7 @@ def umask() -> int:
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
   """Writes `data` to `path` atomically: a reader (or a rerun after a kill) sees the old file or
   the whole new one, never a partial one."""
-  path = Path(path)
+  path = storage.path(path)
   with atomic_file(path) as tmp:
     with open(tmp, "wb") as f:
       f.write(data)

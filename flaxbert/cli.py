@@ -1,13 +1,16 @@
 """The `flaxbert` command: parses arguments and calls the library; no work happens here."""
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 
 from flaxbert.atomic import check_output_file
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks.registry import TASKS
+from flaxbert.training import stop_signals
 
 _OVERWRITE_FILE = "replace --output if it exists (only once the new file is complete)"
 
@@ -16,7 +19,7 @@ def _convert(args: argparse.Namespace) -> None:
   # pylint: disable=import-outside-toplevel
   from flaxbert.finetune.workdir import TASK_FILE, read_record
   from flaxbert.interop.pretrained import convert
-  if os.path.isfile(os.path.join(args.src, TASK_FILE)):  # a fine-tuning workdir
+  if (storage.path(args.src) / TASK_FILE).is_file():  # a fine-tuning workdir
     record = read_record(args.src)
     if args.to != "hf":
       raise InputError(f"--to {args.to}: a fine-tuned {record['task']} workdir exports to transformers (--to hf) "
@@ -231,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+# Commands that run the training loop: a SIGTERM/SIGINT while they start waits for the loop, which
+# stops every process at the same step (flaxbert.training.stop_signals).
+_TRAINING = ("pretrain", "finetune", "sweep")
+
+
 def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes at INFO
@@ -241,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
   if rest:
     parser.error(f"unrecognized arguments: {' '.join(rest)}")
   try:
-    return args.run(args) or 0
+    with stop_signals.deferred() if args.command in _TRAINING else contextlib.nullcontext():
+      return args.run(args) or 0
   except InputError as e:
     print(f"flaxbert {args.command}: error: {e}", file=sys.stderr)
     return 2

@@ -66,3 +66,16 @@ def tiny_pretrain_config(dataset, **overrides):
   c.optim.warmup_steps = 2
   c.optim.learning_rate = 1e-3
   return override(c, overrides)
+
+
+def final_params(workdir):
+  """The parameters of a workdir's newest checkpoint (or of any model folder)."""
+  from flaxbert.interop.pretrained import load  # pylint: disable=import-outside-toplevel
+  return load(workdir).params
+
+
+def assert_params_equal(a, b):
+  """Bit-equal parameter trees, naming the first leaf that differs."""
+  import jax  # pylint: disable=import-outside-toplevel
+  for (path, x), (_, y) in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]):
+    assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)

@@ -187,16 +187,83 @@ def test_trains_a_vocabulary_when_none_is_given(tmp_path, kind):
   assert ex["input_ids"][0] == tok.cls_id and (ex["input_ids"] < tok.vocab_size).all()
 
 
-def test_beam_direct_runner_writes_the_same_dataset(tmp_path):
+MULTI_PROCESS = "--runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing"
+
+
+@pytest.fixture(scope="module")
+def beam_corpus(tmp_path_factory):
+  """The test corpus plus a chunk of invisible text (train work units without an example), and its
+  dataset prepared on the local path: what the Beam runs must reproduce."""
   pytest.importorskip("apache_beam", reason="the beam extra (apache-beam) is not installed")
-  local, _ = prepare(settings(tmp_path / "local"))
-  beam, metadata = prepare(settings(tmp_path / "beam", beam_options="--runner=DirectRunner"))
+  c = settings(tmp_path_factory.mktemp("beam_corpus"))
+  (Path(c.input[0]) / "z-invisible.txt").write_text("\n\n".join("\u200b" * 200 for _ in range(60)) + "\n")
+  out, metadata = prepare(c)
+  return c, out, metadata
+
+
+def test_beam_direct_runner_writes_the_same_dataset(beam_corpus, tmp_path):
+  """Stage 2 as a Beam pipeline on two worker processes: the same shards, example lengths and metadata
+  as the local path; Beam's own counters, read from the finished pipeline, show that its workers ran
+  every work unit and wrote every example."""
+  c, local, expected = beam_corpus
+  b = c.copy_and_resolve_references()
+  b.output_dir, b.beam_options = str(tmp_path / "beam"), MULTI_PROCESS
+  beam, metadata = prepare(b)
   info = lambda d: tfds.builder_from_directory(str(d)).info.splits
   for split in ("train", "validation"):
     assert info(beam)[split].shard_lengths == info(local)[split].shard_lengths
     x, y = read_split(local, split), read_split(beam, split)
-    assert all(np.array_equal(p[k], q[k]) for p, q in zip(x, y) for k in p)
-  assert metadata["tokens"] is None and metadata["sources"]["files"] == 3
+    assert len(x) == len(y) and all(np.array_equal(p[k], q[k]) for p, q in zip(x, y) for k in p)
+    name = expected["lengths_files"][split]
+    assert np.array_equal(np.load(beam / name), np.load(local / name))
+  for key in ("tokens", "documents", "sources", "empty_work_units", "lengths_files", "tokenizer"):
+    assert metadata[key] == expected[key], key
+  assert expected["empty_work_units"]["train"] >= 1 and expected["beam"] is None
+  splits, empty = info(local), expected["empty_work_units"]
+  units = ((splits["train"].num_shards + empty["train"]) // c.dupe_factor
+           + splits["validation"].num_shards + empty["validation"])
+  assert metadata["beam"] == {"runner": "DirectRunner", "work_units": units,
+                              "examples": sum(s.num_examples for s in splits.values()), "worker_processes": 2}
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".beam")]
+
+
+def test_beam_split_without_examples_fails_as_on_the_local_path(tmp_path):
+  """A split without examples is the local path's one-line error under Beam too, and leaves nothing."""
+  pytest.importorskip("apache_beam", reason="the beam extra (apache-beam) is not installed")
+  corpus = tmp_path / "short"
+  corpus.mkdir()
+  long = "\n".join(f"w{i} w{i + 1} w{i + 2} w{i + 3} w{i + 4} w{i + 5}." for i in range(30))
+  (corpus / "a.txt").write_text("w1 w2 w3.\n\n" + "\n\n".join([long] * 4) + "\n")  # held out: one sentence
+  with pytest.raises(InputError, match=r"^the validation split \(1 document\(s\), \d+ tokens\) gave no example: "
+                                       r"it holds one document with a single sentence"):
+    prepare(settings(tmp_path, input=(str(corpus),), beam_options="--runner=DirectRunner"))
+  assert not (tmp_path / "data").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".data")]
+
+
+def test_beam_runner_precedence_and_errors(tmp_path):
+  """beam_runner, else --runner in beam_options, else DirectRunner (Beam's Python runner, not Prism,
+  so that --direct_* options hold); a runner or option Beam cannot use is a one-line error before
+  any work."""
+  pytest.importorskip("apache_beam", reason="the beam extra (apache-beam) is not installed")
+  from data_prep import beam as beam_lib  # pylint: disable=import-outside-toplevel
+  assert beam_lib.resolve("", "") is None
+  direct = beam_lib.resolve("", "--direct_num_workers=2")
+  assert direct.name == "DirectRunner" and type(direct.runner).__name__ == "FnApiRunner"
+  assert beam_lib.resolve("", "--runner=PrismRunner").name == "PrismRunner"
+  chosen = beam_lib.resolve("PrismRunner", "--runner=FlinkRunner --flink_master=localhost:8081")
+  assert chosen.name == "PrismRunner" and type(chosen.runner).__name__ == "PrismRunner"
+  for overrides, error in (
+      ({"beam_runner": "Nope"}, r"beam_runner: unknown runner 'Nope'; expected a Beam runner: .*DirectRunner"),
+      ({"beam_options": "--runner=Nope"}, r"beam_options --runner: unknown runner 'Nope'"),
+      ({"beam_runner": "no.such.Runner"}, r"beam_runner: cannot load the runner 'no.such.Runner'"),
+      ({"beam_options": "--direct_num_workers=two"}, r"beam_options: argument --direct_num_workers: invalid int value"),
+      ({"beam_options": "--job_name='x"}, r"beam_options: No closing quotation"),
+      ({"beam_runner": "FlinkRunner", "output_dir": "gs://bucket/data"}, r"output_dir: gs://bucket/data is an object "
+                                                                          r"store.* FlinkRunner workers cannot reach")):
+    with pytest.raises(InputError, match=f"^{error}") as e:
+      prepare(settings(tmp_path, **overrides))
+    assert "\n" not in str(e.value)
+  assert not (tmp_path / "data").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".data")]
 
 
 def test_tfds_build_command(tmp_path):

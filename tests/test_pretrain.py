@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from configs import prepare as prepare_config
-from corpus_fixtures import prepare_tiny, tiny_pretrain_config, write_corpus, write_vocab
+from corpus_fixtures import (assert_params_equal, final_params, prepare_tiny, tiny_pretrain_config, write_corpus,
+                             write_vocab)
 from data_prep.builder import prepare
 from flaxbert.errors import InputError
 from flaxbert.pretrain.job import train_and_evaluate
@@ -39,18 +40,8 @@ def stopped_at(config, step):
   return config
 
 
-def final_params(workdir):
-  from flaxbert.interop.pretrained import load  # pylint: disable=import-outside-toplevel
-  return load(workdir).params
-
-
 def losses(workdir):
   return [r["loss"] for r in map(json.loads, (Path(workdir) / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-
-
-def assert_params_equal(a, b):
-  for (path, x), (_, y) in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]):
-    assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
 
 
 def test_short_run_end_to_end(dataset, tmp_path):

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from flaxbert.atomic import check_destination
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.finetune import workdir as workdir_lib
 from flaxbert.finetune.tasks.base import Session, Task, prefixed
@@ -51,8 +52,6 @@ def _check_run(config: ml_collections.ConfigDict, mesh) -> None:
   sharding.check_batch_size("eval_batch_size", config.eval_batch_size, mesh)
   loop.check_cadence(log_every_steps=config.log_every_steps, **{"checkpoint.every_steps": config.checkpoint.every_steps,
                                                               "checkpoint.keep": config.checkpoint.keep})
-  loop.check_cadence(log_every_steps=config.log_every_steps, **{"checkpoint.every_steps": config.checkpoint.every_steps,
-                                                              "checkpoint.keep": config.checkpoint.keep})
 
 
 class Scores(dict):
@@ -64,7 +63,7 @@ class Scores(dict):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
   """Fine-tunes as `config` says in `workdir` (resuming what is there); returns the final dev
   scores (a Scores dict, which also says whether a signal stopped the run early)."""
-  workdir = Path(workdir)
+  workdir = storage.path(workdir)
   workdir_lib.check_new_or_finetune(workdir)
   workdir_lib.check_task(workdir, config.task)
   task = get_task(config)
@@ -163,7 +162,7 @@ def restore(workdir: str | Path, config: ml_collections.ConfigDict | None = None
   restorable checkpoint, or from a transformers task folder (BertForSequenceClassification…,
   flaxbert.interop.task_models). config: the command's (evaluate, predict), which must be for the
   task the model was trained for; None: the workdir's own record (generate, convert)."""
-  workdir = Path(workdir)
+  workdir = storage.path(workdir)
   sharding.initialize_distributed(True if config is None else config.distributed)
   head = None if (workdir / workdir_lib.TASK_FILE).is_file() else task_models.head_of(workdir)
   if head is not None:
@@ -224,7 +223,7 @@ def _restore_transformers(path: Path, head: str, config: ml_collections.ConfigDi
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
   """Scores the workdir's newest checkpoint on config.eval_path; writes the scores and the first
   file's predictions to WORKDIR/evaluations/STEM/ (STEM: the first eval file's name)."""
-  workdir = Path(workdir)
+  workdir = storage.path(workdir)
   task, session, params = restore(workdir, config, devices)
   sets = task.eval_sets()
   if not sets:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ml_collections
 
-from flaxbert import atomic
+from flaxbert import atomic, storage
 from flaxbert.finetune import job
 
 log = logging.getLogger("flaxbert")
@@ -32,7 +32,7 @@ def _rank(value) -> float:
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, devices=None) -> dict:
-  workdir = Path(workdir)
+  workdir = storage.path(workdir)
   points = []
   for lr, batch, epochs in itertools.product(config.sweep.learning_rates, config.sweep.batch_sizes,
                                              config.sweep.num_epochs):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jax
 
-from flaxbert import atomic
+from flaxbert import atomic, storage
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks.registry import FAMILIES, family_of
 from flaxbert.training.checkpoint import CHECKPOINTS
@@ -89,14 +89,14 @@ def check_task(workdir: Path, task: str) -> None:
 
 def kind_of(path: str | Path) -> str | None:
   """The task family of a fine-tuning workdir, or None for any other path (a model folder…)."""
-  if not (Path(path) / TASK_FILE).is_file():
+  if not (storage.path(path) / TASK_FILE).is_file():
     return None
   return read_record(path)["kind"]
 
 
 def read_record(workdir: str | Path) -> dict:
   """The workdir's task.json, upgraded to the current layout; a clear error when there is none."""
-  path = Path(workdir) / TASK_FILE
+  path = storage.path(workdir) / TASK_FILE
   if not path.is_file():
     raise InputError(f"{workdir}: no {TASK_FILE}; not a fine-tuning workdir (run `flaxbert finetune` first)")
   try:

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 
 from flaxbert.atomic import atomic_directory
 from flaxbert.interop.names import encoder_decoder_entries, get_path, to_external
-from flaxbert.interop.pretrained import EXPORT_KIND, is_export
+from flaxbert.interop.pretrained import EXPORT_KIND, EXPORT_MARKERS, is_export
 
 
 def export_hf(model, params: dict, tokenizer, max_target_length: int, dst: str | os.PathLike,
@@ -47,7 +47,7 @@ def export_hf(model, params: dict, tokenizer, max_target_length: int, dst: str |
             **ids}
   config["encoder"]["architectures"] = ["BertModel"]
   generation = dict(ids, max_length=max_target_length + 1)  # HF counts the start token
-  with atomic_directory(dst, overwrite, list(inputs), is_export, EXPORT_KIND) as tmp:
+  with atomic_directory(dst, overwrite, list(inputs), is_export, EXPORT_KIND, complete=EXPORT_MARKERS) as tmp:
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(tmp / "model.safetensors"),

@@ -11,6 +11,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from flaxbert import storage
 from flaxbert.atomic import within
 from flaxbert.errors import InputError
 from flaxbert.interop import torch_bin
@@ -64,12 +65,16 @@ def _shard(index: Path, name, entry) -> Path:
 def _load(f: Path) -> dict[str, np.ndarray]:
   if not f.is_file():
     raise InputError(f"{f}: weight file not found")
-  if f.suffix == ".bin":
-    return torch_bin.load_torch_state_dict(f)
-  try:
-    return load_file(f)
-  except (SafetensorError, OSError, ValueError) as e:
-    raise InputError(f"{f}: not a readable safetensors file ({e})") from None
+  with storage.local_file(f) as local:  # a remote file: a local copy, for readers of local files
+    if f.suffix == ".bin":
+      try:
+        return torch_bin.load_torch_state_dict(local)
+      except InputError as e:  # named as the user named it
+        raise InputError(str(e).replace(str(local), str(f))) from None
+    try:
+      return load_file(local)
+    except (SafetensorError, OSError, ValueError) as e:
+      raise InputError(f"{f}: not a readable safetensors file ({e})") from None
 
 
 def write(dst: Path, config: BertConfig, tensors: dict[str, np.ndarray], heads: bool) -> None:

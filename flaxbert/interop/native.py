@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.interop.tensors import check_params
 from flaxbert.models.config import BertConfig, read_json, write_json
@@ -36,7 +37,7 @@ def read_header(path: Path) -> tuple[BertConfig, bool, bool]:
 
 def restore_params(directory: Path, source: str) -> dict:
   """Restores an Orbax params tree to host numpy arrays."""
-  directory = Path(directory).absolute()  # Orbax reads a relative path as no checkpoint (metadata None)
+  directory = storage.absolute(directory)  # Orbax reads a relative path as no checkpoint (metadata None)
   if not directory.is_dir():
     raise InputError(f"{directory}: missing; expected the Orbax checkpoint of the parameters")
   try:

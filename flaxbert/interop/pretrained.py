@@ -9,13 +9,13 @@ Source kinds:
 import dataclasses
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import flax.linen as nn
 import numpy as np
 
 from flaxbert.atomic import atomic_directory, check_destination
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.interop import hf, native, tf1
 from flaxbert.interop.tensors import (PARAM_DTYPES, check_params, check_weights, export_tensors, import_tensors,
@@ -48,8 +48,8 @@ class Loaded:
 
 def detect(path: str | os.PathLike) -> str:
   """'flaxbert' | 'hf' | 'tf1' for a source path; a clear error saying what was looked for."""
-  path = Path(path)
-  if not path.exists() and not Path(f"{path}.index").is_file():
+  path = storage.path(path)
+  if not path.exists() and not storage.path(f"{path}.index").is_file():
     raise InputError(f"{path}: no such file or directory")
   if path.is_dir() and native.is_native(path):
     return "workdir" if (path / checkpoint.CHECKPOINTS).is_dir() else "flaxbert"
@@ -65,7 +65,7 @@ def detect(path: str | os.PathLike) -> str:
 
 
 def load(path: str | os.PathLike) -> Loaded:
-  path = Path(path)
+  path = storage.path(path)
   kind = detect(path)
   step, stored = None, {}
   if kind == "flaxbert":
@@ -125,7 +125,7 @@ def save_pretrained(directory: str | os.PathLike, model: nn.Module, params: dict
   if "params" in params and "bert" not in params:  # model.init's variables, not yet unpacked
     params = params["params"]
   check_params(params, param_shapes(model), "params")
-  with atomic_directory(directory, overwrite, [vocab], is_export, EXPORT_KIND) as tmp:
+  with atomic_directory(directory, overwrite, [vocab], is_export, EXPORT_KIND, complete=EXPORT_MARKERS) as tmp:
     if format == "flaxbert":
       native.write(tmp, model.config, params, heads, pooler)
     elif format == "hf":
@@ -135,8 +135,8 @@ def save_pretrained(directory: str | os.PathLike, model: nn.Module, params: dict
         raise InputError("the original TF1 format holds BERT with its pretraining heads; this model has none")
       tf1.write(tmp, model.config, export_tensors(params, model.config, "tf", heads, pooler))
     if vocab is not None:
-      shutil.copyfile(vocab, tmp / VOCAB)
-  return Path(directory)
+      storage.copy(vocab, tmp / VOCAB)
+  return storage.path(directory)
 
 
 def is_export(directory: Path) -> bool:
@@ -148,6 +148,8 @@ def is_export(directory: Path) -> bool:
 
 
 EXPORT_KIND = "flaxbert, HF or TF1 model folder (a training workdir is never replaced)"
+# What `detect` recognises a model folder by: written last where a folder is uploaded (an object store).
+EXPORT_MARKERS = (native.CONFIG, "config.json", tf1.CONFIG)
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, overwrite: bool = False) -> Loaded:

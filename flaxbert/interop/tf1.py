@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.models.config import BertConfig, read_json, write_json
 
@@ -15,7 +16,7 @@ PREFIX = "bert_model.ckpt"
 
 def checkpoint_prefix(path: Path) -> Path | None:
   """The checkpoint prefix at `path` (a prefix itself, or a folder holding one), else None."""
-  if Path(f"{path}.index").is_file():
+  if storage.path(f"{path}.index").is_file():
     return path
   if not path.is_dir():
     return None
@@ -24,7 +25,7 @@ def checkpoint_prefix(path: Path) -> Path | None:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     latest = tf.train.latest_checkpoint(str(path))
     if latest:
-      return Path(latest)
+      return storage.path(latest)
   if len(indexes) > 1:
     raise InputError(f"{path}: holds {len(indexes)} TF checkpoints ({[i.name for i in indexes]}); "
                      "name one by its prefix, e.g. DIR/bert_model.ckpt")

@@ -16,7 +16,7 @@ import logging
 import os
 from typing import Any
 
-from flaxbert import atomic
+from flaxbert import atomic, storage
 from flaxbert.errors import InputError
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu", "tanh")
@@ -186,7 +186,7 @@ def _map_act(name: Any, table: dict[str, str], source: str) -> str:
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
   """Reads a JSON object, with errors that name the file and line."""
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.path(path).open("r", encoding="utf-8") as f:
       data = json.load(f)
   except FileNotFoundError:
     raise InputError(f"{path}: file not found") from None

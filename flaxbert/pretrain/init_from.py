@@ -19,6 +19,8 @@ from pathlib import Path
 
 import ml_collections
 
+from flaxbert import storage
+from flaxbert.atomic import within
 from flaxbert.errors import InputError
 from flaxbert.interop import native, pretrained
 from flaxbert.models import weights
@@ -60,13 +62,13 @@ def locate(init_from: str | None, init_mode: str, workdir: Path) -> Source | Non
     return None
   if init_mode not in MODES:
     raise InputError(f"init_mode: expected 'params' or 'full_state', got {init_mode!r}")
-  path = Path(init_from)
+  path = storage.path(init_from)
   resuming = has_checkpoints(workdir)
   if (path / checkpoint.CHECKPOINTS).is_dir():
     return Source(path, "workdir", resuming)
   if resuming and native.is_native(workdir):
     return Source(path, "model", resuming)  # the run's own checkpoints and record suffice
-  if not path.exists() and not Path(f"{path}.index").is_file():
+  if not path.exists() and not storage.path(f"{path}.index").is_file():
     raise InputError(f"init_from {path}: no such file or directory (no restorable checkpoint under "
                      f"{path / checkpoint.CHECKPOINTS}, no model folder or TF1 checkpoint there)")
   pretrained.detect(path)  # a clear error naming what a model folder holds
@@ -74,9 +76,8 @@ def locate(init_from: str | None, init_mode: str, workdir: Path) -> Source | Non
     raise InputError(f"init_from {path}: init_mode=full_state continues another pretraining run's "
                      "optimizer and step, which only a pretraining workdir holds; a model folder gives "
                      "weights only: use init_mode=params")
-  folder = (path if path.is_dir() else path.parent).resolve()
-  here = workdir.resolve()
-  if here == folder or folder in here.parents:
+  folder = path if path.is_dir() else path.parent
+  if within(workdir, folder):
     raise InputError(f"--workdir {workdir} is inside init_from's folder {folder}; the source is never "
                      "written to: use a workdir elsewhere")
   return Source(path, "model", resuming)

@@ -36,6 +36,7 @@ import numpy as np
 
 from data_prep.format import FEATURES, LENGTHS_FILE, check_shards, corrupt_shard, open_dataset
 from data_prep.masking import mask_tokens, num_to_predict
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.pretrain import order
 from flaxbert.text.tokenization import load_tokenizer
@@ -100,7 +101,7 @@ class PretrainingData:
                        f"next-sentence prediction, and {directory} has masking={settings['masking']!r}, "
                        f"random_next_sentence={settings['random_next_sentence']} (prepare with "
                        "--masking dynamic --no-random_next_sentence, or set max_examples_per_row=1)")
-    self._lengths = self._sequence_lengths(Path(directory), split)
+    self._lengths = self._sequence_lengths(storage.path(directory), split)
     self._plan, self._per_row = packing.plan(self._lengths, self.max_seq_length, per_row, self.seed), per_row
     m = self._masking
     counts = num_to_predict(self._lengths, m.masked_lm_prob, m.max_predictions_per_seq)
@@ -117,7 +118,8 @@ class PretrainingData:
       return np.fromiter((np.asarray(e["input_mask"]).sum() for i in range(0, n, 4096)
                           for e in self._get(list(range(i, min(i + 4096, n))))), np.int64, n)
     try:
-      lengths = np.load(path, allow_pickle=False)
+      with path.open("rb") as f:
+        lengths = np.load(f, allow_pickle=False)
     except (OSError, ValueError) as e:
       raise InputError(f"{path}: not a readable .npy array of example lengths ({e})") from None
     if (lengths.ndim != 1 or lengths.dtype.kind not in "iu" or len(lengths) != self.num_examples

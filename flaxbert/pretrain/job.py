@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from flaxbert import atomic
+from flaxbert import atomic, storage
 from flaxbert.errors import InputError
 from flaxbert.interop import native
 from flaxbert.models import weights
@@ -122,7 +122,7 @@ def evaluate(eval_step, params, data: PretrainingData, mesh, max_batches: int) -
 
 def _start(config, state):
   """A fresh workdir's state from another pretraining run's workdir: its parameters (or full state)."""
-  source = Path(config.init_from)
+  source = storage.path(config.init_from)
   full = config.init_mode == "full_state"
   src = checkpoint.manager(source, asynchronous=False)
   try:
@@ -150,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   (flaxbert.training.workdir_lock) while it writes there, and a resume must have the settings the
   workdir's checkpoints were trained with (flaxbert.training.run_record).
   """
-  workdir = Path(workdir)
+  workdir = storage.path(workdir)
   sharding.initialize_distributed(config.distributed)  # before anything asks jax (or Orbax) for its processes
   if not config.dataset_dir:
     raise InputError("dataset_dir: required (a folder written by `flaxbert prepare`)")

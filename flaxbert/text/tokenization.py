@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import sentencepiece
 
-from flaxbert import atomic
+from flaxbert import atomic, storage
 from flaxbert.errors import InputError
 from flaxbert.text.wordpiece_rules import UNK, reference_tokenize, wordpiece_word, words_are_independent
 
@@ -115,7 +115,7 @@ class Tokenizer:
 
   def save(self, directory: str | os.PathLike) -> Path:
     """Writes vocab.txt or spm.model, and tokenizer_config.json; load_tokenizer(directory) reloads it."""
-    directory = Path(directory)
+    directory = storage.path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     self._save_model(directory)
     config = {"kind": self.kind, "lower_case": self._lower_case}
@@ -265,7 +265,7 @@ def read_hf_tokenizer_vocab(path: Path) -> tuple[list[str], bool]:
 
 def read_wordpiece_vocab(path: str | os.PathLike) -> list[str]:
   """A vocab.txt's tokens by id: one a line, stripped (as the original); empty or duplicate tokens are errors."""
-  path = Path(path)
+  path = storage.path(path)
   try:
     text = path.read_bytes().decode("utf-8")
   except OSError as e:
@@ -346,7 +346,7 @@ def load_tokenizer(path: str | os.PathLike, lower_case: bool | None = None) -> T
   else True. Given for a folder whose config says otherwise, it is an error (a cased model fed
   lower-cased text, or the reverse, silently degrades it).
   """
-  path = Path(path)
+  path = storage.path(path)
   if not path.exists():
     raise InputError(f"{path}: no such file or folder; expected a WordPiece vocab.txt, a sentencepiece "
                      ".model, or a folder holding one")

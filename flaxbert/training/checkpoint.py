@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.models import weights
 from flaxbert.training import integrity
@@ -35,7 +36,8 @@ def manager(workdir: str | Path, *, every_steps: int = 1, keep: int | None = Non
                                          enable_async_checkpointing=asynchronous, create=True)
   handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
               "meta": ocp.JsonCheckpointHandler()}  # known up front, so a step's metadata reads before a restore
-  return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options, item_handlers=handlers)
+  folder = storage.path(workdir) if storage.is_remote(workdir) else Path(workdir).absolute()
+  return ocp.CheckpointManager(folder / CHECKPOINTS, options=options, item_handlers=handlers)
 
 
 _UNSEALED: "weakref.WeakKeyDictionary[ocp.CheckpointManager, set]" = weakref.WeakKeyDictionary()
@@ -43,12 +45,12 @@ _UNSEALED: "weakref.WeakKeyDictionary[ocp.CheckpointManager, set]" = weakref.Wea
 
 def has_steps(workdir: str | Path) -> bool:
   """Whether WORKDIR/checkpoints holds any committed step (a folder named by its step number)."""
-  directory = Path(workdir) / CHECKPOINTS
+  directory = storage.path(workdir) / CHECKPOINTS
   return directory.is_dir() and any(p.name.isdigit() and p.is_dir() for p in directory.iterdir())
 
 
 def _step_dir(mngr: ocp.CheckpointManager, step: int) -> Path:
-  return Path(mngr.directory) / str(step)
+  return storage.path(mngr.directory) / str(step)
 
 
 def _seal_finished(mngr: ocp.CheckpointManager) -> None:
@@ -181,7 +183,7 @@ def resume(mngr: ocp.CheckpointManager, params_target, train_target) -> tuple[in
 
 
 def _newest(workdir: str | Path, params_target) -> tuple[int, Any, Any, dict]:
-  directory = Path(workdir) / CHECKPOINTS
+  directory = storage.path(workdir) / CHECKPOINTS
   if not directory.is_dir():
     raise InputError(f"{workdir}: no {CHECKPOINTS}/ folder; not a flaxbert training workdir")
   mngr = manager(workdir, asynchronous=False)

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from flaxbert import atomic
+from flaxbert import atomic, storage
 
 log = logging.getLogger("flaxbert")
 DIGEST_FILE = "flaxbert_digest.json"
@@ -29,7 +29,7 @@ _VERSION = 1
 
 
 def _sha256(path: Path) -> str:
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -39,23 +39,19 @@ def _digests(paths: list[Path]) -> list[str]:
     return list(pool.map(_sha256, paths))
 
 
-def _files(step_dir: Path) -> Iterable[Path]:
-  for root, _, names in os.walk(step_dir):
-    for name in names:
-      path = Path(root) / name
-      if path.relative_to(step_dir).as_posix() != DIGEST_FILE:
-        yield path
+def _files(step_dir) -> list[tuple[str, Path]]:
+  return [(name, path) for name, path in storage.files(step_dir) if name != DIGEST_FILE]
 
 
 def seal(step_dir: str | Path) -> bool:
   """Writes the step's digest (once); False when the step is gone (rotated away meanwhile)."""
-  step_dir = Path(step_dir)
+  step_dir = storage.path(step_dir)
   if (step_dir / DIGEST_FILE).is_file():
     return True
   try:
-    paths = list(_files(step_dir))
-    files = {p.relative_to(step_dir).as_posix(): {"bytes": p.stat().st_size, "sha256": h}
-             for p, h in zip(paths, _digests(paths))}
+    found = _files(step_dir)
+    files = {name: {"bytes": storage.size(p), "sha256": h}
+             for (name, p), h in zip(found, _digests([p for _, p in found]))}
     if not step_dir.is_dir():
       return False
     atomic.write_json(step_dir / DIGEST_FILE, {"version": _VERSION, "files": files}, sort_keys=True)
@@ -67,7 +63,7 @@ def seal(step_dir: str | Path) -> bool:
 def verify(step_dir: str | Path, items: Iterable[str]) -> str | None:
   """None when the files of `items` (top-level folders of the step) are as sealed, or when the
   step has no digest; else what differs, naming the file."""
-  step_dir = Path(step_dir)
+  step_dir = storage.path(step_dir)
   try:
     recorded = json.loads((step_dir / DIGEST_FILE).read_text(encoding="utf-8"))
   except FileNotFoundError:
@@ -80,7 +76,7 @@ def verify(step_dir: str | Path, items: Iterable[str]) -> str | None:
   wanted = sorted((name, want) for name, want in files.items() if name.split("/")[0] in set(items))
   for name, want in wanted:  # sizes first: a truncated or missing file costs no read
     try:
-      size = (step_dir / name).stat().st_size
+      size = storage.size(step_dir / name)
     except OSError as e:
       return f"{name}: {'missing' if isinstance(e, FileNotFoundError) else f'unreadable ({e.strerror or e})'}"
     if size != want["bytes"]:
@@ -97,7 +93,7 @@ def verify(step_dir: str | Path, items: Iterable[str]) -> str | None:
 
 def move_aside(step_dir: str | Path) -> Path:
   """Moves a step found corrupt to WORKDIR/checkpoints-corrupt/N-TIME (never deleted)."""
-  step_dir = Path(step_dir)
+  step_dir = storage.path(step_dir)
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
   target = step_dir.parent.parent / CORRUPT / f"{step_dir.name}-{stamp}"
   target.parent.mkdir(parents=True, exist_ok=True)

@@ -18,13 +18,14 @@ evaluation, the cadence, and optional throughput metrics. On the way:
          batch is a function of (seed, step) and the dropout masks of (seed, step). metrics.jsonl
          records past the resumed step (logged after the last checkpoint) are dropped. With
          several processes, a signal that reaches any of them stops all of them at the same
-         step, one step later (StopAgreement).
+         step, one step later (StopAgreement); one that arrived while the job was starting
+         (flaxbert.training.stop_signals.deferred: the training commands) counts from the first
+         step.
 
 A finished run, rerun, trains nothing and evaluates the state it restored.
 """
 import dataclasses
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,26 +33,13 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.training import checkpoint, metrics
 from flaxbert.training.state import TrainState
+from flaxbert.training.stop_signals import StopRequest
 
 log = logging.getLogger("flaxbert")
-
-
-class StopRequest:
-  """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits at the next step boundary."""
-
-  def __init__(self):
-    self.signal = None
-    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-  def _handle(self, signum, _frame):
-    self.signal = signal.Signals(signum).name
-
-  def restore(self):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
 
 
 class StopAgreement:
@@ -135,7 +123,7 @@ def train(workdir: str | Path, state: TrainState, train_step, batches: Callable[
   checkpoint (the step is added). started(): called once the state is restored or started (the
   job records the run's settings then: flaxbert.training.run_record).
   """
-  workdir = Path(workdir)
+  workdir = storage.path(workdir)
   mngr = checkpoint.manager(workdir, every_steps=cadence.checkpoint_every_steps, keep=cadence.keep_checkpoints)
   try:
     found = checkpoint.resume(mngr, state.params, state.train_items())
@@ -157,6 +145,9 @@ def _run(workdir, mngr, state, train_step, batches, cadence, evaluate, batch_siz
   progress = metrics.ProgressBar(cadence.total_steps, first, batch_size)
   acc, stop, agree = metrics.MetricsAccumulator(), StopRequest(), StopAgreement()
   last, evals, stopped_by, t0, timed_from = {}, {}, None, None, first
+  if stop.signal is not None and first < cadence.total_steps:
+    log.warning("%s received while the run was starting: it stops at its first step all processes agree on",
+                stop.signal)
   try:
     stream = batches(first)
     for step in range(first, cadence.total_steps):

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, TextIO
 import jax
 import numpy as np
 
-from flaxbert import atomic
+from flaxbert import atomic, storage
 
 # --- sums and denominators -----------------------------------------------------------------------
 
@@ -150,7 +150,8 @@ class MetricWriter:
   `write_scalars` returns. The JSONL file is appended to: a resumed run (`resumed_step`) first drops
   the records past the step it resumed from (logged after its last checkpoint, and about to be
   logged again), so each step appears once; a half-written last line (a kill mid-write) is
-  dropped too. Each writer starts a new event file, which
+  dropped too. In an object store (flaxbert.storage) both files are written in a local copy that is
+  uploaded at every write. Each writer starts a new event file, which
   TensorBoard reads together. Events are encoded with tensorboardX's synchronous `EventsWriter`:
   TF 2.21's `tf.summary` needs the tensorboard package, which TF no longer installs, and
   tensorboardX's `SummaryWriter` queues events to a thread that its `flush()` does not wait for.
@@ -159,17 +160,18 @@ class MetricWriter:
   _files = itertools.count()  # distinct event file names within a process
 
   def __init__(self, directory: str | Path, resumed_step: int | None = None):
-    self.directory = Path(directory)
+    self.directory = storage.path(directory)
     self.active = jax.process_index() == 0
-    self._events = self._jsonl = None
+    self._events = self._jsonl = self._mirror = None
     if self.active:
       from tensorboardX.event_file_writer import EventsWriter  # pylint: disable=import-outside-toplevel
-      self.directory.mkdir(parents=True, exist_ok=True)
-      self._events = EventsWriter(str(self.directory / "events"), f".{os.getpid()}.{next(self._files)}")
+      self._mirror = storage.LocalMirror(self.directory, fetch=("metrics.jsonl",))
+      local = self._mirror.local
+      self._events = EventsWriter(str(local / "events"), f".{os.getpid()}.{next(self._files)}")
       if resumed_step is not None:
-        _drop_records_after(self.directory / "metrics.jsonl", resumed_step)
+        _drop_records_after(local / "metrics.jsonl", resumed_step)
       # Kept open for the writer's life (closed by close()).
-      self._jsonl = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")  # pylint: disable=R1732
+      self._jsonl = open(local / "metrics.jsonl", "a", encoding="utf-8")  # pylint: disable=R1732
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if self._events is None:
@@ -182,17 +184,20 @@ class MetricWriter:
     self._events.flush()
     self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
     self._jsonl.flush()
+    self._mirror.sync()
 
   def flush(self) -> None:
     if self._events is not None:
       self._events.flush()
       self._jsonl.flush()
+      self._mirror.sync()
 
   def close(self) -> None:
     if self._events is not None:
       self._events.close()
       self._jsonl.close()
-      self._events = self._jsonl = None
+      self._mirror.close()
+      self._events = self._jsonl = self._mirror = None
 
   def __enter__(self) -> "MetricWriter":
     return self

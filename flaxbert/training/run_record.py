@@ -23,7 +23,7 @@ from typing import Callable
 
 import jax
 
-from flaxbert import atomic
+from flaxbert import atomic, storage
 from flaxbert.errors import InputError
 
 log = logging.getLogger("flaxbert")
@@ -74,7 +74,7 @@ def check(workdir: str | Path, config, has_checkpoints: bool, resolved: dict | N
   config.checkpoint.resume_changes; returns the function that records `config` there, to call
   once the run has restored (or started) its state. resolved: sections recorded in their
   resolved form instead (e.g. {"optim": the schedule in steps})."""
-  path = Path(workdir) / RUN_CONFIG
+  path = storage.path(workdir) / RUN_CONFIG
   new = {k: _normalise(k, v) for k, v in flatten({**config.to_dict(), **(resolved or {})}).items()}
   new_defining = _defining(new)
   if has_checkpoints and path.is_file():
@@ -88,7 +88,7 @@ def check(workdir: str | Path, config, has_checkpoints: bool, resolved: dict | N
     refused = [k for k in differ if k not in _accepted(config)]
     if refused:
       listed = ", ".join(f"{k} {old_defining[k]!r} → {new_defining[k]!r}" for k in refused)
-      raise InputError(f"{path}: this run's settings differ from the run that wrote {Path(workdir).name}'s "
+      raise InputError(f"{path}: this run's settings differ from the run that wrote {storage.path(workdir).name}'s "
                        f"checkpoints: {listed}; rerun with the recorded settings, use a new workdir, or accept "
                        f"the change with --config.checkpoint.resume_changes={','.join(refused)}")
     if not differ:

@@ -12,6 +12,8 @@ what jax detects itself: Slurm, Open MPI, Cloud TPU), and every process then fee
 the global batch.
 """
 import os
+import signal
+import threading
 from typing import Sequence
 
 import flax.linen as nn
@@ -70,12 +72,20 @@ def distributed_arguments(environ=os.environ) -> dict | None:
 def initialize_distributed(enabled: bool = True) -> None:
   """jax.distributed.initialize(...) for multi-process launches (distributed_arguments); a no-op
   for a single process, when already initialised, or when `enabled` is False
-  (`--config.distributed=false`: stay one process whatever the environment says)."""
+  (`--config.distributed=false`: stay one process whatever the environment says).
+
+  JAX's preemption service installs its own SIGTERM handler there, whose notice only
+  `multihost_utils.reached_preemption_sync_point` reads: the SIGTERM handler in place before
+  (flaxbert.training.stop_signals) is put back, or a SIGTERM that arrived before the training loop
+  would be taken from it and never stop the run."""
   if not isinstance(enabled, bool):
     raise InputError(f"distributed: expected true or false, got {enabled!r}")
   arguments = distributed_arguments() if enabled else None
   if arguments is not None and not jax.distributed.is_initialized():
+    sigterm = signal.getsignal(signal.SIGTERM)
     jax.distributed.initialize(**arguments)
+    if sigterm is not None and threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, sigterm)
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -26,6 +26,7 @@ from typing import Iterator
 import jax
 
 from flaxbert.atomic import process_alive
+from flaxbert import storage
 from flaxbert.errors import InputError
 
 log = logging.getLogger("flaxbert")
@@ -51,6 +52,10 @@ def hold(workdir: str | Path) -> Iterator[None]:
   """Holds WORKDIR's lock for the block (creating WORKDIR); InputError naming the holder when
   another live run holds it, or when WORKDIR cannot be written at all."""
   if jax.process_index() != 0:
+    yield
+    return
+  if storage.is_remote(workdir):
+    log.warning("%s: an object store has no file locks; make sure no other run writes to this workdir", workdir)
     yield
     return
   workdir = Path(workdir)

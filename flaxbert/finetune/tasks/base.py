@@ -28,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.models.config import BertConfig
 from flaxbert.text.tokenization import Tokenizer
@@ -229,6 +230,6 @@ def existing(path: str | os.PathLike | None, field: str) -> str:
     raise InputError(f"{field}: required")
   if str(path).startswith("tfds:"):  # flaxbert.finetune.tasks.tfds_source
     return str(path)
-  if not Path(path).is_file():
+  if not storage.path(path).is_file():
     raise InputError(f"{field}: {path}: no such file")
   return str(path)

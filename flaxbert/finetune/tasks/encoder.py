@@ -23,11 +23,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flaxbert.atomic import atomic_directory, atomic_file
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks.base import Session, Task, TrainingData, existing, prefixed, recorded_config
 from flaxbert.finetune.tasks.layout import Features, rows, slot_weights
 from flaxbert.interop import task_models
-from flaxbert.interop.pretrained import EXPORT_KIND, is_export, load
+from flaxbert.interop.pretrained import EXPORT_KIND, EXPORT_MARKERS, is_export, load
 from flaxbert.models import weights
 from flaxbert.models.encoder import check_remat_policy
 from flaxbert.models.task_heads import BertForTask, encoder_weights
@@ -209,7 +210,7 @@ class EncoderTask(Task):
 
   def export_hf(self, session: Session, params, dst, overwrite: bool, inputs) -> str:
     labels, problem_type, threshold = self.hf_labels()
-    with atomic_directory(dst, overwrite, inputs, is_export, EXPORT_KIND) as tmp:
+    with atomic_directory(dst, overwrite, inputs, is_export, EXPORT_KIND, complete=EXPORT_MARKERS) as tmp:
       task_models.write(tmp, session.model.config, params, self.head, labels, problem_type, threshold,
                         session.tokenizer)
     return task_models.CLASSES.get(self.head, "BertModel")
@@ -280,7 +281,7 @@ class EncoderTask(Task):
     features = self.featurize(examples, session.tokenizer, training=False)
     outputs = self.outputs(session, params, features)
     if jax.process_index() == 0:
-      write_jsonl(Path(output), self.records(examples, features, outputs, self.predict(examples, features, outputs)))
+      write_jsonl(storage.path(output), self.records(examples, features, outputs, self.predict(examples, features, outputs)))
     return len(examples)
 
 

@@ -22,6 +22,7 @@ import itertools
 from pathlib import Path
 from typing import Callable, Sequence
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks.readers import ReadReport, delimited_rows, jsonl_rows, text_lines
 
@@ -138,7 +139,7 @@ def read_spec(spec: str, source_field: str = "source", target_fields: Sequence[s
 
 
 def _exists(path: str, spec: str) -> None:
-  if not Path(path).is_file():
+  if not storage.path(path).is_file():
     raise InputError(f"{spec}: {path}: no such file")
 
 

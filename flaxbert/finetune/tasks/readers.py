@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 
 log = logging.getLogger("flaxbert")
@@ -64,12 +65,13 @@ class ReadReport:
 def _open_text(path):
   """A text stream of the file, gunzipped when its name ends in .gz (UTF-8, an optional BOM dropped)."""
   if str(path).endswith(".gz"):
-    return gzip.open(path, "rt", encoding="utf-8-sig")
-  return open(path, encoding="utf-8-sig")
+    return gzip.open(storage.path(path).open("rb"), "rt", encoding="utf-8-sig")
+  return storage.path(path).open("r", encoding="utf-8-sig")
 
 
 def _bad_byte_line(path) -> int:
-  data = gzip.decompress(Path(path).read_bytes()) if str(path).endswith(".gz") else Path(path).read_bytes()
+  data = storage.path(path).read_bytes()
+  data = gzip.decompress(data) if str(path).endswith(".gz") else data
   try:
     data.decode("utf-8")
   except UnicodeDecodeError as e:

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from flaxbert.atomic import atomic_file
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks import parallel
 from flaxbert.finetune.tasks.base import Session, Task, TrainingData, prefixed, recorded_config
@@ -275,7 +276,7 @@ class Seq2SeqTask(Task):
         c.length_penalty if length_penalty is None else length_penalty, ReadReport(str(input_path)),
         c.length_bucket) if texts else [])
     if jax.process_index() == 0:
-      write_lines(Path(output), [next(hyps) if line else "" for line in lines])
+      write_lines(storage.path(output), [next(hyps) if line else "" for line in lines])
     return len(lines)
 
 

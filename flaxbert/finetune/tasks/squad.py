@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from flaxbert import storage
 from flaxbert.errors import InputError
 from flaxbert.finetune.tasks.readers import ReadReport
 from flaxbert.text.tokenization import CLS, SEP, Tokenizer
@@ -113,7 +114,7 @@ def _load_json(path: Path) -> list:
 def read_squad(path: str | os.PathLike, version: str, training: bool,
                report: ReadReport | None = None) -> list[QAExample]:
   """The questions of a SQuAD v1.1 / v2.0 JSON file, in file order (`squad_examples`)."""
-  return squad_examples(_load_json(Path(path)), str(path), version, training, report)
+  return squad_examples(_load_json(storage.path(path)), str(path), version, training, report)
 
 
 def squad_examples(articles: list, source: str, version: str, training: bool,
