@@ -31,7 +31,7 @@ def group(module: str) -> str | None:
     return None
   if module == "flaxbert" or parts[1] in ("cli", "config_flags", "demo", "launch"):
     return "entry"
-  if parts[1] in ("errors", "atomic"):
+  if parts[1] in ("errors", "atomic", "storage"):
     return "base"
   return parts[1]
 
