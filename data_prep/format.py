@@ -5,7 +5,7 @@ A dataset folder is a TFDS dataset (`tfds.builder_from_directory` opens it; arra
 splits `train` and `validation`) with google-research/bert's TFRecord features, the vocabulary
 (`flaxbert.load_tokenizer(D)`), `metadata.json` (the settings it was built with, the tokenizer's
 special ids, source statistics) and, per split, every example's token count in index order
-(`LENGTHS_FILE`; not written under Beam), from which sequence packing plans its rows.
+(`LENGTHS_FILE`, with or without Beam), from which sequence packing plans its rows.
 """
 import json
 import os

@@ -71,7 +71,7 @@ def _prepare(args: argparse.Namespace) -> None:
   splits = json.loads((output / "dataset_info.json").read_text())["splits"]
   counts = ", ".join(f"{s['name']} {sum(int(n) for n in s['shardLengths'])} examples in "
                      f"{len(s['shardLengths'])} shards" for s in splits)
-  tokens = "tokens not counted under Beam" if metadata["tokens"] is None else f"{metadata['tokens']} tokens"
+  tokens = "tokens not counted" if metadata["tokens"] is None else f"{metadata['tokens']} tokens"
   print(f"prepared {output}: {counts}; {tokens}")
   print(f"sources: {metadata['sources_summary']}")
 

@@ -184,7 +184,7 @@ def test_prepare_writes_the_lengths_packing_plans_from(unpaired_dir, tmp_path, m
 
   copy = tmp_path / "copy"
   shutil.copytree(unpaired_dir, copy)
-  (copy / "lengths-train.npy").unlink()  # as a dataset written under Beam: lengths read from the examples
+  (copy / "lengths-train.npy").unlink()  # as a dataset without one (an older flaxbert): lengths read from the examples
   read = PretrainingData(copy, "train", global_batch_size=4, seed=7, max_examples_per_row=4)
   assert [r.tolist() for r in read._plan] == [r.tolist() for r in packed._plan]  # pylint: disable=protected-access
   for bad in (lengths[:-1], np.full_like(lengths, 33), lengths.astype(np.float32)):

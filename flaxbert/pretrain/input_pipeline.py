@@ -17,7 +17,7 @@ Packing (`max_examples_per_row` > 1; dynamic masking without next-sentence predi
 RoBERTa / MosaicBERT): the split's sequences are binned once into rows of max_seq_length tokens
 (flaxbert.training.packing.plan over every sequence's length, best-fit decreasing; the lengths come from
 the file `flaxbert prepare` writes beside the split, data_prep.format.LENGTHS_FILE, or, for a
-dataset written under Beam, from reading the split once), and "examples" above
+dataset without one (written by an older flaxbert), from reading the split once), and "examples" above
 become those rows: an epoch permutes the rows, a batch holds `global_batch_size` of them. A row
 numbers its sequences in `input_mask` (1, 2, …; 0 = padding), restarts `position_ids` at each, so
 each attends only to itself, and holds every sequence's masks (drawn exactly as unpacked, from
@@ -109,10 +109,10 @@ class PretrainingData:
 
   def _sequence_lengths(self, directory: Path, split: str) -> np.ndarray:
     """[num_examples] int64: each example's token count, from the split's lengths file, else (a
-    dataset written under Beam) by reading every example once."""
+    dataset without one, written by an older flaxbert) by reading every example once."""
     path = self._lengths_path = directory / LENGTHS_FILE.format(split=split)
     if not path.is_file():
-      logging.info("%s: no %s (written under Beam?); reading the %d examples' lengths", directory, path.name,
+      logging.info("%s: no %s (written by an older flaxbert?); reading the %d examples' lengths", directory, path.name,
                    self.num_examples)
       n = self.num_examples
       return np.fromiter((np.asarray(e["input_mask"]).sum() for i in range(0, n, 4096)
