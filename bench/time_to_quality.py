@@ -1,0 +1,461 @@
+"""Time to quality: BERT-mini pretrained by flaxbert and by transformers for the same wall-clock budget.
+
+  .venv/bin/python bench/time_to_quality.py [--budget_minutes 60] [--seeds 0,1,2] [--sst2_train 8000]
+      [--arms flaxbert,transformers,random] [--data ../shared/data] [--work /tmp/flaxbert_ttq]
+      [--out bench/out/time_to_quality.json]
+  smoke (about 10 min on a busy 2-core CPU): … --budget_minutes 0.5 --books 3 --seeds 0 --sst2_train 300
+      --sst2_eval_limit 200 --wnut_train_limit 300 --wnut_eval_limit 200 --heldout_batches 2
+      --calibration_steps 3 --work /tmp/ttq_smoke --out /tmp/ttq_smoke.json
+
+Does a flaxbert pretraining run give a model as good as transformers' pretraining for the same
+wall-clock budget, and better than a random init downstream?
+
+Data. Pretraining text: the LitBank novels (all 100, or the first --books, in the original
+one-sentence-per-line format of bench/prepare_litbank.py) plus WikiText-2 *valid*; held-out text:
+WikiText-2 *test*. WikiText is written in the same format by `write_wikitext` (an article per
+` = Title = ` line, headings dropped, paragraphs split into sentences, `<unk>` dropped and the
+` @-@ ` / ` @,@ ` / ` @.@ ` number and hyphen splits joined). Both are prepared as `flaxbert prepare
+--config prepare` does by default (the original create_pretraining_data.py: static masking, NSP
+pairs, max_seq_length 128, 20 predictions, dupe_factor 10, seed 12345) with the uncased original
+vocabulary, by bench/compare_training.py's `dataset` (reused while the settings are unchanged).
+
+Pretraining arms, one after the other (--pretrain_order), each in a budget of --budget_minutes:
+  flaxbert      `flaxbert.pretrain.job.train_and_evaluate` with configs/pretrain.py:mini (batch 128,
+                AdamW lr 5e-4, decay 0.01, clipping 1.0, dropout 0.1, float32), in this process with
+                huge-page malloc as the `flaxbert` command runs;
+  transformers  `transformers.BertForPreTraining` (its own init, or flaxbert's with --torch_init
+                flaxbert) on the same batches in the same order (flaxbert's input pipeline, labels
+                as bench/training_parity.py's `torch_inputs`), eager fp32 PyTorch on all cores,
+                torch.optim.AdamW + LambdaLR as `training_parity.torch_optimizer` and
+                `clip_grad_norm_`, in a child process with the default malloc (bench/torch_side.py
+                says why).
+Neither framework stops at a time, so each side first calibrates: a --calibration_steps run gives
+its steady step time s and its fixed overhead o (start, compile, final save); the run then gets
+num_train_steps = (budget − o) / s, so that the schedule's linear warmup (the config's proportion,
+10k of 1M steps, unless --warmup_proportion) and linear decay to 0 span the budget. A run that
+overruns is stopped at the budget (flaxbert: SIGTERM at the budget, which its loop takes as a
+preemption: it saves and stops at the next step; torch: no step starts after it). The JSON gives
+the planned and the trained steps, the real wall time, tokens seen (positions and non-padding
+tokens, from the batches of the steps trained) and the final train loss.
+
+Evaluation. Masked-LM (and NSP) accuracy of both checkpoints on the held-out WikiText-2 test
+dataset (by default one masking of the text: its first dupe pass, --heldout_batches), both run by
+flaxbert's model and eval step (`pretrain.job.make_eval_step`/`evaluate`; the torch checkpoint
+through flaxbert's HF import). Then every arm — the two checkpoints and
+`random` (a flaxbert init of the same BERT-mini, saved as an HF folder: fine-tuning needs an
+`init`) — is fine-tuned with one fixed recipe (bench/compare_finetune.py's `task_files` and
+`make_config`; --finetune_lr, batch 32, dropout 0.1) on SST-2 (a seeded --sst2_train subset of
+train.tsv, dev accuracy) and WNUT-17 (train → emerging.test.annotated, entity F1), once per
+--seeds seed, by flaxbert's fine-tuning job.
+
+Verdicts (in "verdicts"): the spread of an arm is the range (max − min) of its seed scores.
+`flaxbert_beats_random[task]`: mean(flaxbert) − mean(random) > the larger of the two spreads;
+`flaxbert_beats_or_equals_transformers[task]`: mean(flaxbert) − mean(transformers) ≥ −(the larger
+spread), and MLM accuracy on the held-out text compared as a plain difference. With one seed the
+spreads are 0. Everything is recorded whichever way it comes out. Writes --out as it goes (results
+meant to be kept: copy to bench/results/).
+"""
+import argparse
+import datetime
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+if __name__ == "__main__" and "--torch_child" not in sys.argv:  # before jax: glibc reads its tunables at start
+  from flaxbert.launch import reexec_with_hugepages  # noqa: E402
+  reexec_with_hugepages()
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench import compare_finetune, compare_training, training_parity  # noqa: E402
+from bench.prepare_litbank import write_original_format  # noqa: E402
+from configs import pretrain as pretrain_config  # noqa: E402
+from flaxbert import launch  # noqa: E402
+from flaxbert.finetune import job as finetune_job  # noqa: E402
+from flaxbert.interop import pretrained  # noqa: E402
+from flaxbert.models.pretraining import build_model, init_params  # noqa: E402
+from flaxbert.pretrain import job as pretrain_job  # noqa: E402
+from flaxbert.pretrain.input_pipeline import PretrainingData  # noqa: E402
+from flaxbert.text.sentences import split_sentences  # noqa: E402
+from flaxbert.training import optim, sharding, stop_signals  # noqa: E402
+
+ARMS = ("flaxbert", "transformers", "random")
+TASKS = {"sst2": "accuracy", "wnut17": "f1"}  # the score each task is judged by
+_TITLE = re.compile(r"= [^=].* =")  # a WikiText article's first line (sections are "= = … = =")
+
+
+# --- corpora -----------------------------------------------------------------------------------
+
+
+def write_wikitext(source: Path, path: Path) -> int:
+  """WikiText-2 (tokenized v1) in the original one-sentence-per-line format; the number of articles."""
+  docs: list[list[str]] = []
+  for line in source.read_text(encoding="utf-8").splitlines():
+    text = line.strip()
+    if _TITLE.fullmatch(text):
+      docs.append([])
+    elif text and not text.startswith("=") and docs:
+      text = " ".join(re.sub(r" @(.)@ ", r"\1", text).replace("<unk>", " ").split())
+      docs[-1].extend(s for s in split_sentences(text) if s.strip())
+  docs = [d for d in docs if d]
+  path.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
+  return len(docs)
+
+
+def prepared(inputs: list[Path], work: Path, args) -> Path:
+  """The dataset of `inputs` as `flaxbert prepare --config prepare` writes it (compare_training.dataset)."""
+  return compare_training.dataset(types.SimpleNamespace(data=inputs, vocab=args.vocab, max_seq_length=128, work=work))
+
+
+# --- pretraining: flaxbert ---------------------------------------------------------------------
+
+
+def pretraining_config(args, dataset: Path, steps: int) -> ml_collections.ConfigDict:
+  """configs/pretrain.py:SIZE on `dataset` for `steps` steps, the warmup a proportion of them."""
+  c = pretrain_config.get_config(args.size)
+  proportion = (args.warmup_proportion if args.warmup_proportion is not None
+                else c.optim.warmup_steps / c.num_train_steps)  # the recipe's 10k of 1M steps
+  c.dataset_dir, c.seed, c.num_train_steps = str(dataset), args.pretrain_seed, steps
+  c.global_batch_size = args.batch_size
+  c.optim.warmup_steps, c.optim.warmup_proportion = None, proportion
+  c.log_every_steps, c.eval_every_steps, c.eval_max_batches = min(100, steps), 0, 1
+  c.checkpoint.every_steps, c.checkpoint.keep = steps, 1
+  return c
+
+
+def run_flaxbert(config: ml_collections.ConfigDict, workdir: Path, budget_s: float) -> dict:
+  """`train_and_evaluate` in a fresh workdir, stopped at `budget_s` if it runs that long (a SIGTERM,
+  which the loop takes as a preemption; one arriving while the job starts is deferred to its loop)."""
+  shutil.rmtree(workdir, ignore_errors=True)
+  timer = threading.Timer(budget_s, os.kill, (os.getpid(), signal.SIGTERM)) if math.isfinite(budget_s) else None
+  with stop_signals.deferred():
+    start = time.perf_counter()
+    if timer is not None:
+      timer.start()
+    try:
+      summary = pretrain_job.train_and_evaluate(config, workdir)
+    finally:
+      if timer is not None:
+        timer.cancel()
+    wall = time.perf_counter() - start
+  return {"summary": summary, "wall_seconds": wall}
+
+
+def flaxbert_side(args, dataset: Path, work: Path) -> dict:
+  k = args.calibration_steps
+  calibration = run_flaxbert(pretraining_config(args, dataset, k), work / "calibrate_flaxbert", math.inf)
+  step_s = args.batch_size / calibration["summary"]["final_train_metrics"]["examples_per_second"]
+  overhead = calibration["wall_seconds"] - k * step_s
+  steps = planned_steps(args.budget_minutes * 60, overhead, step_s)
+  print(f"flaxbert: {step_s:.3f} s/step, overhead {overhead:.1f} s -> {steps} steps", flush=True)
+  run = run_flaxbert(pretraining_config(args, dataset, steps), work / "pretrain_flaxbert", args.budget_minutes * 60)
+  shutil.rmtree(work / "calibrate_flaxbert", ignore_errors=True)
+  s = run["summary"]
+  return {"checkpoint": str(work / "pretrain_flaxbert"), "calibration": {"steps": k, "step_seconds": step_s,
+                                                                          "overhead_seconds": overhead},
+          "planned_steps": steps, "steps": s["step"], "stopped_at_budget": s["step"] < steps,
+          "stopped_by": s["stopped_by"],
+          "wall_seconds": run["wall_seconds"], "final_train_loss": s["final_train_metrics"].get("loss"),
+          "final_train_metrics": s["final_train_metrics"]}
+
+
+def planned_steps(budget_s: float, overhead_s: float, step_s: float) -> int:
+  return max(1, int((budget_s - overhead_s) / step_s))
+
+
+# --- pretraining: transformers (child process) -------------------------------------------------
+
+
+def transformers_side(args, dataset: Path, work: Path, initial: Path) -> dict:
+  """The torch run in a child process with the default malloc (launch.plain_env): `torch_child`."""
+  c = pretraining_config(args, dataset, 1)
+  spec = {"dataset": str(dataset), "batch": c.global_batch_size, "seed": args.pretrain_seed,
+          "optim": c.optim.to_dict(), "initial": str(initial), "init": args.torch_init, "vocab": str(args.vocab),
+          "budget_s": args.budget_minutes * 60, "calibration_steps": args.calibration_steps,
+          "out": str(work / "pretrain_transformers"), "result": str(work / "torch_result.json")}
+  (work / "torch_spec.json").write_text(json.dumps(spec, indent=2))
+  subprocess.run([sys.executable, str(Path(__file__).resolve()), "--torch_child", str(work / "torch_spec.json")],
+                 cwd=REPO, env=launch.plain_env(dict(os.environ)), check=True)
+  return json.loads(Path(spec["result"]).read_text())
+
+
+def torch_child(spec_path: str) -> None:
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  spec = json.loads(Path(spec_path).read_text())
+  torch.set_num_threads(os.cpu_count())
+  data = PretrainingData(spec["dataset"], "train", global_batch_size=spec["batch"], seed=spec["seed"])
+
+  def train(steps: int, budget_s: float):
+    start = time.perf_counter()
+    torch.manual_seed(spec["seed"])
+    model = (transformers.BertForPreTraining.from_pretrained(spec["initial"]) if spec["init"] == "flaxbert"
+             else transformers.BertForPreTraining(transformers.BertConfig.from_pretrained(spec["initial"])))
+    model.train()
+    opt = optim.resolve(ml_collections.ConfigDict(spec["optim"]), steps)
+    optimizer, schedule = training_parity.torch_optimizer(model, opt)
+    times, losses, stream = [], [], data.iterate(0)
+    for _ in range(steps):
+      if time.perf_counter() - start >= budget_s:
+        break
+      t = time.perf_counter()
+      loss = model(**training_parity.torch_inputs(next(stream))).loss
+      loss.backward()
+      if opt.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
+      optimizer.step()
+      schedule.step()
+      optimizer.zero_grad(set_to_none=True)
+      losses.append(float(loss.detach()))
+      times.append(time.perf_counter() - t)
+    stream.close()
+    return model, start, times, losses
+
+  k = spec["calibration_steps"]
+  _, start, times, _ = train(k, math.inf)
+  wall = time.perf_counter() - start
+  step_s = statistics.median(times[1:] or times)
+  overhead = wall - k * step_s
+  steps = planned_steps(spec["budget_s"], overhead, step_s)
+  print(f"transformers: {step_s:.3f} s/step, overhead {overhead:.1f} s -> {steps} steps", flush=True)
+  model, start, times, losses = train(steps, spec["budget_s"])
+  shutil.rmtree(spec["out"], ignore_errors=True)
+  model.save_pretrained(spec["out"])
+  shutil.copy(spec["vocab"], Path(spec["out"]) / "vocab.txt")
+  wall = time.perf_counter() - start
+  Path(spec["result"]).write_text(json.dumps({
+      "checkpoint": spec["out"], "calibration": {"steps": k, "step_seconds": step_s, "overhead_seconds": overhead},
+      "planned_steps": steps, "steps": len(losses), "stopped_at_budget": len(losses) < steps, "wall_seconds": wall,
+      "final_train_loss": float(np.mean(losses[-min(100, len(losses)):])), "init": spec["init"],
+      "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
+      "attn_implementation": model.config._attn_implementation,  # pylint: disable=protected-access
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}, indent=2))
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def random_init(args, dataset: Path, out: Path) -> Path:
+  """A fresh flaxbert init of the pretraining arms' BERT as an HF folder (with vocab.txt)."""
+  info = json.loads((dataset / "metadata.json").read_text())
+  cfg = pretrain_job.bert_config(pretraining_config(args, dataset, 1), info["tokenizer"]["vocab_size"], 128)
+  model = build_model(cfg)
+  return pretrained.save_pretrained(out, model, init_params(model, args.pretrain_seed), format="hf",
+                                    vocab=args.vocab, overwrite=True)
+
+
+def tokens_seen(dataset: Path, batch: int, seed: int, steps: dict[str, int]) -> dict:
+  """Per arm: sequence positions and non-padding tokens of the batches of its `steps` steps."""
+  data = PretrainingData(dataset, "train", global_batch_size=batch, seed=seed)
+  counts, stream = [0], data.iterate(0)
+  for _ in range(max(steps.values(), default=0)):
+    counts.append(counts[-1] + int(next(stream)["input_mask"].sum()))
+  stream.close()
+  return {arm: {"positions": n * batch * data.max_seq_length, "tokens": counts[n]} for arm, n in steps.items()}
+
+
+def heldout_metrics(checkpoint: str, heldout: Path, args) -> dict:
+  """MLM/NSP loss and accuracy of a checkpoint (flaxbert workdir or HF folder) on the held-out
+  dataset, its train then its validation split, in stored order: the first --heldout_batches
+  batches; 0: every example (all dupe passes); -1: one masking of the text (the first dupe pass of
+  its one chunk: the first 1/dupe_factor of the train split, 61 of WikiText-2 test's 62 articles)."""
+  loaded = pretrained.load(checkpoint)
+  mesh = sharding.make_mesh(pretrain_config.get_config(args.size).mesh, jax.devices()[:1])
+  eval_step = jax.jit(pretrain_job.make_eval_step(loaded.model, nsp=True))
+  splits = [PretrainingData(heldout, s, global_batch_size=args.batch_size, seed=0) for s in ("train", "validation")]
+  data = types.SimpleNamespace(eval_batches=lambda: itertools.chain.from_iterable(d.eval_batches() for d in splits))
+  batches = args.heldout_batches
+  if batches < 0:
+    dupe = splits[0].builder.info.metadata["settings"]["dupe_factor"]
+    batches = math.ceil(splits[0].num_examples / dupe / args.batch_size)
+  start = time.perf_counter()
+  scores = pretrain_job.evaluate(eval_step, loaded.params, data, mesh, batches)
+  return {**scores, "batches": batches or "all", "seconds": time.perf_counter() - start}
+
+
+def head_lines(src: Path, dst: Path, n: int, header: int = 0, blocks: bool = False) -> Path:
+  """The first `n` lines after `header` header lines (blocks: blank-line-separated blocks) of src."""
+  lines = src.read_text(encoding="utf-8").splitlines()
+  if blocks:
+    groups = [list(g) for blank, g in itertools.groupby(lines, lambda line: not line.strip()) if not blank]
+    dst.write_text("\n\n".join("\n".join(g) for g in groups[:n]) + "\n", encoding="utf-8")
+  else:
+    dst.write_text("\n".join(lines[:header + n]) + "\n", encoding="utf-8")
+  return dst
+
+
+def finetune_tasks(args, work: Path) -> dict:
+  """Per task: compare_finetune.task_files' overrides, cut to the --*_limit sizes."""
+  files = types.SimpleNamespace(data_seed=args.data_seed, sst2_train=args.sst2_train, epochs=args.sst2_epochs,
+                                ner_max_seq_length=128, ner_epochs=args.wnut_epochs)
+  out = {}
+  for name in TASKS:
+    folder = work / "finetune" / name
+    o = compare_finetune.task_files(name, args.data, folder, files)
+    if name == "sst2" and args.sst2_eval_limit:
+      o["eval_path"] = str(head_lines(Path(o["eval_path"]), folder / "dev.tsv", args.sst2_eval_limit, header=1))
+    if name == "wnut17" and args.wnut_train_limit:
+      o["train_path"] = str(head_lines(Path(o["train_path"]), folder / "train.conll", args.wnut_train_limit,
+                                       blocks=True))
+    if name == "wnut17" and args.wnut_eval_limit:
+      o["eval_path"] = str(head_lines(Path(o["eval_path"]), folder / "eval.conll", args.wnut_eval_limit, blocks=True))
+    out[name] = o
+  return out
+
+
+def finetune(args, name: str, overrides: dict, arm: str, init: str, seed: int, work: Path) -> dict:
+  recipe = types.SimpleNamespace(model=init, batch_size=32, learning_rate=args.finetune_lr, dropout=0.1)
+  config = compare_finetune.make_config(overrides, recipe, seed)
+  workdir = work / "finetune" / name / arm / str(seed)
+  shutil.rmtree(workdir, ignore_errors=True)
+  start = time.perf_counter()
+  scores = finetune_job.train_and_evaluate(config, workdir)
+  return {"scores": {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))},
+          "seconds": time.perf_counter() - start}
+
+
+def spread(summary: dict) -> float:
+  return summary["max"] - summary["min"]
+
+
+def verdicts(report: dict) -> dict:
+  out = {"flaxbert_beats_random": {}, "flaxbert_beats_or_equals_transformers": {}}
+  for name, metric in TASKS.items():
+    arms = {arm: r["summary"][metric] for arm, r in report["finetune"].get(name, {}).items() if r.get("summary")}
+    if "flaxbert" not in arms:
+      continue
+    for other, key, holds in (("random", "flaxbert_beats_random", lambda d, s: d > s),
+                              ("transformers", "flaxbert_beats_or_equals_transformers", lambda d, s: d >= -s)):
+      if other in arms:
+        d, s = arms["flaxbert"]["mean"] - arms[other]["mean"], max(spread(arms["flaxbert"]), spread(arms[other]))
+        out[key][name] = {"holds": bool(holds(d, s)), "difference_of_means": d, "larger_spread": s, "metric": metric}
+  mlm = report.get("heldout", {})
+  if "flaxbert" in mlm and "transformers" in mlm:
+    d = mlm["flaxbert"]["mlm_accuracy"] - mlm["transformers"]["mlm_accuracy"]
+    out["flaxbert_beats_or_equals_transformers"]["heldout_mlm_accuracy"] = {"holds": bool(d >= 0), "difference": d}
+  for key in ("flaxbert_beats_random", "flaxbert_beats_or_equals_transformers"):
+    found = [v["holds"] for v in out[key].values()]
+    out[key]["all"] = bool(found) and all(found)
+  return out
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--budget_minutes", type=float, default=60.0, help="each pretraining side's wall-clock budget")
+  parser.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (head init, batch order, dropout)")
+  parser.add_argument("--sst2_train", type=int, default=8000, help="SST-2 training sentences (seeded subset)")
+  parser.add_argument("--arms", default=",".join(ARMS), help="of flaxbert,transformers,random")
+  parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="folder as ../shared/data")
+  parser.add_argument("--vocab", type=Path, default=None, help="default: DATA/bert-vocab/bert-base-uncased-vocab.txt")
+  parser.add_argument("--work", type=Path, default=Path("/tmp/flaxbert_ttq"))
+  parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "time_to_quality.json")
+  parser.add_argument("--size", default="mini", help="configs/pretrain.py model size")
+  parser.add_argument("--batch_size", type=int, default=None, help="pretraining batch (default: the size's recipe)")
+  parser.add_argument("--warmup_proportion", type=float, default=None, help="default: the recipe's 10k/1M")
+  parser.add_argument("--pretrain_seed", type=int, default=0)
+  parser.add_argument("--pretrain_order", default="flaxbert,transformers")
+  parser.add_argument("--torch_init", choices=("hf", "flaxbert"), default="hf",
+                      help="hf: transformers' own init (as its users get); flaxbert: the random arm's weights")
+  parser.add_argument("--calibration_steps", type=int, default=10)
+  parser.add_argument("--books", type=int, default=0, help="only the first N LitBank books (0: all)")
+  parser.add_argument("--heldout_batches", type=int, default=-1,
+                      help="held-out eval batches (-1: one masking of the text; 0: all dupe passes)")
+  parser.add_argument("--data_seed", type=int, default=0, help="the SST-2 subset's seed")
+  parser.add_argument("--finetune_lr", type=float, default=1e-4)
+  parser.add_argument("--sst2_epochs", type=float, default=2.0)
+  parser.add_argument("--wnut_epochs", type=float, default=3.0)
+  parser.add_argument("--sst2_eval_limit", type=int, default=0, help="first N dev sentences (0: all)")
+  parser.add_argument("--wnut_train_limit", type=int, default=0, help="first N training sentences (0: all)")
+  parser.add_argument("--wnut_eval_limit", type=int, default=0, help="first N test sentences (0: all)")
+  parser.add_argument("--torch_child", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.torch_child:
+    torch_child(args.torch_child)
+    return
+  arms = [a for a in args.arms.split(",") if a]
+  if set(arms) - set(ARMS):
+    raise SystemExit(f"--arms: unknown {sorted(set(arms) - set(ARMS))}; expected some of {ARMS}")
+  args.vocab = args.vocab or args.data / "bert-vocab" / "bert-base-uncased-vocab.txt"
+  args.batch_size = args.batch_size or pretrain_config.get_config(args.size).global_batch_size
+  work = args.work
+  (work / "corpus").mkdir(parents=True, exist_ok=True)
+  t0 = time.perf_counter()
+  report = {"date": datetime.date.today().isoformat(), "command": "bench/time_to_quality.py " + " ".join(sys.argv[1:]),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+                        "device": jax.devices()[0].device_kind},
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "torch_child"},
+            "pretraining": {}, "heldout": {}, "finetune": {}}
+
+  def save() -> None:
+    report["verdicts"] = verdicts(report)
+    report["total_seconds"] = time.perf_counter() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+
+  litbank, valid, test = work / "corpus" / "litbank.txt", work / "corpus" / "wikitext_valid.txt", work / "heldout.txt"
+  books = write_original_format(args.data / "litbank-gutenberg-novels", litbank, args.books)
+  corpus = {"litbank_books": books,
+            "wikitext_valid_articles": write_wikitext(args.data / "wikitext-2-v1-valid-test" / "valid.txt", valid),
+            "wikitext_test_articles": write_wikitext(args.data / "wikitext-2-v1-valid-test" / "test.txt", test)}
+  dataset, heldout = prepared([litbank, valid], work / "pretrain", args), prepared([test], work / "heldout", args)
+  for key, d in (("pretraining", dataset), ("heldout", heldout)):
+    info = json.loads((d / "dataset_info.json").read_text())
+    corpus[f"{key}_examples"] = {s["name"]: sum(int(n) for n in s["shardLengths"]) for s in info["splits"]}
+  report["data"] = corpus
+  initial = random_init(args, dataset, work / "random_init")
+  checkpoints = {"random": str(initial)}
+
+  for side in args.pretrain_order.split(","):
+    if side not in arms or side == "random":
+      continue
+    print(f"pretraining: {side}, {args.budget_minutes} min", flush=True)
+    r = (flaxbert_side(args, dataset, work) if side == "flaxbert"
+         else transformers_side(args, dataset, work, initial))
+    report["pretraining"][side] = r
+    checkpoints[side] = r["checkpoint"]
+    save()
+  steps = {side: r["steps"] for side, r in report["pretraining"].items()}
+  for side, seen in tokens_seen(dataset, args.batch_size, args.pretrain_seed, steps).items():
+    report["pretraining"][side]["seen"] = seen
+  for side in report["pretraining"]:
+    report["heldout"][side] = heldout_metrics(checkpoints[side], heldout, args)
+    print(f"held-out {side}: {json.dumps(report['heldout'][side])}", flush=True)
+  save()
+
+  seeds = [int(s) for s in args.seeds.split(",")]
+  for name, overrides in finetune_tasks(args, work).items():
+    for arm in arms:
+      runs = report["finetune"].setdefault(name, {}).setdefault(arm, {"seeds": {}})
+      for seed in seeds:
+        runs["seeds"][str(seed)] = r = finetune(args, name, overrides, arm, checkpoints[arm], seed, work)
+        runs["summary"] = compare_finetune.summary(runs["seeds"])
+        print(f"{name} {arm} seed {seed}: {json.dumps(r['scores'])} {r['seconds']:.0f} s", flush=True)
+        save()
+  save()
+  print(json.dumps({"pretraining": {k: {f: v.get(f) for f in ("steps", "wall_seconds", "seen")}
+                                    for k, v in report["pretraining"].items()},
+                    "heldout": report["heldout"], "verdicts": report["verdicts"]}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+  main()
