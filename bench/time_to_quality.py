@@ -29,7 +29,7 @@ Pretraining arms, one after the other (--pretrain_order), each in a budget of --
                 torch.optim.AdamW + LambdaLR as `training_parity.torch_optimizer` and
                 `clip_grad_norm_`, in a child process with the default malloc (bench/torch_side.py
                 says why).
-Neither framework stops at a time, so each side first calibrates: a --calibration_steps run gives
+Neither framework stops at a time, so each side (bench/budgeted_pretraining.py) first calibrates: a --calibration_steps run gives
 its steady step time s and its fixed overhead o (start, compile, final save); the run then gets
 num_train_steps = (budget − o) / s, so that the schedule's linear warmup (the config's proportion,
 10k of 1M steps, unless --warmup_proportion) and linear decay to 0 span the budget. A run that
@@ -64,11 +64,7 @@ import os
 import platform
 import re
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
-import threading
 import time
 import types
 from pathlib import Path
@@ -76,25 +72,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-if __name__ == "__main__" and "--torch_child" not in sys.argv:  # before jax: glibc reads its tunables at start
+if __name__ == "__main__":  # before jax: glibc reads its tunables at start
   from flaxbert.launch import reexec_with_hugepages  # noqa: E402
   reexec_with_hugepages()
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
 
-from bench import compare_finetune, compare_training, training_parity  # noqa: E402
+from bench import compare_finetune, compare_training  # noqa: E402
+from bench.budgeted_pretraining import flaxbert_side, pretraining_config, transformers_side  # noqa: E402
 from bench.prepare_litbank import write_original_format  # noqa: E402
 from configs import pretrain as pretrain_config  # noqa: E402
-from flaxbert import launch  # noqa: E402
 from flaxbert.finetune import job as finetune_job  # noqa: E402
 from flaxbert.interop import pretrained  # noqa: E402
 from flaxbert.models.pretraining import build_model, init_params  # noqa: E402
 from flaxbert.pretrain import job as pretrain_job  # noqa: E402
 from flaxbert.pretrain.input_pipeline import PretrainingData  # noqa: E402
 from flaxbert.text.sentences import split_sentences  # noqa: E402
-from flaxbert.training import optim, sharding, stop_signals  # noqa: E402
+from flaxbert.training import sharding  # noqa: E402
 
 ARMS = ("flaxbert", "transformers", "random")
 TASKS = {"sst2": "accuracy", "wnut17": "f1"}  # the score each task is judged by
@@ -122,131 +116,6 @@ def write_wikitext(source: Path, path: Path) -> int:
 def prepared(inputs: list[Path], work: Path, args) -> Path:
   """The dataset of `inputs` as `flaxbert prepare --config prepare` writes it (compare_training.dataset)."""
   return compare_training.dataset(types.SimpleNamespace(data=inputs, vocab=args.vocab, max_seq_length=128, work=work))
-
-
-# --- pretraining: flaxbert ---------------------------------------------------------------------
-
-
-def pretraining_config(args, dataset: Path, steps: int) -> ml_collections.ConfigDict:
-  """configs/pretrain.py:SIZE on `dataset` for `steps` steps, the warmup a proportion of them."""
-  c = pretrain_config.get_config(args.size)
-  proportion = (args.warmup_proportion if args.warmup_proportion is not None
-                else c.optim.warmup_steps / c.num_train_steps)  # the recipe's 10k of 1M steps
-  c.dataset_dir, c.seed, c.num_train_steps = str(dataset), args.pretrain_seed, steps
-  c.global_batch_size = args.batch_size
-  c.optim.warmup_steps, c.optim.warmup_proportion = None, proportion
-  c.log_every_steps, c.eval_every_steps, c.eval_max_batches = min(100, steps), 0, 1
-  c.checkpoint.every_steps, c.checkpoint.keep = steps, 1
-  return c
-
-
-def run_flaxbert(config: ml_collections.ConfigDict, workdir: Path, budget_s: float) -> dict:
-  """`train_and_evaluate` in a fresh workdir, stopped at `budget_s` if it runs that long (a SIGTERM,
-  which the loop takes as a preemption; one arriving while the job starts is deferred to its loop)."""
-  shutil.rmtree(workdir, ignore_errors=True)
-  timer = threading.Timer(budget_s, os.kill, (os.getpid(), signal.SIGTERM)) if math.isfinite(budget_s) else None
-  with stop_signals.deferred():
-    start = time.perf_counter()
-    if timer is not None:
-      timer.start()
-    try:
-      summary = pretrain_job.train_and_evaluate(config, workdir)
-    finally:
-      if timer is not None:
-        timer.cancel()
-    wall = time.perf_counter() - start
-  return {"summary": summary, "wall_seconds": wall}
-
-
-def flaxbert_side(args, dataset: Path, work: Path) -> dict:
-  k = args.calibration_steps
-  calibration = run_flaxbert(pretraining_config(args, dataset, k), work / "calibrate_flaxbert", math.inf)
-  step_s = args.batch_size / calibration["summary"]["final_train_metrics"]["examples_per_second"]
-  overhead = calibration["wall_seconds"] - k * step_s
-  steps = planned_steps(args.budget_minutes * 60, overhead, step_s)
-  print(f"flaxbert: {step_s:.3f} s/step, overhead {overhead:.1f} s -> {steps} steps", flush=True)
-  run = run_flaxbert(pretraining_config(args, dataset, steps), work / "pretrain_flaxbert", args.budget_minutes * 60)
-  shutil.rmtree(work / "calibrate_flaxbert", ignore_errors=True)
-  s = run["summary"]
-  return {"checkpoint": str(work / "pretrain_flaxbert"), "calibration": {"steps": k, "step_seconds": step_s,
-                                                                          "overhead_seconds": overhead},
-          "planned_steps": steps, "steps": s["step"], "stopped_at_budget": s["step"] < steps,
-          "stopped_by": s["stopped_by"],
-          "wall_seconds": run["wall_seconds"], "final_train_loss": s["final_train_metrics"].get("loss"),
-          "final_train_metrics": s["final_train_metrics"]}
-
-
-def planned_steps(budget_s: float, overhead_s: float, step_s: float) -> int:
-  return max(1, int((budget_s - overhead_s) / step_s))
-
-
-# --- pretraining: transformers (child process) -------------------------------------------------
-
-
-def transformers_side(args, dataset: Path, work: Path, initial: Path) -> dict:
-  """The torch run in a child process with the default malloc (launch.plain_env): `torch_child`."""
-  c = pretraining_config(args, dataset, 1)
-  spec = {"dataset": str(dataset), "batch": c.global_batch_size, "seed": args.pretrain_seed,
-          "optim": c.optim.to_dict(), "initial": str(initial), "init": args.torch_init, "vocab": str(args.vocab),
-          "budget_s": args.budget_minutes * 60, "calibration_steps": args.calibration_steps,
-          "out": str(work / "pretrain_transformers"), "result": str(work / "torch_result.json")}
-  (work / "torch_spec.json").write_text(json.dumps(spec, indent=2))
-  subprocess.run([sys.executable, str(Path(__file__).resolve()), "--torch_child", str(work / "torch_spec.json")],
-                 cwd=REPO, env=launch.plain_env(dict(os.environ)), check=True)
-  return json.loads(Path(spec["result"]).read_text())
-
-
-def torch_child(spec_path: str) -> None:
-  import torch  # pylint: disable=import-outside-toplevel
-  import transformers  # pylint: disable=import-outside-toplevel
-  spec = json.loads(Path(spec_path).read_text())
-  torch.set_num_threads(os.cpu_count())
-  data = PretrainingData(spec["dataset"], "train", global_batch_size=spec["batch"], seed=spec["seed"])
-
-  def train(steps: int, budget_s: float):
-    start = time.perf_counter()
-    torch.manual_seed(spec["seed"])
-    model = (transformers.BertForPreTraining.from_pretrained(spec["initial"]) if spec["init"] == "flaxbert"
-             else transformers.BertForPreTraining(transformers.BertConfig.from_pretrained(spec["initial"])))
-    model.train()
-    opt = optim.resolve(ml_collections.ConfigDict(spec["optim"]), steps)
-    optimizer, schedule = training_parity.torch_optimizer(model, opt)
-    times, losses, stream = [], [], data.iterate(0)
-    for _ in range(steps):
-      if time.perf_counter() - start >= budget_s:
-        break
-      t = time.perf_counter()
-      loss = model(**training_parity.torch_inputs(next(stream))).loss
-      loss.backward()
-      if opt.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
-      optimizer.step()
-      schedule.step()
-      optimizer.zero_grad(set_to_none=True)
-      losses.append(float(loss.detach()))
-      times.append(time.perf_counter() - t)
-    stream.close()
-    return model, start, times, losses
-
-  k = spec["calibration_steps"]
-  _, start, times, _ = train(k, math.inf)
-  wall = time.perf_counter() - start
-  step_s = statistics.median(times[1:] or times)
-  overhead = wall - k * step_s
-  steps = planned_steps(spec["budget_s"], overhead, step_s)
-  print(f"transformers: {step_s:.3f} s/step, overhead {overhead:.1f} s -> {steps} steps", flush=True)
-  model, start, times, losses = train(steps, spec["budget_s"])
-  shutil.rmtree(spec["out"], ignore_errors=True)
-  model.save_pretrained(spec["out"])
-  shutil.copy(spec["vocab"], Path(spec["out"]) / "vocab.txt")
-  wall = time.perf_counter() - start
-  Path(spec["result"]).write_text(json.dumps({
-      "checkpoint": spec["out"], "calibration": {"steps": k, "step_seconds": step_s, "overhead_seconds": overhead},
-      "planned_steps": steps, "steps": len(losses), "stopped_at_budget": len(losses) < steps, "wall_seconds": wall,
-      "final_train_loss": float(np.mean(losses[-min(100, len(losses)):])), "init": spec["init"],
-      "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
-      "attn_implementation": model.config._attn_implementation,  # pylint: disable=protected-access
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}, indent=2))
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -387,11 +256,7 @@ def main() -> None:
   parser.add_argument("--sst2_eval_limit", type=int, default=0, help="first N dev sentences (0: all)")
   parser.add_argument("--wnut_train_limit", type=int, default=0, help="first N training sentences (0: all)")
   parser.add_argument("--wnut_eval_limit", type=int, default=0, help="first N test sentences (0: all)")
-  parser.add_argument("--torch_child", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.torch_child:
-    torch_child(args.torch_child)
-    return
   arms = [a for a in args.arms.split(",") if a]
   if set(arms) - set(ARMS):
     raise SystemExit(f"--arms: unknown {sorted(set(arms) - set(ARMS))}; expected some of {ARMS}")
@@ -403,7 +268,7 @@ def main() -> None:
   report = {"date": datetime.date.today().isoformat(), "command": "bench/time_to_quality.py " + " ".join(sys.argv[1:]),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                         "device": jax.devices()[0].device_kind},
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "torch_child"},
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "pretraining": {}, "heldout": {}, "finetune": {}}
 
   def save() -> None:
