@@ -50,6 +50,8 @@ def pretraining_config(args, dataset: Path, steps: int) -> ml_collections.Config
                 else c.optim.warmup_steps / c.num_train_steps)  # the recipe's 10k of 1M steps
   c.dataset_dir, c.seed, c.num_train_steps = str(dataset), args.pretrain_seed, steps
   c.global_batch_size = args.batch_size
+  if args.learning_rate is not None:
+    c.optim.learning_rate = args.learning_rate
   c.optim.warmup_steps, c.optim.warmup_proportion = None, proportion
   c.log_every_steps, c.eval_every_steps, c.eval_max_batches = min(100, steps), 0, 1
   c.checkpoint.every_steps, c.checkpoint.keep = steps, 1

@@ -21,8 +21,9 @@ vocabulary, by bench/compare_training.py's `dataset` (reused while the settings 
 
 Pretraining arms, one after the other (--pretrain_order), each in a budget of --budget_minutes:
   flaxbert      `flaxbert.pretrain.job.train_and_evaluate` with configs/pretrain.py:mini (batch 128,
-                AdamW lr 5e-4, decay 0.01, clipping 1.0, dropout 0.1, float32), in this process with
-                huge-page malloc as the `flaxbert` command runs;
+                AdamW lr 5e-4, decay 0.01, clipping 1.0, dropout 0.1, float32; --batch_size,
+                --learning_rate and --warmup_proportion change it for both sides), in this process
+                with huge-page malloc as the `flaxbert` command runs;
   transformers  `transformers.BertForPreTraining` (its own init, or flaxbert's with --torch_init
                 flaxbert) on the same batches in the same order (flaxbert's input pipeline, labels
                 as bench/training_parity.py's `torch_inputs`), eager fp32 PyTorch on all cores,
@@ -41,12 +42,12 @@ tokens, from the batches of the steps trained) and the final train loss.
 Evaluation. Masked-LM (and NSP) accuracy of both checkpoints on the held-out WikiText-2 test
 dataset (by default one masking of the text: its first dupe pass, --heldout_batches), both run by
 flaxbert's model and eval step (`pretrain.job.make_eval_step`/`evaluate`; the torch checkpoint
-through flaxbert's HF import). Then every arm — the two checkpoints and
-`random` (a flaxbert init of the same BERT-mini, saved as an HF folder: fine-tuning needs an
-`init`) — is fine-tuned with one fixed recipe (bench/compare_finetune.py's `task_files` and
-`make_config`; --finetune_lr, batch 32, dropout 0.1) on SST-2 (a seeded --sst2_train subset of
-train.tsv, dev accuracy) and WNUT-17 (train → emerging.test.annotated, entity F1), once per
---seeds seed, by flaxbert's fine-tuning job.
+through flaxbert's HF import). Then every arm — the two checkpoints and `random` (a flaxbert init
+of the same BERT-mini, saved as an HF folder: fine-tuning needs an `init`) — is fine-tuned with one
+fixed recipe (bench/compare_finetune.py's `task_files` and `make_config`; --finetune_lr, WNUT-17
+--wnut_lr if given; batch 32, dropout 0.1) on SST-2 (a seeded --sst2_train subset of train.tsv, dev
+accuracy) and WNUT-17 (train → emerging.test.annotated, entity F1), once per --seeds seed, by
+flaxbert's fine-tuning job.
 
 Verdicts (in "verdicts"): the spread of an arm is the range (max − min) of its seed scores.
 `flaxbert_beats_random[task]`: mean(flaxbert) − mean(random) > the larger of the two spreads;
@@ -190,7 +191,8 @@ def finetune_tasks(args, work: Path) -> dict:
 
 
 def finetune(args, name: str, overrides: dict, arm: str, init: str, seed: int, work: Path) -> dict:
-  recipe = types.SimpleNamespace(model=init, batch_size=32, learning_rate=args.finetune_lr, dropout=0.1)
+  lr = args.wnut_lr if name == "wnut17" and args.wnut_lr is not None else args.finetune_lr
+  recipe = types.SimpleNamespace(model=init, batch_size=32, learning_rate=lr, dropout=0.1)
   config = compare_finetune.make_config(overrides, recipe, seed)
   workdir = work / "finetune" / name / arm / str(seed)
   shutil.rmtree(workdir, ignore_errors=True)
@@ -240,6 +242,8 @@ def main() -> None:
   parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "time_to_quality.json")
   parser.add_argument("--size", default="mini", help="configs/pretrain.py model size")
   parser.add_argument("--batch_size", type=int, default=None, help="pretraining batch (default: the size's recipe)")
+  parser.add_argument("--learning_rate", type=float, default=None,
+                      help="pretraining peak lr, both sides (default: the size's recipe)")
   parser.add_argument("--warmup_proportion", type=float, default=None, help="default: the recipe's 10k/1M")
   parser.add_argument("--pretrain_seed", type=int, default=0)
   parser.add_argument("--pretrain_order", default="flaxbert,transformers")
@@ -251,6 +255,7 @@ def main() -> None:
                       help="held-out eval batches (-1: one masking of the text; 0: all dupe passes)")
   parser.add_argument("--data_seed", type=int, default=0, help="the SST-2 subset's seed")
   parser.add_argument("--finetune_lr", type=float, default=1e-4)
+  parser.add_argument("--wnut_lr", type=float, default=None, help="WNUT-17's fine-tuning lr (default: --finetune_lr)")
   parser.add_argument("--sst2_epochs", type=float, default=2.0)
   parser.add_argument("--wnut_epochs", type=float, default=3.0)
   parser.add_argument("--sst2_eval_limit", type=int, default=0, help="first N dev sentences (0: all)")
