@@ -23,19 +23,25 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from flaxbert.finetune.embed import Embedder, read_lines  # noqa: E402
+from flaxbert.finetune.tasks.readers import text_lines  # noqa: E402
+
 
 def read_sentences(path: Path, limit: int) -> list[str]:
-  lines = path.read_text(encoding="utf-8").splitlines()
+  """A TSV's first column after its header (blank lines skipped), or a text file as `flaxbert
+  embed --input` reads it (one sentence a line); the first `limit`."""
   if path.suffix == ".tsv":
-    lines = [line.split("\t")[0] for line in lines[1:]]
-  sentences = [line.strip() for line in lines if line.strip()][:limit]
+    lines = [line.split("\t")[0].strip() for line in list(text_lines(path))[1:]]
+  else:
+    lines = read_lines(path)
+  sentences = [line for line in lines if line.strip()][:limit]
   if len(sentences) < 2:
     raise SystemExit(f"--sentences {path}: {len(sentences)} sentences; expected at least 2")
   return sentences
 
 
 def spread_of(vectors: np.ndarray) -> dict:
-  """The three figures of the module docstring for unit-length rows."""
+  """The three figures of the module docstring, each row first scaled to unit length."""
   u = np.asarray(vectors, np.float64)
   u /= np.linalg.norm(u, axis=1, keepdims=True)
   n = len(u)
@@ -54,8 +60,11 @@ def main() -> None:
   parser.add_argument("--max_seq_length", type=int, default=128)
   parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "sentence_vector_spread.json")
   args = parser.parse_args()
-  models = dict(item.split("=", 1) for item in args.models.split(",") if item)
-  from flaxbert.finetune.embed import Embedder  # pylint: disable=import-outside-toplevel
+  items = [item for item in args.models.split(",") if item]
+  bad = [item for item in items if "=" not in item]
+  if bad or not items:
+    raise SystemExit(f"--models: {bad or args.models!r}: expected name=path[,name=path…]")
+  models = dict(item.split("=", 1) for item in items)
   sentences = read_sentences(args.sentences, args.limit)
   report = {"command": "bench/sentence_vector_spread.py " + " ".join(sys.argv[1:]), "sentences": len(sentences),
             "models": {}}
