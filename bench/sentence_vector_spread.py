@@ -11,7 +11,8 @@ first column after its header, or a text file's lines):
                         sentence gets the same vector);
   spread                the mean distance of the unit vectors from their centroid;
   top_direction_share   the share of that variance along its first principal direction (1: the
-                        vectors differ along one line only; an isotropic cloud in H dimensions: ~1/H).
+                        vectors differ along one line only; an isotropic cloud in H dimensions: ~1/H;
+                        null: all the vectors are the same).
 """
 import argparse
 import json
@@ -47,9 +48,10 @@ def spread_of(vectors: np.ndarray) -> dict:
   n = len(u)
   cosine = ((u @ u.T).sum() - n) / (n * n - n)
   centred = u - u.mean(0)
-  singular = np.linalg.svd(centred, compute_uv=False)
+  variance = np.linalg.svd(centred, compute_uv=False) ** 2
+  share = float(variance[0] / variance.sum()) if variance.sum() > 1e-24 else None  # None: no variance to share
   return {"mean_pairwise_cosine": float(cosine), "spread": float(np.linalg.norm(centred, axis=1).mean()),
-          "top_direction_share": float(singular[0] ** 2 / (singular ** 2).sum())}
+          "top_direction_share": share}
 
 
 def main() -> None:

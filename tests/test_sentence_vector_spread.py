@@ -9,6 +9,7 @@ def test_identical_vectors_are_fully_collapsed():
   r = spread_of(np.tile([[3.0, 4.0, 0.0]], (5, 1)))
   assert r["mean_pairwise_cosine"] == pytest.approx(1.0)
   assert r["spread"] == pytest.approx(0.0, abs=1e-12)
+  assert r["top_direction_share"] is None  # no variance: no direction holds a share of it
 
 
 def test_orthonormal_vectors_spread_over_every_direction():
