@@ -5,7 +5,8 @@ Neither framework stops at a time, so each side first calibrates: a short run gi
 time s and its fixed overhead o (start, compile, final save); the run then gets
 num_train_steps = (budget − o) / s, so that the schedule's linear warmup and decay span the budget.
 A run that overruns is stopped at the budget (flaxbert: a SIGTERM, which its loop takes as a
-preemption: it saves and stops at the next step; torch: no step starts after it).
+preemption: it saves and stops at the next step; torch: no step starts after it). With
+args.pretrain_steps set, each side instead trains that many steps, uncalibrated and unbudgeted.
 
   flaxbert      `flaxbert.pretrain.job.train_and_evaluate` in the calling process;
   transformers  `transformers.BertForPreTraining` in a child process with the default malloc
@@ -77,17 +78,21 @@ def run_flaxbert(config: ml_collections.ConfigDict, workdir: Path, budget_s: flo
 
 
 def flaxbert_side(args, dataset: Path, work: Path) -> dict:
-  k = args.calibration_steps
-  calibration = run_flaxbert(pretraining_config(args, dataset, k), work / "calibrate_flaxbert", math.inf)
-  step_s = args.batch_size / calibration["summary"]["final_train_metrics"]["examples_per_second"]
-  overhead = calibration["wall_seconds"] - k * step_s
-  steps = planned_steps(args.budget_minutes * 60, overhead, step_s)
-  print(f"flaxbert: {step_s:.3f} s/step, overhead {overhead:.1f} s -> {steps} steps", flush=True)
-  run = run_flaxbert(pretraining_config(args, dataset, steps), work / "pretrain_flaxbert", args.budget_minutes * 60)
-  shutil.rmtree(work / "calibrate_flaxbert", ignore_errors=True)
+  """A budgeted run, or with args.pretrain_steps that many steps whatever they take (no calibration)."""
+  k, calibration, budget_s = args.calibration_steps, None, args.budget_minutes * 60
+  if args.pretrain_steps:
+    steps, budget_s = args.pretrain_steps, math.inf
+  else:
+    run = run_flaxbert(pretraining_config(args, dataset, k), work / "calibrate_flaxbert", math.inf)
+    step_s = args.batch_size / run["summary"]["final_train_metrics"]["examples_per_second"]
+    overhead = run["wall_seconds"] - k * step_s
+    steps = planned_steps(budget_s, overhead, step_s)
+    calibration = {"steps": k, "step_seconds": step_s, "overhead_seconds": overhead}
+    print(f"flaxbert: {step_s:.3f} s/step, overhead {overhead:.1f} s -> {steps} steps", flush=True)
+    shutil.rmtree(work / "calibrate_flaxbert", ignore_errors=True)
+  run = run_flaxbert(pretraining_config(args, dataset, steps), work / "pretrain_flaxbert", budget_s)
   s = run["summary"]
-  return {"checkpoint": str(work / "pretrain_flaxbert"), "calibration": {"steps": k, "step_seconds": step_s,
-                                                                          "overhead_seconds": overhead},
+  return {"checkpoint": str(work / "pretrain_flaxbert"), "calibration": calibration,
           "planned_steps": steps, "steps": s["step"], "stopped_at_budget": s["step"] < steps,
           "stopped_by": s["stopped_by"],
           "wall_seconds": run["wall_seconds"], "final_train_loss": s["final_train_metrics"].get("loss"),
@@ -107,6 +112,7 @@ def transformers_side(args, dataset: Path, work: Path, initial: Path) -> dict:
   spec = {"dataset": str(dataset), "batch": c.global_batch_size, "seed": args.pretrain_seed,
           "optim": c.optim.to_dict(), "initial": str(initial), "init": args.torch_init, "vocab": str(args.vocab),
           "budget_s": args.budget_minutes * 60, "calibration_steps": args.calibration_steps,
+          "steps": args.pretrain_steps,
           "out": str(work / "pretrain_transformers"), "result": str(work / "torch_result.json")}
   (work / "torch_spec.json").write_text(json.dumps(spec, indent=2))
   subprocess.run([sys.executable, str(Path(__file__).resolve()), str(work / "torch_spec.json")],
@@ -146,20 +152,24 @@ def torch_child(spec_path: str) -> None:
     stream.close()
     return model, start, times, losses
 
-  k = spec["calibration_steps"]
-  _, start, times, _ = train(k, math.inf)
-  wall = time.perf_counter() - start
-  step_s = statistics.median(times[1:] or times)
-  overhead = wall - k * step_s
-  steps = planned_steps(spec["budget_s"], overhead, step_s)
-  print(f"transformers: {step_s:.3f} s/step, overhead {overhead:.1f} s -> {steps} steps", flush=True)
-  model, start, times, losses = train(steps, spec["budget_s"])
+  k, calibration, budget_s = spec["calibration_steps"], None, spec["budget_s"]
+  if spec.get("steps"):  # a fixed number of steps, whatever they take
+    steps, budget_s = spec["steps"], math.inf
+  else:
+    _, start, times, _ = train(k, math.inf)
+    wall = time.perf_counter() - start
+    step_s = statistics.median(times[1:] or times)
+    overhead = wall - k * step_s
+    steps = planned_steps(budget_s, overhead, step_s)
+    calibration = {"steps": k, "step_seconds": step_s, "overhead_seconds": overhead}
+    print(f"transformers: {step_s:.3f} s/step, overhead {overhead:.1f} s -> {steps} steps", flush=True)
+  model, start, times, losses = train(steps, budget_s)
   shutil.rmtree(spec["out"], ignore_errors=True)
   model.save_pretrained(spec["out"])
   shutil.copy(spec["vocab"], Path(spec["out"]) / "vocab.txt")
   wall = time.perf_counter() - start
   Path(spec["result"]).write_text(json.dumps({
-      "checkpoint": spec["out"], "calibration": {"steps": k, "step_seconds": step_s, "overhead_seconds": overhead},
+      "checkpoint": spec["out"], "calibration": calibration, "step_seconds": statistics.median(times[1:] or times),
       "planned_steps": steps, "steps": len(losses), "stopped_at_budget": len(losses) < steps, "wall_seconds": wall,
       "final_train_loss": float(np.mean(losses[-min(100, len(losses)):])), "init": spec["init"],
       "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,

@@ -48,10 +48,12 @@ from flaxbert.errors import InputError  # noqa: E402
 from flaxbert.models.config import SIZES  # noqa: E402
 
 
-def dataset(args) -> Path:
-  """WORK/data prepared from --data with `flaxbert prepare --config prepare`; kept while the settings
-  that define it are unchanged (rebuilt, atomically, when they are not)."""
-  c = prepare_config.get_config("original")
+def dataset(args, masking: str = "static", nsp: bool = True) -> Path:
+  """WORK/data prepared from --data with `flaxbert prepare --config prepare` (masking "static": the
+  original; "dynamic": `--config prepare:dynamic`; nsp=False: single segments); kept while the
+  settings that define it are unchanged (rebuilt, atomically, when they are not)."""
+  c = prepare_config.get_config("dynamic" if masking == "dynamic" else "original")
+  c.random_next_sentence = nsp
   c.input, c.vocab = tuple(str(Path(p).resolve()) for p in args.data), str(Path(args.vocab).resolve())
   c.max_seq_length, c.output_dir = args.max_seq_length, str(args.work / "data")
   metadata = Path(c.output_dir) / "metadata.json"

@@ -1,7 +1,8 @@
 """Time to quality: BERT-mini pretrained by flaxbert and by transformers for the same wall-clock budget.
 
   .venv/bin/python bench/time_to_quality.py [--budget_minutes 60] [--seeds 0,1,2] [--sst2_train 8000]
-      [--arms flaxbert,transformers,random] [--data ../shared/data] [--work /tmp/flaxbert_ttq]
+      [--arms flaxbert,transformers,random] [--reference NAME=PATH,…] [--data ../shared/data]
+      [--work /tmp/flaxbert_ttq]
       [--out bench/out/time_to_quality.json]
   smoke (about 10 min on a busy 2-core CPU): … --budget_minutes 0.5 --books 3 --seeds 0 --sst2_train 300
       --sst2_eval_limit 200 --wnut_train_limit 300 --wnut_eval_limit 200 --heldout_batches 2
@@ -18,6 +19,10 @@ WikiText-2 *test*. WikiText is written in the same format by `write_wikitext` (a
 --config prepare` does by default (the original create_pretraining_data.py: static masking, NSP
 pairs, max_seq_length 128, 20 predictions, dupe_factor 10, seed 12345) with the uncased original
 vocabulary, by bench/compare_training.py's `dataset` (reused while the settings are unchanged).
+--masking dynamic (`--config prepare:dynamic`: unmasked, masked afresh each epoch by the input
+pipeline) and --no-nsp (single segments, MLM only; the held-out text too, its masks still static)
+change the pretraining data, for flaxbert and random only: the transformers side takes the
+original's stored masks and NSP labels.
 
 Pretraining arms, one after the other (--pretrain_order), each in a budget of --budget_minutes:
   flaxbert      `flaxbert.pretrain.job.train_and_evaluate` with configs/pretrain.py:mini (batch 128,
@@ -30,20 +35,23 @@ Pretraining arms, one after the other (--pretrain_order), each in a budget of --
                 torch.optim.AdamW + LambdaLR as `training_parity.torch_optimizer` and
                 `clip_grad_norm_`, in a child process with the default malloc (bench/torch_side.py
                 says why).
-Neither framework stops at a time, so each side (bench/budgeted_pretraining.py) first calibrates: a --calibration_steps run gives
-its steady step time s and its fixed overhead o (start, compile, final save); the run then gets
-num_train_steps = (budget − o) / s, so that the schedule's linear warmup (the config's proportion,
-10k of 1M steps, unless --warmup_proportion) and linear decay to 0 span the budget. A run that
-overruns is stopped at the budget (flaxbert: SIGTERM at the budget, which its loop takes as a
-preemption: it saves and stops at the next step; torch: no step starts after it). The JSON gives
-the planned and the trained steps, the real wall time, tokens seen (positions and non-padding
-tokens, from the batches of the steps trained) and the final train loss.
+Neither framework stops at a time, so each side (bench/budgeted_pretraining.py) first calibrates:
+a --calibration_steps run gives its steady step time s and its fixed overhead o (start, compile,
+final save); the run then gets num_train_steps = (budget − o) / s, so that the schedule's linear
+warmup (the config's proportion, 10k of 1M steps, unless --warmup_proportion) and linear decay to 0
+span the budget. A run that overruns is stopped at the budget (flaxbert: SIGTERM at the budget,
+which its loop takes as a preemption: it saves and stops at the next step; torch: no step starts
+after it). --pretrain_steps N instead trains each side N steps, however long they take: the same
+training rather than the same wall clock. The JSON gives the planned and the trained steps, the
+real wall time, tokens seen (positions and non-padding tokens, from the batches of the steps
+trained) and the final train loss.
 
 Evaluation. Masked-LM (and NSP) accuracy of both checkpoints on the held-out WikiText-2 test
 dataset (by default one masking of the text: its first dupe pass, --heldout_batches), both run by
 flaxbert's model and eval step (`pretrain.job.make_eval_step`/`evaluate`; the torch checkpoint
 through flaxbert's HF import). Then every arm — the two checkpoints and `random` (a flaxbert init
-of the same BERT-mini, saved as an HF folder: fine-tuning needs an `init`) — is fine-tuned with one
+of the same BERT-mini, saved as an HF folder: fine-tuning needs an `init`), and each --reference
+checkpoint beside a random init of its architecture — is fine-tuned with one
 fixed recipe (bench/compare_finetune.py's `task_files` and `make_config`; --finetune_lr, WNUT-17
 --wnut_lr if given; batch 32, dropout 0.1) on SST-2 (a seeded --sst2_train subset of train.tsv, dev
 accuracy) and WNUT-17 (train → emerging.test.annotated, entity F1), once per --seeds seed, by
@@ -53,7 +61,9 @@ Verdicts (in "verdicts"): the spread of an arm is the range (max − min) of its
 `flaxbert_beats_random[task]`: mean(flaxbert) − mean(random) > the larger of the two spreads;
 `flaxbert_beats_or_equals_transformers[task]`: mean(flaxbert) − mean(transformers) ≥ −(the larger
 spread), and MLM accuracy on the held-out text compared as a plain difference. With one seed the
-spreads are 0. Everything is recorded whichever way it comes out. Writes --out as it goes (results
+spreads are 0. `reference_beats_its_random[NAME][task]`, the same test for each --reference
+checkpoint (e.g. all-MiniLM-L6-v2) against a flaxbert init of its architecture: the control that the
+fine-tuning recipe rewards a pretrained encoder at all. Everything is recorded whichever way it comes out. Writes --out as it goes (results
 meant to be kept: copy to bench/results/).
 """
 import argparse
@@ -114,9 +124,12 @@ def write_wikitext(source: Path, path: Path) -> int:
   return len(docs)
 
 
-def prepared(inputs: list[Path], work: Path, args) -> Path:
-  """The dataset of `inputs` as `flaxbert prepare --config prepare` writes it (compare_training.dataset)."""
-  return compare_training.dataset(types.SimpleNamespace(data=inputs, vocab=args.vocab, max_seq_length=128, work=work))
+def prepared(inputs: list[Path], work: Path, args, masking: str = "static") -> Path:
+  """The dataset of `inputs` as `flaxbert prepare --config prepare` writes it (compare_training.dataset),
+  with --no-nsp's single segments; the original settings in `work`, others in a folder named for them."""
+  suffix = ("" if masking == "static" else f"_{masking}") + ("" if args.nsp else "_nonsp")
+  return compare_training.dataset(types.SimpleNamespace(data=inputs, vocab=args.vocab, max_seq_length=128,
+                                                        work=work.with_name(work.name + suffix)), masking, args.nsp)
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -129,6 +142,26 @@ def random_init(args, dataset: Path, out: Path) -> Path:
   model = build_model(cfg)
   return pretrained.save_pretrained(out, model, init_params(model, args.pretrain_seed), format="hf",
                                     vocab=args.vocab, overwrite=True)
+
+
+def reference_arms(spec: str, work: Path, seed: int) -> dict[str, str]:
+  """--reference NAME=PATH,…: per item, NAME (that checkpoint as it is) and NAME_random (a flaxbert
+  init of the same architecture, with its vocabulary), both fine-tuned as the other arms are."""
+  arms, items = {}, [i for i in spec.split(",") if i]
+  taken = set(ARMS)
+  for item in items:
+    name, sep, path = item.partition("=")
+    if not sep or not name or not path or {name, f"{name}_random"} & taken:
+      raise SystemExit(f"--reference: {item!r} is not NAME=PATH with a new NAME (taken: {sorted(taken)})")
+    taken |= {name, f"{name}_random"}
+  for name, path in (item.split("=", 1) for item in items):
+    loaded = pretrained.load(path)
+    model = loaded.model
+    arms[name] = path
+    arms[f"{name}_random"] = str(pretrained.save_pretrained(
+        work / f"{name}_random_init", model, init_params(model, seed), format="hf", vocab=loaded.vocab,
+        overwrite=True))
+  return arms
 
 
 def tokens_seen(dataset: Path, batch: int, seed: int, steps: dict[str, int]) -> dict:
@@ -148,7 +181,7 @@ def heldout_metrics(checkpoint: str, heldout: Path, args) -> dict:
   its one chunk: the first 1/dupe_factor of the train split, 61 of WikiText-2 test's 62 articles)."""
   loaded = pretrained.load(checkpoint)
   mesh = sharding.make_mesh(pretrain_config.get_config(args.size).mesh, jax.devices()[:1])
-  eval_step = jax.jit(pretrain_job.make_eval_step(loaded.model, nsp=True))
+  eval_step = jax.jit(pretrain_job.make_eval_step(loaded.model, nsp=args.nsp))
   splits = [PretrainingData(heldout, s, global_batch_size=args.batch_size, seed=0) for s in ("train", "validation")]
   data = types.SimpleNamespace(eval_batches=lambda: itertools.chain.from_iterable(d.eval_batches() for d in splits))
   batches = args.heldout_batches
@@ -221,6 +254,16 @@ def verdicts(report: dict) -> dict:
   if "flaxbert" in mlm and "transformers" in mlm:
     d = mlm["flaxbert"]["mlm_accuracy"] - mlm["transformers"]["mlm_accuracy"]
     out["flaxbert_beats_or_equals_transformers"]["heldout_mlm_accuracy"] = {"holds": bool(d >= 0), "difference": d}
+  references = {a for arms in report["finetune"].values() for a in arms if f"{a}_random" in arms}
+  out["reference_beats_its_random"] = {}
+  for ref in sorted(references):  # the fine-tuning recipe's control: does it reward pretraining?
+    for name, metric in TASKS.items():
+      arms = {a: r["summary"][metric] for a, r in report["finetune"].get(name, {}).items() if r.get("summary")}
+      if ref in arms and f"{ref}_random" in arms:
+        a, b = arms[ref], arms[f"{ref}_random"]
+        d, s = a["mean"] - b["mean"], max(spread(a), spread(b))
+        out["reference_beats_its_random"].setdefault(ref, {})[name] = {
+            "holds": bool(d > s), "difference_of_means": d, "larger_spread": s, "metric": metric}
   for key in ("flaxbert_beats_random", "flaxbert_beats_or_equals_transformers"):
     found = [v["holds"] for v in out[key].values()]
     out[key]["all"] = bool(found) and all(found)
@@ -236,6 +279,9 @@ def main() -> None:
   parser.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (head init, batch order, dropout)")
   parser.add_argument("--sst2_train", type=int, default=8000, help="SST-2 training sentences (seeded subset)")
   parser.add_argument("--arms", default=",".join(ARMS), help="of flaxbert,transformers,random")
+  parser.add_argument("--reference", default="",
+                      help="NAME=PATH,…: fine-tune these checkpoints too, each beside a random init of its "
+                           "architecture (NAME_random): the control that the recipe rewards a pretrained encoder")
   parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="folder as ../shared/data")
   parser.add_argument("--vocab", type=Path, default=None, help="default: DATA/bert-vocab/bert-base-uncased-vocab.txt")
   parser.add_argument("--work", type=Path, default=Path("/tmp/flaxbert_ttq"))
@@ -245,6 +291,12 @@ def main() -> None:
   parser.add_argument("--learning_rate", type=float, default=None,
                       help="pretraining peak lr, both sides (default: the size's recipe)")
   parser.add_argument("--warmup_proportion", type=float, default=None, help="default: the recipe's 10k/1M")
+  parser.add_argument("--masking", choices=("static", "dynamic"), default="static",
+                      help="pretraining data: the original's stored masks, or masks drawn afresh each epoch")
+  parser.add_argument("--nsp", action=argparse.BooleanOptionalAction, default=True,
+                      help="sentence pairs with next-sentence prediction (--no-nsp: single segments, MLM only)")
+  parser.add_argument("--pretrain_steps", type=int, default=0,
+                      help="train each side this many steps instead of for --budget_minutes (0: the budget)")
   parser.add_argument("--pretrain_seed", type=int, default=0)
   parser.add_argument("--pretrain_order", default="flaxbert,transformers")
   parser.add_argument("--torch_init", choices=("hf", "flaxbert"), default="hf",
@@ -265,10 +317,14 @@ def main() -> None:
   arms = [a for a in args.arms.split(",") if a]
   if set(arms) - set(ARMS):
     raise SystemExit(f"--arms: unknown {sorted(set(arms) - set(ARMS))}; expected some of {ARMS}")
+  if "transformers" in arms and (args.masking, args.nsp) != ("static", True):
+    raise SystemExit("--arms transformers: its side trains on the original data (static masks, NSP pairs); "
+                     "drop --masking dynamic / --no-nsp or the transformers arm")
   args.vocab = args.vocab or args.data / "bert-vocab" / "bert-base-uncased-vocab.txt"
   args.batch_size = args.batch_size or pretrain_config.get_config(args.size).global_batch_size
   work = args.work
   (work / "corpus").mkdir(parents=True, exist_ok=True)
+  references = reference_arms(args.reference, work, args.pretrain_seed)
   t0 = time.perf_counter()
   report = {"date": datetime.date.today().isoformat(), "command": "bench/time_to_quality.py " + " ".join(sys.argv[1:]),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
@@ -287,18 +343,20 @@ def main() -> None:
   corpus = {"litbank_books": books,
             "wikitext_valid_articles": write_wikitext(args.data / "wikitext-2-v1-valid-test" / "valid.txt", valid),
             "wikitext_test_articles": write_wikitext(args.data / "wikitext-2-v1-valid-test" / "test.txt", test)}
-  dataset, heldout = prepared([litbank, valid], work / "pretrain", args), prepared([test], work / "heldout", args)
+  dataset = prepared([litbank, valid], work / "pretrain", args, args.masking)
+  heldout = prepared([test], work / "heldout", args)  # static: the same masks for every checkpoint
   for key, d in (("pretraining", dataset), ("heldout", heldout)):
     info = json.loads((d / "dataset_info.json").read_text())
     corpus[f"{key}_examples"] = {s["name"]: sum(int(n) for n in s["shardLengths"]) for s in info["splits"]}
   report["data"] = corpus
   initial = random_init(args, dataset, work / "random_init")
-  checkpoints = {"random": str(initial)}
+  checkpoints = {"random": str(initial), **references}
 
   for side in args.pretrain_order.split(","):
     if side not in arms or side == "random":
       continue
-    print(f"pretraining: {side}, {args.budget_minutes} min", flush=True)
+    print(f"pretraining: {side}, " + (f"{args.pretrain_steps} steps" if args.pretrain_steps
+                                       else f"{args.budget_minutes} min"), flush=True)
     r = (flaxbert_side(args, dataset, work) if side == "flaxbert"
          else transformers_side(args, dataset, work, initial))
     report["pretraining"][side] = r
@@ -314,7 +372,7 @@ def main() -> None:
 
   seeds = [int(s) for s in args.seeds.split(",")]
   for name, overrides in finetune_tasks(args, work).items():
-    for arm in arms:
+    for arm in arms + list(references):
       runs = report["finetune"].setdefault(name, {}).setdefault(arm, {"seeds": {}})
       for seed in seeds:
         runs["seeds"][str(seed)] = r = finetune(args, name, overrides, arm, checkpoints[arm], seed, work)
