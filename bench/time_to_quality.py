@@ -51,9 +51,9 @@ dataset (by default one masking of the text: its first dupe pass, --heldout_batc
 flaxbert's model and eval step (`pretrain.job.make_eval_step`/`evaluate`; the torch checkpoint
 through flaxbert's HF import). Then every arm — the two checkpoints and `random` (a flaxbert init
 of the same BERT-mini, saved as an HF folder: fine-tuning needs an `init`), and each --reference
-checkpoint beside a random init of its architecture — is fine-tuned with one
-fixed recipe (bench/compare_finetune.py's `task_files` and `make_config`; --finetune_lr, WNUT-17
---wnut_lr if given; batch 32, dropout 0.1) on SST-2 (a seeded --sst2_train subset of train.tsv, dev
+checkpoint beside a random init of its architecture — is fine-tuned with one fixed recipe
+(bench/compare_finetune.py's `task_files` and `make_config`; --finetune_lr, WNUT-17 --wnut_lr if
+given; batch 32, dropout 0.1) on SST-2 (a seeded --sst2_train subset of train.tsv, dev
 accuracy) and WNUT-17 (train → emerging.test.annotated, entity F1), once per --seeds seed, by
 flaxbert's fine-tuning job.
 
@@ -63,8 +63,8 @@ Verdicts (in "verdicts"): the spread of an arm is the range (max − min) of its
 spread), and MLM accuracy on the held-out text compared as a plain difference. With one seed the
 spreads are 0. `reference_beats_its_random[NAME][task]`, the same test for each --reference
 checkpoint (e.g. all-MiniLM-L6-v2) against a flaxbert init of its architecture: the control that the
-fine-tuning recipe rewards a pretrained encoder at all. Everything is recorded whichever way it comes out. Writes --out as it goes (results
-meant to be kept: copy to bench/results/).
+fine-tuning recipe rewards a pretrained encoder at all. Everything is recorded whichever way it
+comes out. Writes --out as it goes (results meant to be kept: copy to bench/results/).
 """
 import argparse
 import datetime
