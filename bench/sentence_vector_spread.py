@@ -64,7 +64,7 @@ def spread_of(vectors: np.ndarray) -> dict:
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iterations: int = 30) -> np.ndarray:
   """Multinomial logistic regression by Newton's method: weights (features + 1, classes − 1), the
   last class the reference; minimizes mean cross-entropy + l2/2 ‖W‖² (the bias unpenalized)."""
-  x = np.hstack([x, np.ones((len(x), 1))])
+  x = with_bias(x)
   k, d = int(y.max()) + 1, x.shape[1]
   w, target = np.zeros((d, k - 1)), np.eye(k)[y][:, :-1]
   penalty = np.kron(np.eye(k - 1), np.diag([l2] * (d - 1) + [0.0]))
@@ -83,7 +83,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iterations: int = 30) 
   return w
 
 
+def with_bias(x: np.ndarray) -> np.ndarray:
+  return np.hstack([x, np.ones((len(x), 1))])
+
+
 def probabilities(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+  """Class probabilities for rows of x that end in the bias 1 (with_bias)."""
   logits = np.hstack([x @ w, np.zeros((len(x), 1))])
   e = np.exp(logits - logits.max(1, keepdims=True))
   return e / e.sum(1, keepdims=True)
@@ -101,7 +106,7 @@ def probe_accuracy(train: np.ndarray, train_y: np.ndarray, test: np.ndarray, tes
 
 
 def accuracy(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
-  return float((probabilities(np.hstack([x, np.ones((len(x), 1))]), w).argmax(1) == y).mean())
+  return float((probabilities(with_bias(x), w).argmax(1) == y).mean())
 
 
 def labelled(path: Path, text: str, label: str) -> tuple[list[str], list[str]]:

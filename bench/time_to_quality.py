@@ -147,14 +147,14 @@ def random_init(args, dataset: Path, out: Path) -> Path:
 def reference_arms(spec: str, work: Path, seed: int) -> dict[str, str]:
   """--reference NAME=PATH,…: per item, NAME (that checkpoint as it is) and NAME_random (a flaxbert
   init of the same architecture, with its vocabulary), both fine-tuned as the other arms are."""
-  arms, items = {}, [i for i in spec.split(",") if i]
-  taken = set(ARMS)
-  for item in items:
+  arms, pairs, taken = {}, [], set(ARMS)
+  for item in (i for i in spec.split(",") if i):
     name, sep, path = item.partition("=")
     if not sep or not name or not path or {name, f"{name}_random"} & taken:
       raise SystemExit(f"--reference: {item!r} is not NAME=PATH with a new NAME (taken: {sorted(taken)})")
     taken |= {name, f"{name}_random"}
-  for name, path in (item.split("=", 1) for item in items):
+    pairs.append((name, path))
+  for name, path in pairs:  # every name checked before anything is loaded
     loaded = pretrained.load(path)
     model = loaded.model
     arms[name] = path
@@ -239,31 +239,30 @@ def spread(summary: dict) -> float:
   return summary["max"] - summary["min"]
 
 
+def compared(a: dict, b: dict, metric: str, holds) -> dict:
+  """Arm a against arm b (their seed summaries): the difference of means, the larger spread, and
+  whether holds(difference, spread)."""
+  d, s = a["mean"] - b["mean"], max(spread(a), spread(b))
+  return {"holds": bool(holds(d, s)), "difference_of_means": d, "larger_spread": s, "metric": metric}
+
+
 def verdicts(report: dict) -> dict:
-  out = {"flaxbert_beats_random": {}, "flaxbert_beats_or_equals_transformers": {}}
+  out = {"flaxbert_beats_random": {}, "flaxbert_beats_or_equals_transformers": {},
+         "reference_beats_its_random": {}}
+  beats, equals = (lambda d, s: d > s), (lambda d, s: d >= -s)
   for name, metric in TASKS.items():
     arms = {arm: r["summary"][metric] for arm, r in report["finetune"].get(name, {}).items() if r.get("summary")}
-    if "flaxbert" not in arms:
-      continue
-    for other, key, holds in (("random", "flaxbert_beats_random", lambda d, s: d > s),
-                              ("transformers", "flaxbert_beats_or_equals_transformers", lambda d, s: d >= -s)):
-      if other in arms:
-        d, s = arms["flaxbert"]["mean"] - arms[other]["mean"], max(spread(arms["flaxbert"]), spread(arms[other]))
-        out[key][name] = {"holds": bool(holds(d, s)), "difference_of_means": d, "larger_spread": s, "metric": metric}
+    for other, key, holds in (("random", "flaxbert_beats_random", beats),
+                              ("transformers", "flaxbert_beats_or_equals_transformers", equals)):
+      if "flaxbert" in arms and other in arms:
+        out[key][name] = compared(arms["flaxbert"], arms[other], metric, holds)
+    for ref in sorted(a for a in arms if f"{a}_random" in arms):  # the recipe's control: does it reward pretraining?
+      out["reference_beats_its_random"].setdefault(ref, {})[name] = compared(arms[ref], arms[f"{ref}_random"],
+                                                                            metric, beats)
   mlm = report.get("heldout", {})
   if "flaxbert" in mlm and "transformers" in mlm:
     d = mlm["flaxbert"]["mlm_accuracy"] - mlm["transformers"]["mlm_accuracy"]
     out["flaxbert_beats_or_equals_transformers"]["heldout_mlm_accuracy"] = {"holds": bool(d >= 0), "difference": d}
-  references = {a for arms in report["finetune"].values() for a in arms if f"{a}_random" in arms}
-  out["reference_beats_its_random"] = {}
-  for ref in sorted(references):  # the fine-tuning recipe's control: does it reward pretraining?
-    for name, metric in TASKS.items():
-      arms = {a: r["summary"][metric] for a, r in report["finetune"].get(name, {}).items() if r.get("summary")}
-      if ref in arms and f"{ref}_random" in arms:
-        a, b = arms[ref], arms[f"{ref}_random"]
-        d, s = a["mean"] - b["mean"], max(spread(a), spread(b))
-        out["reference_beats_its_random"].setdefault(ref, {})[name] = {
-            "holds": bool(d > s), "difference_of_means": d, "larger_spread": s, "metric": metric}
   for key in ("flaxbert_beats_random", "flaxbert_beats_or_equals_transformers"):
     found = [v["holds"] for v in out[key].values()]
     out[key]["all"] = bool(found) and all(found)
