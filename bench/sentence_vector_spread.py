@@ -1,5 +1,5 @@
 """How much do an encoder's sentence vectors depend on the sentence? A check for collapsed
-representations after short pretraining (docs/pretraining.md, "Time to quality").
+representations after short pretraining (docs/time_to_quality.md).
 
   .venv/bin/python bench/sentence_vector_spread.py --models random=DIR,flaxbert=DIR[,…]
       --sentences ../shared/data/glue-sst2/dev.tsv [--limit 300] [--out bench/out/sentence_vector_spread.json]
