@@ -1,5 +1,6 @@
 """Every relative link in README.md and docs/*.md reaches a file that exists, and every `#anchor`
 names a heading of the file it points into (GitHub's heading slugs)."""
+import functools
 import pathlib
 import re
 
@@ -16,14 +17,15 @@ def slug(heading: str) -> str:
   return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def headings(page: pathlib.Path) -> set[str]:
+@functools.cache  # each linked page is read once, however many links point into it
+def headings(page: pathlib.Path) -> frozenset[str]:
   found, fenced = set(), False
   for line in page.read_text().splitlines():
     if line.startswith("```"):
       fenced = not fenced
     elif not fenced and re.match(r"#+ ", line):
       found.add(slug(re.sub(r"^#+ ", "", line)))
-  return found
+  return frozenset(found)
 
 
 def broken_links(page: pathlib.Path) -> list[str]:

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from bench.sentence_vector_spread import L2_GRID, fit_logistic, probabilities, probe_accuracy, read_sentences, spread_of
+from bench.sentence_vector_spread import (L2_GRID, fit_logistic, probabilities, probe_accuracy, read_sentences,
+                                          spread_of, with_bias)
 
 
 def test_identical_vectors_are_fully_collapsed():
@@ -49,7 +50,7 @@ def test_logistic_fit_matches_the_closed_form_optimum():
   rng = np.random.default_rng(1)
   x, y = rng.normal(size=(200, 3)), rng.integers(0, 3, 200)  # three classes
   w = fit_logistic(x, y, l2=0.1)
-  xb = np.hstack([x, np.ones((200, 1))])
+  xb = with_bias(x)
   p = probabilities(xb, w)[:, :-1]
   grad = xb.T @ (p - np.eye(3)[y][:, :-1]) / 200 + 0.1 * np.vstack([w[:-1], np.zeros((1, 2))])
   assert np.abs(grad).max() < 1e-8  # the penalized mean cross-entropy is at its minimum
