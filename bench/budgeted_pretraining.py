@@ -53,6 +53,8 @@ def pretraining_config(args, dataset: Path, steps: int) -> ml_collections.Config
   c.global_batch_size = args.batch_size
   if args.learning_rate is not None:
     c.optim.learning_rate = args.learning_rate
+  if args.pretrain_dropout is not None:  # the initial export carries it to the transformers side too
+    c.model.hidden_dropout_prob = c.model.attention_probs_dropout_prob = args.pretrain_dropout
   c.optim.warmup_steps, c.optim.warmup_proportion = None, proportion
   c.log_every_steps, c.eval_every_steps, c.eval_max_batches = min(100, steps), 0, 1
   c.checkpoint.every_steps, c.checkpoint.keep = steps, 1

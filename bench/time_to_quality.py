@@ -27,7 +27,8 @@ original's stored masks and NSP labels.
 Pretraining arms, one after the other (--pretrain_order), each in a budget of --budget_minutes:
   flaxbert      `flaxbert.pretrain.job.train_and_evaluate` with configs/pretrain.py:mini (batch 128,
                 AdamW lr 5e-4, decay 0.01, clipping 1.0, dropout 0.1, float32; --batch_size,
-                --learning_rate and --warmup_proportion change it for both sides), in this process
+                --learning_rate, --warmup_proportion and --pretrain_dropout change it for both
+                sides), in this process
                 with huge-page malloc as the `flaxbert` command runs;
   transformers  `transformers.BertForPreTraining` (its own init, or flaxbert's with --torch_init
                 flaxbert) on the same batches in the same order (flaxbert's input pipeline, labels
@@ -290,6 +291,9 @@ def main() -> None:
   parser.add_argument("--learning_rate", type=float, default=None,
                       help="pretraining peak lr, both sides (default: the size's recipe)")
   parser.add_argument("--warmup_proportion", type=float, default=None, help="default: the recipe's 10k/1M")
+  parser.add_argument("--pretrain_dropout", type=float, default=None,
+                      help="hidden and attention dropout while pretraining, both sides (default: the recipe's 0.1; "
+                      "fine-tuning keeps 0.1)")
   parser.add_argument("--masking", choices=("static", "dynamic"), default="static",
                       help="pretraining data: the original's stored masks, or masks drawn afresh each epoch")
   parser.add_argument("--nsp", action=argparse.BooleanOptionalAction, default=True,
