@@ -11,7 +11,9 @@ args.pretrain_steps set, each side instead trains that many steps, uncalibrated 
   flaxbert      `flaxbert.pretrain.job.train_and_evaluate` in the calling process;
   transformers  `transformers.BertForPreTraining` in a child process with the default malloc
                 (`launch.plain_env`; bench/torch_side.py says why), fed flaxbert's batches in
-                order, trained with `training_parity.torch_optimizer` and `clip_grad_norm_`:
+                order (dynamic masks too: the input pipeline draws them), trained with
+                `training_parity.torch_optimizer` and `clip_grad_norm_` on BertForPreTraining's
+                loss, or on single segments its masked-LM part alone (BertForMaskedLM's loss):
 
   python bench/budgeted_pretraining.py SPEC.json   # the child (transformers_side writes SPEC)
 """
@@ -114,7 +116,7 @@ def transformers_side(args, dataset: Path, work: Path, initial: Path) -> dict:
   spec = {"dataset": str(dataset), "batch": c.global_batch_size, "seed": args.pretrain_seed,
           "optim": c.optim.to_dict(), "initial": str(initial), "init": args.torch_init, "vocab": str(args.vocab),
           "budget_s": args.budget_minutes * 60, "calibration_steps": args.calibration_steps,
-          "steps": args.pretrain_steps,
+          "steps": args.pretrain_steps, "nsp": args.nsp,
           "out": str(work / "pretrain_transformers"), "result": str(work / "torch_result.json")}
   (work / "torch_spec.json").write_text(json.dumps(spec, indent=2))
   subprocess.run([sys.executable, str(Path(__file__).resolve()), str(work / "torch_spec.json")],
@@ -142,7 +144,9 @@ def torch_child(spec_path: str) -> None:
       if time.perf_counter() - start >= budget_s:
         break
       t = time.perf_counter()
-      loss = model(**training_parity.torch_inputs(next(stream))).loss
+      inputs = training_parity.torch_inputs(next(stream), nsp=spec["nsp"])
+      out = model(**inputs)
+      loss = out.loss if spec["nsp"] else training_parity.mlm_loss(out, inputs["labels"])
       loss.backward()
       if opt.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), opt.max_grad_norm)

@@ -21,8 +21,8 @@ pairs, max_seq_length 128, 20 predictions, dupe_factor 10, seed 12345) with the 
 vocabulary, by bench/compare_training.py's `dataset` (reused while the settings are unchanged).
 --masking dynamic (`--config prepare:dynamic`: unmasked, masked afresh each epoch by the input
 pipeline) and --no-nsp (single segments, MLM only; the held-out text too, its masks still static)
-change the pretraining data, for flaxbert and random only: the transformers side takes the
-original's stored masks and NSP labels.
+change the pretraining data of both sides: the transformers side gets the same dynamically masked
+batches from flaxbert's input pipeline and, on single segments, trains on the masked-LM loss alone.
 
 Pretraining arms, one after the other (--pretrain_order), each in a budget of --budget_minutes:
   flaxbert      `flaxbert.pretrain.job.train_and_evaluate` with configs/pretrain.py:mini (batch 128,
@@ -320,9 +320,6 @@ def main() -> None:
   arms = [a for a in args.arms.split(",") if a]
   if set(arms) - set(ARMS):
     raise SystemExit(f"--arms: unknown {sorted(set(arms) - set(ARMS))}; expected some of {ARMS}")
-  if "transformers" in arms and (args.masking, args.nsp) != ("static", True):
-    raise SystemExit("--arms transformers: its side trains on the original data (static masks, NSP pairs); "
-                     "drop --masking dynamic / --no-nsp or the transformers arm")
   args.vocab = args.vocab or args.data / "bert-vocab" / "bert-base-uncased-vocab.txt"
   args.batch_size = args.batch_size or pretrain_config.get_config(args.size).global_batch_size
   work = args.work

@@ -130,12 +130,13 @@ def hf_labels(batch: dict[str, np.ndarray]) -> np.ndarray:
   return labels
 
 
-def torch_inputs(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-  """One of flaxbert's batches as BertForPreTraining's keyword arguments."""
+def torch_inputs(batch: dict[str, np.ndarray], nsp: bool = True) -> dict[str, torch.Tensor]:
+  """One of flaxbert's batches as BertForPreTraining's keyword arguments; without `nsp` (a dataset of
+  single segments) no next_sentence_label, so that the model returns no loss and `mlm_loss` is it."""
   t = lambda x: torch.from_numpy(np.asarray(x, np.int64))  # noqa: E731
-  return {"input_ids": t(batch["input_ids"]), "attention_mask": t(batch["input_mask"]),
-          "token_type_ids": t(batch["segment_ids"]), "labels": t(hf_labels(batch)),
-          "next_sentence_label": t(batch["next_sentence_labels"])}
+  inputs = {"input_ids": t(batch["input_ids"]), "attention_mask": t(batch["input_mask"]),
+            "token_type_ids": t(batch["segment_ids"]), "labels": t(hf_labels(batch))}
+  return {**inputs, "next_sentence_label": t(batch["next_sentence_labels"])} if nsp else inputs
 
 
 def read_batches(config: ml_collections.ConfigDict, steps: int) -> tuple[list[dict[str, np.ndarray]], dict]:
@@ -249,12 +250,19 @@ def original_pad_gradient(model: transformers.BertForPreTraining) -> None:
   model.bert.embeddings.word_embeddings.padding_idx = None
 
 
+def mlm_loss(out, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+  """The masked-LM part of BertForPreTraining's `loss`, which is also BertForMaskedLM's whole loss
+  (what run_mlm.py trains): CrossEntropyLoss over the vocabulary, labels of -100 ignored."""
+  logits = out.prediction_logits if hasattr(out, "prediction_logits") else out.logits
+  return torch.nn.CrossEntropyLoss(reduction=reduction)(logits.view(-1, logits.shape[-1]), labels.view(-1))
+
+
 def parts(out, inputs: dict, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
   """(MLM, NSP) as BertForPreTraining.forward computes its `loss` = MLM + NSP (CrossEntropyLoss(),
   ignoring labels of -100), with `reduction` "mean" (its) or "sum"."""
-  loss = torch.nn.CrossEntropyLoss(reduction=reduction)
-  mlm = loss(out.prediction_logits.view(-1, out.prediction_logits.shape[-1]), inputs["labels"].view(-1))
-  return mlm, loss(out.seq_relationship_logits.view(-1, 2), inputs["next_sentence_label"].view(-1))
+  nsp = torch.nn.CrossEntropyLoss(reduction=reduction)(out.seq_relationship_logits.view(-1, 2),
+                                                       inputs["next_sentence_label"].view(-1))
+  return mlm_loss(out, inputs["labels"], reduction), nsp
 
 
 # --- the comparison ----------------------------------------------------------------------------

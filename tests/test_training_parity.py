@@ -46,3 +46,31 @@ def test_the_comparison_is_not_vacuous(report):
   assert adamw["loss"]["flaxbert_adamw"][-1] < adamw["loss"]["flaxbert_adamw"][0]
   assert abs(bert_adam["loss"]["flaxbert_bert_adam"][-1] - adamw["loss"]["flaxbert_adamw"][-1]) > 1e-3
   assert any(len(set(counts)) > 1 for counts in report["masked_per_micro_batch"])
+
+
+def test_single_segments_train_on_what_bert_for_masked_lm_computes():
+  """On single segments (no NSP) the torch side's loss is BertForPreTraining's masked-LM part, which
+  must be what a transformers user pretraining MLM-only gets from BertForMaskedLM on the same weights."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  batch = {"input_ids": rng.integers(5, 60, (3, 12)), "input_mask": np.ones((3, 12), np.int32),
+           "segment_ids": np.zeros((3, 12), np.int32), "next_sentence_labels": np.zeros(3, np.int32),
+           "masked_lm_positions": np.stack([rng.permutation(12)[:4] for _ in range(3)]),
+           "masked_lm_ids": rng.integers(5, 60, (3, 4)),
+           "masked_lm_weights": np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], np.float32)}
+  config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, max_position_embeddings=16)
+  torch.manual_seed(0)
+  pretraining = transformers.BertForPreTraining(config).eval()
+  masked_lm = transformers.BertForMaskedLM(config).eval()
+  missing, _ = masked_lm.load_state_dict(pretraining.state_dict(), strict=False)
+  assert not missing
+  inputs = training_parity.torch_inputs(batch, nsp=False)
+  assert "next_sentence_label" not in inputs and int((inputs["labels"] != -100).sum()) == 9
+  with torch.no_grad():
+    out = pretraining(**inputs)
+    assert out.loss is None  # nothing but the masked-LM part to train on
+    ours, theirs = training_parity.mlm_loss(out, inputs["labels"]), masked_lm(**inputs).loss
+  assert abs(float(ours) - float(theirs)) <= 1e-6 * float(theirs), (float(ours), float(theirs))
