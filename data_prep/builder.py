@@ -127,6 +127,16 @@ def _os_error(error: RuntimeError, path: str) -> Exception:
   return error
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """A DatasetInfo that never looks for itself on GCS. A builder whose folder holds no
+  dataset_info.json yet (every new `prepare`) calls initialize_from_bucket, which in tfds 4.9 makes
+  an empty tempfile.mkdtemp("tfds") folder before it finds GCS disabled, and never removes it: one
+  stray folder in the temp dir per prepare. A dataset written by `flaxbert prepare` is never there."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class BertPretraining(tfds.core.ShardBasedBuilder):
   """Masked-LM + next-sentence examples in google-research/bert's feature layout."""
 
@@ -161,7 +171,7 @@ class BertPretraining(tfds.core.ShardBasedBuilder):
       dtype = np.float32 if kind == "float" else np.int32
       features[name] = (tfds.features.Scalar(dtype=dtype) if name == "next_sentence_labels"
                         else tfds.features.Tensor(shape=(shapes[name],), dtype=dtype))
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self, description=__doc__, features=tfds.features.FeaturesDict(features),
         disable_shuffling=True,  # order is irrelevant: the input pipeline reads by permuted index
         metadata=tfds.core.MetadataDict())

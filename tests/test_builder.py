@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,15 @@ def test_deterministic_for_a_seed(tmp_path):
   assert len(ea) == len(eb)
   assert all(np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(ea, eb))
   assert not all(np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(ea, ec))
+
+
+def test_prepare_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch):
+  """tfds makes an empty temp folder for each new builder and keeps it (builder._LocalDatasetInfo)."""
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  prepare(settings(tmp_path))
+  assert not list(temp.iterdir())
 
 
 def test_worker_count_does_not_change_the_data(tmp_path):
