@@ -253,7 +253,7 @@ def original_pad_gradient(model: transformers.BertForPreTraining) -> None:
 def mlm_loss(out, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
   """The masked-LM part of BertForPreTraining's `loss`, which is also BertForMaskedLM's whole loss
   (what run_mlm.py trains): CrossEntropyLoss over the vocabulary, labels of -100 ignored."""
-  logits = out.prediction_logits if hasattr(out, "prediction_logits") else out.logits
+  logits = out.prediction_logits
   return torch.nn.CrossEntropyLoss(reduction=reduction)(logits.view(-1, logits.shape[-1]), labels.view(-1))
 
 
