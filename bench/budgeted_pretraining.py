@@ -17,6 +17,7 @@ args.pretrain_steps set, each side instead trains that many steps, uncalibrated 
 
   python bench/budgeted_pretraining.py SPEC.json   # the child (transformers_side writes SPEC)
 """
+import dataclasses
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from bench import training_parity  # noqa: E402
 from configs import pretrain as pretrain_config  # noqa: E402
 from flaxbert import launch  # noqa: E402
 from flaxbert.pretrain import job as pretrain_job  # noqa: E402
-from flaxbert.pretrain.input_pipeline import PretrainingData  # noqa: E402
+from flaxbert.pretrain.input_pipeline import DynamicMasking, PretrainingData  # noqa: E402
 from flaxbert.training import optim, stop_signals  # noqa: E402
 
 
@@ -117,6 +118,7 @@ def transformers_side(args, dataset: Path, work: Path, initial: Path) -> dict:
           "optim": c.optim.to_dict(), "initial": str(initial), "init": args.torch_init, "vocab": str(args.vocab),
           "budget_s": args.budget_minutes * 60, "calibration_steps": args.calibration_steps,
           "steps": args.pretrain_steps, "nsp": args.nsp,
+          "masking": dataclasses.asdict(pretrain_job.dynamic_masking(c)),  # flaxbert's masks, drawn alike
           "out": str(work / "pretrain_transformers"), "result": str(work / "torch_result.json")}
   (work / "torch_spec.json").write_text(json.dumps(spec, indent=2))
   subprocess.run([sys.executable, str(Path(__file__).resolve()), str(work / "torch_spec.json")],
@@ -129,7 +131,8 @@ def torch_child(spec_path: str) -> None:
   import transformers  # pylint: disable=import-outside-toplevel
   spec = json.loads(Path(spec_path).read_text())
   torch.set_num_threads(os.cpu_count())
-  data = PretrainingData(spec["dataset"], "train", global_batch_size=spec["batch"], seed=spec["seed"])
+  data = PretrainingData(spec["dataset"], "train", global_batch_size=spec["batch"], seed=spec["seed"],
+                         masking=DynamicMasking(**spec["masking"]))
 
   def train(steps: int, budget_s: float):
     start = time.perf_counter()

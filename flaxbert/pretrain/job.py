@@ -168,11 +168,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     return _train(config, opt_config, workdir, mesh, source, record)
 
 
+def dynamic_masking(config: ml_collections.ConfigDict) -> DynamicMasking:
+  """How the input pipeline masks a dynamic-masking dataset for this pretraining config."""
+  return DynamicMasking(config.masked_lm_prob, config.max_predictions_per_seq, config.whole_word_mask)
+
+
 def _train(config: ml_collections.ConfigDict, opt_config: ml_collections.ConfigDict, workdir: Path, mesh, source,
            record) -> dict:
   remat = check_remat_policy(config.model.remat_policy, "model.remat_policy")
   rules = sharding.rules_from_config(config.mesh.sharding_rules)
-  masking = DynamicMasking(config.masked_lm_prob, config.max_predictions_per_seq, config.whole_word_mask)
+  masking = dynamic_masking(config)
   data, eval_data = (PretrainingData(config.dataset_dir, split, global_batch_size=config.global_batch_size,
                                      seed=config.seed, masking=masking,
                                      max_examples_per_row=config.max_examples_per_row)
