@@ -273,7 +273,8 @@ def verdicts(report: dict) -> dict:
 # --- the benchmark -----------------------------------------------------------------------------
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+  """The bench's options; parse_args([]) gives its default recipe (word_embedding_drift.py uses it)."""
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--budget_minutes", type=float, default=60.0, help="each pretraining side's wall-clock budget")
   parser.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (head init, batch order, dropout)")
@@ -316,7 +317,11 @@ def main() -> None:
   parser.add_argument("--sst2_eval_limit", type=int, default=0, help="first N dev sentences (0: all)")
   parser.add_argument("--wnut_train_limit", type=int, default=0, help="first N training sentences (0: all)")
   parser.add_argument("--wnut_eval_limit", type=int, default=0, help="first N test sentences (0: all)")
-  args = parser.parse_args()
+  return parser
+
+
+def main() -> None:
+  args = arguments().parse_args()
   arms = [a for a in args.arms.split(",") if a]
   if set(arms) - set(ARMS):
     raise SystemExit(f"--arms: unknown {sorted(set(arms) - set(ARMS))}; expected some of {ARMS}")
