@@ -107,17 +107,28 @@ def main() -> None:
   if not items or any("=" not in item for item in items):
     raise SystemExit(f"--models {args.models!r}: expected name=path[,name=path…]")
   models = dict(item.split("=", 1) for item in items)
+  if "init" in models:
+    raise SystemExit("--models: the name 'init' is --init's in the report; choose another")
   if args.graft and args.graft not in models:
     raise SystemExit(f"--graft {args.graft!r}: not one of --models {sorted(models)}")
+  corpus = [Path(f) for f in args.corpus.split(",") if f]
+  missing = [str(f) for f in corpus if not f.is_file()]
+  if missing or not corpus:
+    raise SystemExit(f"--corpus: {missing or args.corpus!r}: expected existing text files, comma-separated")
+  try:
+    edges = [int(e) for e in args.buckets.split(",")]
+  except ValueError:
+    edges = []
+  if not edges or edges != sorted(set(edges)) or edges[0] < 0:
+    raise SystemExit(f"--buckets {args.buckets!r}: expected increasing counts from 0 up, e.g. 0,1,10,100")
   init = pretrained.load(args.init)
   tokenizer = load_tokenizer(init.vocab)
   start = word_table(init.params)
-  corpus_lines = [line for f in args.corpus.split(",") if f
-                  for line in Path(f).read_text(encoding="utf-8").splitlines()]
+  corpus_lines = [line for f in corpus for line in f.read_text(encoding="utf-8").splitlines()]
   counts = token_counts(tokenizer, corpus_lines, len(start))
   texts = [e.text_a for e in read_table(args.task, args.text_column, None, None, labelled=False)]
   task = token_counts(tokenizer, texts, len(start))
-  edges = [int(e) for e in args.buckets.split(",")] + [np.iinfo(np.int64).max]
+  edges.append(np.iinfo(np.int64).max)
   buckets = [(lo, hi, np.flatnonzero((counts >= lo) & (counts < hi) & (task > 0))) for lo, hi in zip(edges, edges[1:])]
   report = {"command": "bench/word_embedding_drift.py " + " ".join(sys.argv[1:]),
             "corpus_tokens": int(counts.sum()), "task_tokens": int(task.sum()),
@@ -127,6 +138,9 @@ def main() -> None:
   loaded = {"init": init, **{name: pretrained.load(path) for name, path in models.items()}}
   for name, model in loaded.items():
     table = word_table(model.params)
+    if table.shape != start.shape:
+      raise SystemExit(f"--models {name}={models[name]}: word embeddings {table.shape}, but --init {args.init} "
+                       f"has {start.shape}; the models must share --init's vocabulary and width")
     report["models"][name] = [bucket_stats(table, start, ids) if len(ids) > 1 else None for *_, ids in buckets]
     print(name, json.dumps(report["models"][name]), flush=True)
   if args.graft:

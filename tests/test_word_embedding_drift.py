@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from bench.word_embedding_drift import bucket_stats, grafts, token_counts, word_table
+from bench.word_embedding_drift import bucket_stats, grafts, main, token_counts, word_table
 from conftest import random_params
 from flaxbert.text.tokenization import WordPieceTokenizer
 
@@ -58,3 +58,20 @@ def test_grafts_move_exactly_the_rows_and_layers_they_name(tiny_model):
   for a, b in zip(layers(g["words_only"]), layers(init_params)):
     np.testing.assert_array_equal(a, b)  # the init's layers, the pretrained words
   np.testing.assert_array_equal(word_table(pre_params), table)  # the source params are not modified
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--corpus", "nowhere.txt"], r"--corpus: \['nowhere.txt'\]: expected existing text files"),
+    (["--buckets", "0,10,5"], "--buckets '0,10,5': expected increasing counts"),
+    (["--models", "init=x"], "the name 'init' is --init's"),
+    (["--graft", "other"], r"--graft 'other': not one of --models \['a'\]"),
+])
+def test_bad_arguments_are_named_before_anything_is_loaded(extra, message, tmp_path, monkeypatch):
+  text = tmp_path / "corpus.txt"
+  text.write_text("some text\n")
+  argv = {"--init": str(tmp_path / "absent"), "--models": "a=b", "--corpus": str(text),
+          "--task": str(tmp_path / "t.tsv")}
+  argv.update(zip(extra[::2], extra[1::2]))
+  monkeypatch.setattr("sys.argv", ["word_embedding_drift.py", *[x for kv in argv.items() for x in kv]])
+  with pytest.raises(SystemExit, match=message):
+    main()
