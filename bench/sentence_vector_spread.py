@@ -109,6 +109,15 @@ def accuracy(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
   return float((probabilities(with_bias(x), w).argmax(1) == y).mean())
 
 
+def named_paths(spec: str, option: str) -> dict[str, str]:
+  """`name=path,…` as {name: path}; SystemExit naming `option` and the items that are not name=path."""
+  items = [item for item in spec.split(",") if item]
+  bad = [item for item in items if "=" not in item]
+  if bad or not items:
+    raise SystemExit(f"{option}: {bad or spec!r}: expected name=path[,name=path…]")
+  return dict(item.split("=", 1) for item in items)
+
+
 def labelled(path: Path, text: str, label: str) -> tuple[list[str], list[str]]:
   examples = read_table(path, text, None, label, labelled=True)
   return [e.text_a for e in examples], [str(e.label) for e in examples]
@@ -126,11 +135,7 @@ def main() -> None:
   parser.add_argument("--probe_select", type=int, default=1000, help="TRAIN rows held out to choose the L2")
   parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "sentence_vector_spread.json")
   args = parser.parse_args()
-  items = [item for item in args.models.split(",") if item]
-  bad = [item for item in items if "=" not in item]
-  if bad or not items:
-    raise SystemExit(f"--models: {bad or args.models!r}: expected name=path[,name=path…]")
-  models = dict(item.split("=", 1) for item in items)
+  models = named_paths(args.models, "--models")
   sentences = read_sentences(args.sentences, args.limit)
   report = {"command": "bench/sentence_vector_spread.py " + " ".join(sys.argv[1:]), "sentences": len(sentences),
             "models": {}}

@@ -24,6 +24,7 @@ With --graft NAME, the model NAME is fine-tuned on SST-2 with the bench's recipe
   words_only       --init's layers with the pretrained word-embedding table.
 """
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import time_to_quality  # noqa: E402
+from bench.sentence_vector_spread import named_paths  # noqa: E402
 from flaxbert.finetune.tasks.readers import read_table  # noqa: E402
 from flaxbert.interop import pretrained  # noqa: E402
 from flaxbert.text.tokenization import load_tokenizer  # noqa: E402
@@ -46,8 +48,8 @@ GRAFTS = ("as_is", "rare_reset", "rare_centered", "init_words", "words_only")
 def token_counts(tokenizer, lines, vocab_size: int, chunk: int = 20_000) -> np.ndarray:
   counts = np.zeros(vocab_size, np.int64)
   for i in range(0, len(lines), chunk):
-    for ids in tokenizer.encode_batch(lines[i:i + chunk]):
-      np.add.at(counts, ids, 1)
+    ids = np.fromiter(itertools.chain.from_iterable(tokenizer.encode_batch(lines[i:i + chunk])), np.int64)
+    counts += np.bincount(ids, minlength=vocab_size)
   return counts
 
 
@@ -103,10 +105,7 @@ def main() -> None:
   parser.add_argument("--work", type=Path, default=Path("/tmp/flaxbert_embedding_drift"))
   parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "word_embedding_drift.json")
   args = parser.parse_args()
-  items = [item for item in args.models.split(",") if item]
-  if not items or any("=" not in item for item in items):
-    raise SystemExit(f"--models {args.models!r}: expected name=path[,name=path…]")
-  models = dict(item.split("=", 1) for item in items)
+  models = named_paths(args.models, "--models")
   if "init" in models:
     raise SystemExit("--models: the name 'init' is --init's in the report; choose another")
   if args.graft and args.graft not in models:

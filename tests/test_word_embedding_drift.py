@@ -75,3 +75,10 @@ def test_bad_arguments_are_named_before_anything_is_loaded(extra, message, tmp_p
   monkeypatch.setattr("sys.argv", ["word_embedding_drift.py", *[x for kv in argv.items() for x in kv]])
   with pytest.raises(SystemExit, match=message):
     main()
+
+
+def test_models_that_are_not_name_path_are_named(tmp_path, monkeypatch):
+  monkeypatch.setattr("sys.argv", ["word_embedding_drift.py", "--init", "x", "--models", "a=b,nopath",
+                                   "--corpus", "c", "--task", "t"])
+  with pytest.raises(SystemExit, match=r"--models: \['nopath'\]: expected name=path"):
+    main()
